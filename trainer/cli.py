@@ -1,0 +1,52 @@
+"""The ``deepretrieval`` command.
+
+Each subcommand lives beside the code it drives, as a pair of functions ``add_arguments(parser)`` and
+``run(args) -> int`` in the module named in :data:`COMMANDS`. Modules import heavy libraries only inside ``run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# name -> (module holding add_arguments/run, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare-model": ("deepretrieval_trainer.commands.prepare_model", "convert the embedded model into a plain checkpoint"),
+    "rewrite": ("deepretrieval_trainer.commands.rewrite", "rewrite one or more queries with the local model"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepretrieval",
+        description="Query rewriters trained by RL against your own LlamaIndex or Haystack retriever.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

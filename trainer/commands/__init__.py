@@ -1,0 +1,1 @@
+"""Subcommands of the ``deepretrieval`` CLI (see :mod:`deepretrieval_trainer.cli`)."""

@@ -1,0 +1,174 @@
+"""BEIR-layout collections: ``corpus.jsonl`` (or ``corpus.preprocessed.jsonl``), ``queries.jsonl``, ``qrels/<split>.tsv``.
+
+Every problem is reported as a :class:`DataError` naming the file and line and saying what to fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CORPUS_FILES = ("corpus.jsonl", "corpus.preprocessed.jsonl")
+
+
+class DataError(ValueError):
+    """A dataset problem, with the file (and line) and what to change."""
+
+
+@dataclass
+class Collection:
+    """A loaded BEIR collection: documents, queries and judgments for one split."""
+
+    path: Path
+    split: str
+    corpus: dict[str, dict[str, str]]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, float]]
+    fingerprint: str = field(default="")
+
+    @property
+    def judged_queries(self) -> dict[str, str]:
+        """Queries that have at least one judgment in this split, in file order."""
+        return {qid: text for qid, text in self.queries.items() if qid in self.qrels}
+
+    def doc_text(self, doc_id: str) -> str:
+        doc = self.corpus[doc_id]
+        return f"{doc['title']} {doc['text']}".strip()
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            yield number, row
+
+
+def _require_id(path: Path, number: int, row: dict, seen: set[str]) -> str:
+    doc_id = row.get("_id")
+    if doc_id is None or str(doc_id).strip() == "":
+        raise DataError(f"{path}:{number}: missing '_id'; every line needs a non-empty '_id'")
+    doc_id = str(doc_id)
+    if doc_id in seen:
+        raise DataError(f"{path}:{number}: duplicate id {doc_id!r}; ids must be unique within the file")
+    seen.add(doc_id)
+    return doc_id
+
+
+def corpus_file(path: str | Path) -> Path:
+    """The corpus file of a collection folder (``corpus.jsonl``, else ``corpus.preprocessed.jsonl``)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder; pass the folder holding corpus.jsonl, queries.jsonl and qrels/")
+    for name in CORPUS_FILES:
+        if (root / name).is_file():
+            return root / name
+    raise DataError(f"{root}: no {' or '.join(CORPUS_FILES)}; a BEIR collection needs one of them")
+
+
+def load_corpus(path: str | Path) -> dict[str, dict[str, str]]:
+    """``doc id -> {"title", "text"}``; a document needs a non-empty title or text."""
+    file = corpus_file(path)
+    corpus: dict[str, dict[str, str]] = {}
+    seen: set[str] = set()
+    for number, row in _jsonl(file):
+        doc_id = _require_id(file, number, row, seen)
+        title, text = str(row.get("title") or ""), str(row.get("text") or "")
+        if not (title.strip() or text.strip()):
+            raise DataError(f"{file}:{number}: document {doc_id!r} has an empty title and text; remove it or fill it")
+        corpus[doc_id] = {"title": title, "text": text}
+    if not corpus:
+        raise DataError(f"{file}: no documents")
+    return corpus
+
+
+def load_queries(path: str | Path) -> dict[str, str]:
+    file = Path(path) / "queries.jsonl"
+    if not file.is_file():
+        raise DataError(f"{file}: missing; a BEIR collection needs queries.jsonl with '_id' and 'text'")
+    queries: dict[str, str] = {}
+    seen: set[str] = set()
+    for number, row in _jsonl(file):
+        qid = _require_id(file, number, row, seen)
+        text = str(row.get("text") or "").strip()
+        if not text:
+            raise DataError(f"{file}:{number}: query {qid!r} has empty 'text'")
+        queries[qid] = text
+    return queries
+
+
+def available_splits(path: str | Path) -> list[str]:
+    return sorted(p.stem for p in (Path(path) / "qrels").glob("*.tsv"))
+
+
+def load_qrels(path: str | Path, split: str) -> dict[str, dict[str, float]]:
+    file = Path(path) / "qrels" / f"{split}.tsv"
+    if not file.is_file():
+        raise DataError(f"{file}: missing; splits here are {available_splits(path)}")
+    qrels: dict[str, dict[str, float]] = {}
+    with file.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        for number, row in enumerate(reader, start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if number == 1 and row[0].strip().lower() in {"query-id", "query_id", "qid"}:
+                continue
+            if len(row) != 3:
+                raise DataError(f"{file}:{number}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
+            qid, doc_id, score = (cell.strip() for cell in row)
+            try:
+                grade = float(score)
+            except ValueError:
+                raise DataError(f"{file}:{number}: score {score!r} is not a number") from None
+            qrels.setdefault(qid, {})[doc_id] = grade
+    if not qrels:
+        raise DataError(f"{file}: no judgments")
+    return qrels
+
+
+def _fingerprint(*files: Path) -> str:
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.name}:{stat.st_size}:".encode())
+        with file.open("rb") as handle:
+            digest.update(hashlib.sha256(handle.read()).digest())
+    return digest.hexdigest()[:16]
+
+
+def load_beir(path: str | Path, split: str, *, drop_unknown_docs: bool = False) -> Collection:
+    """Load and validate a collection and one split.
+
+    A qrel naming an unknown query is an error. One naming an unknown document is an error too, unless
+    ``drop_unknown_docs`` (NFCorpus's preprocessed corpus lacks 238 train-only documents): then it is dropped.
+    """
+    root = Path(path)
+    corpus = load_corpus(root)
+    queries = load_queries(root)
+    qrels = load_qrels(root, split)
+    qrels_file = root / "qrels" / f"{split}.tsv"
+    for qid, judged in list(qrels.items()):
+        if qid not in queries:
+            raise DataError(f"{qrels_file}: query {qid!r} is not in {root / 'queries.jsonl'}; fix the id or add the query")
+        unknown = [doc for doc in judged if doc not in corpus]
+        if unknown and not drop_unknown_docs:
+            raise DataError(
+                f"{qrels_file}: query {qid!r} judges documents not in the corpus: {unknown[:5]}"
+                " (pass drop_unknown_docs=True to ignore them)"
+            )
+        for doc in unknown:
+            del judged[doc]
+        if not any(grade > 0 for grade in judged.values()):
+            del qrels[qid]
+    fingerprint = _fingerprint(corpus_file(root), root / "queries.jsonl", qrels_file)
+    return Collection(root, split, corpus, queries, qrels, fingerprint)

@@ -1,0 +1,224 @@
+"""Rewriters: user query -> rewritten query, through a model backend.
+
+Every backend shares :class:`BaseRewriter`: it builds the task's chat messages, asks the backend for one
+completion per query, parses it (:func:`parse_answer`) and, when anything fails, returns the original query
+with the reason (logged as a warning). ``strict=True`` raises instead, so tests can tell a bug from a fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from .answer import MAX_QUERY_CHARS, parse_answer
+from .tasks import QueryInput, Task, get_task
+
+logger = logging.getLogger(__name__)
+
+
+class RewriteError(RuntimeError):
+    """Raised instead of falling back when a rewriter runs with ``strict=True``."""
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    """One rewrite. ``query`` is what to send to the retriever: the rewrite, or ``original`` on fallback."""
+
+    original: str
+    query: str
+    fell_back: bool
+    reason: str | None = None
+    completion: str | None = None
+    latency_s: float = 0.0
+
+    @property
+    def rewritten(self) -> str | None:
+        """The model's rewrite, or None when it fell back."""
+        return None if self.fell_back else self.query
+
+
+@runtime_checkable
+class Rewriter(Protocol):
+    task: Task
+
+    def rewrite(self, queries: Sequence[QueryInput]) -> list[RewriteResult]: ...
+
+    async def arewrite(self, queries: Sequence[QueryInput]) -> list[RewriteResult]: ...
+
+
+def _original_text(query: QueryInput) -> str:
+    return query if isinstance(query, str) else " ".join(str(v) for v in query.values() if v)
+
+
+class BaseRewriter(ABC):
+    """Shared prompt -> completion -> parse -> fallback logic. Subclasses implement ``_complete``/``_acomplete``."""
+
+    def __init__(self, *, task: str | Task = "retrieval", strict: bool = False, max_query_chars: int = MAX_QUERY_CHARS):
+        self.task = get_task(task)
+        self.strict = strict
+        self.max_query_chars = max_query_chars
+
+    @abstractmethod
+    def _complete(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+        """One completion per conversation (the text generated after the task's prefill)."""
+
+    async def _acomplete(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+        return await asyncio.to_thread(self._complete, conversations)
+
+    def rewrite(self, queries: Sequence[QueryInput]) -> list[RewriteResult]:
+        """Rewrite a batch of queries. Never raises on model or backend failure unless ``strict``."""
+        queries = _check_queries(queries)
+        start = time.perf_counter()
+        try:
+            completions = self._complete([self.task.messages(q) for q in queries])
+        except Exception as exc:  # noqa: BLE001 - any backend failure must fall back, not break the host pipeline
+            return self._backend_failed(queries, exc, time.perf_counter() - start)
+        return self._results(queries, completions, time.perf_counter() - start)
+
+    async def arewrite(self, queries: Sequence[QueryInput]) -> list[RewriteResult]:
+        queries = _check_queries(queries)
+        start = time.perf_counter()
+        try:
+            completions = await self._acomplete([self.task.messages(q) for q in queries])
+        except Exception as exc:  # noqa: BLE001 - see rewrite()
+            return self._backend_failed(queries, exc, time.perf_counter() - start)
+        return self._results(queries, completions, time.perf_counter() - start)
+
+    def _backend_failed(self, queries: Sequence[QueryInput], exc: Exception, latency: float) -> list[RewriteResult]:
+        if self.strict:
+            raise RewriteError(f"{type(self).__name__} failed: {exc}") from exc
+        reason = f"backend error: {type(exc).__name__}: {exc}"
+        logger.warning("query rewrite fell back to the original query(s): %s", reason)
+        return [RewriteResult(_original_text(q), _original_text(q), True, reason, None, latency) for q in queries]
+
+    def _results(self, queries: Sequence[QueryInput], completions: Sequence[str | None], latency: float) -> list[RewriteResult]:
+        if len(completions) != len(queries):
+            return self._backend_failed(
+                queries, RuntimeError(f"{len(completions)} completions for {len(queries)} queries"), latency
+            )
+        results = []
+        for query, completion in zip(queries, completions, strict=True):
+            original = _original_text(query)
+            parsed = parse_answer(
+                self.task.completion_text(completion) if isinstance(completion, str) else completion,
+                max_chars=self.max_query_chars,
+            )
+            if parsed.ok:
+                results.append(RewriteResult(original, parsed.query, False, None, completion, latency))
+                continue
+            if self.strict:
+                raise RewriteError(f"unparsable completion for {original!r}: {parsed.reason}")
+            logger.warning("query rewrite fell back to the original query %r: %s", original, parsed.reason)
+            results.append(RewriteResult(original, original, True, parsed.reason, completion, latency))
+        return results
+
+
+def _check_queries(queries: Sequence[QueryInput]) -> list[QueryInput]:
+    if isinstance(queries, str):
+        raise TypeError("rewrite() takes a list of queries; wrap a single query as [query]")
+    queries = list(queries)
+    for query in queries:
+        if isinstance(query, str) and not query.strip():
+            raise ValueError("a query is empty: pass non-empty text")
+    return queries
+
+
+class LocalRewriter(BaseRewriter):
+    """In-process transformers model (plus an optional peft LoRA adapter folder), batched, on CPU by default.
+
+    Greedy by default; ``temperature > 0`` samples. The model loads on first use or on :meth:`load`.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        adapter: str | Path | None = None,
+        task: str | Task = "retrieval",
+        device: str = "cpu",
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        batch_size: int = 8,
+        strict: bool = False,
+        max_query_chars: int = MAX_QUERY_CHARS,
+    ):
+        super().__init__(task=task, strict=strict, max_query_chars=max_query_chars)
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(
+                f"{adapter}: no adapter_config.json; pass a peft adapter folder (a run's `adapter/` folder)"
+            )
+        self.model_name = model
+        self.adapter = Path(adapter) if adapter is not None else None
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_p = top_p
+        self.batch_size = batch_size
+        self._model = None
+        self._tokenizer = None
+        self._lock = threading.Lock()
+
+    def load(self) -> None:
+        """Load the tokenizer, model and adapter (idempotent)."""
+        with self._lock:
+            if self._model is not None:
+                return
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            from .models import resolve_model
+
+            name = resolve_model(self.model_name)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            tokenizer.padding_side = "left"
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            model = AutoModelForCausalLM.from_pretrained(name)
+            if self.adapter is not None:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, str(self.adapter))
+            self._model = model.to(self.device).eval()
+            self._tokenizer = tokenizer
+
+    def prompt_text(self, conversation: list[dict[str, str]]) -> str:
+        """The chat-templated prompt, ending with the task's prefill."""
+        self.load()
+        text = self._tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+        return text + self.task.prefill
+
+    def _complete(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+        import torch
+
+        self.load()
+        outputs: list[str] = []
+        sampling = self.temperature > 0
+        for start in range(0, len(conversations), self.batch_size):
+            texts = [self.prompt_text(c) for c in conversations[start : start + self.batch_size]]
+            encoded = self._tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            with self._lock, torch.inference_mode():
+                generated = self._model.generate(
+                    **encoded,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=sampling,
+                    temperature=self.temperature if sampling else None,
+                    top_p=self.top_p if sampling else None,
+                    top_k=None,
+                    pad_token_id=self._tokenizer.pad_token_id,
+                )
+            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+            outputs.extend(self._tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        return outputs

@@ -1,0 +1,182 @@
+"""Tasks: a chat prompt template, the metric that scores a rewrite, and the reward tiers.
+
+A task turns a user query (or, for literature search, PICO fields) into chat messages asking for
+``<think>...</think><answer>{"query": "..."}</answer>``. Users pass their own :class:`Task` or change the
+``system``/``user`` templates of a built-in one with :func:`dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+QueryInput = Union[str, Mapping[str, str]]
+Metric = Literal["recall", "ndcg", "hit_rank"]
+
+_FORMAT = (
+    "Think briefly inside <think> </think>, then give only the final query as JSON inside <answer> </answer>, "
+    'for example: <think>...</think>\n<answer>{"query": "..."}</answer>'
+)
+
+RETRIEVAL_SYSTEM = (
+    "You rewrite search queries for a keyword (BM25) search engine. Add the specific terms, synonyms and "
+    "technical vocabulary that relevant documents are likely to contain. " + _FORMAT
+)
+DENSE_SYSTEM = (
+    "You rewrite search queries for a semantic (embedding) search engine. Keep the original meaning, make it "
+    "explicit and complete, and expand it with closely related concepts. " + _FORMAT
+)
+QA_SYSTEM = (
+    "You turn a question into a search query that finds the passage containing its answer. Name the entities "
+    "and the facts the evidence must mention. " + _FORMAT
+)
+LITERATURE_SYSTEM = (
+    "You write Boolean search queries for a medical literature search engine (PubMed syntax). Combine the key "
+    "concepts with AND, their synonyms with OR, use parentheses and quoted phrases, and optionally field tags "
+    "such as [tiab] or [mh]. Aim for high recall. " + _FORMAT
+)
+PICO_FIELDS = ("P", "I", "C", "O")
+_PICO_NAMES = {"P": "Population", "I": "Intervention", "C": "Comparison", "O": "Outcome"}
+
+
+@dataclass(frozen=True)
+class Tiers:
+    """Piecewise-constant reward: the first ``(threshold, reward)`` whose threshold the value meets, else ``floor``.
+
+    ``higher_is_better`` is False for ranks (rank <= threshold).
+    """
+
+    steps: tuple[tuple[float, float], ...]
+    floor: float
+    higher_is_better: bool = True
+
+    def __post_init__(self) -> None:
+        thresholds = [t for t, _ in self.steps]
+        ordered = sorted(thresholds, reverse=self.higher_is_better)
+        if thresholds != ordered:
+            direction = "descending" if self.higher_is_better else "ascending"
+            raise ValueError(f"tier thresholds {thresholds} must be {direction}; sort them")
+
+    def __call__(self, value: float) -> float:
+        for threshold, reward in self.steps:
+            if (value >= threshold) if self.higher_is_better else (value <= threshold):
+                return reward
+        return self.floor
+
+
+# Paper (DeepRetrieval): recall tiers for literature search; hit-rank tiers for evidence QA.
+RECALL_TIERS = Tiers(((0.7, 5.0), (0.5, 4.0), (0.4, 3.0), (0.3, 1.0), (0.1, 0.5), (0.05, 0.1)), floor=-3.5)
+HIT_RANK_TIERS = Tiers(((5, 5.0), (20, 4.0), (50, 2.0), (100, 1.0), (1000, 0.5)), floor=-3.5, higher_is_better=False)
+
+
+@dataclass(frozen=True)
+class Task:
+    """Prompt template + answer key + metric + reward shaping for one kind of rewriting."""
+
+    name: str
+    system: str
+    user: str = "Query: {query}"
+    metric: Metric = "ndcg"
+    k: int = 10
+    train_k: int | None = None
+    tiers: Tiers | None = None
+    reward_scale: float = 1.0
+    format_valid: float = 0.1
+    format_invalid: float = -2.0
+    extra: Mapping[str, str] = field(default_factory=dict)
+    examples: tuple[tuple[str, str], ...] = ()
+    prefill: str = "<think>"
+
+    def __post_init__(self) -> None:
+        if "{query}" not in self.user:
+            raise ValueError(f"task {self.name!r}: the user template {self.user!r} must contain '{{query}}'")
+        if self.k < 1:
+            raise ValueError(f"task {self.name!r}: k={self.k} must be >= 1")
+
+    @property
+    def reward_k(self) -> int:
+        """The cutoff used for the reward in training (``train_k``, else ``k``)."""
+        return self.train_k or self.k
+
+    def user_text(self, query: QueryInput) -> str:
+        if isinstance(query, Mapping):
+            query = format_pico(query)
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"task {self.name!r}: the query must be non-empty text, got {query!r}")
+        return self.user.format(query=query.strip(), **self.extra)
+
+    def messages(self, query: QueryInput) -> list[dict[str, str]]:
+        """Chat messages for one query: system prompt, the worked examples as earlier turns, then the query.
+
+        The assistant turn is not included; backends start it with :attr:`prefill` (``<think>`` by default),
+        and the completion is parsed as ``prefill + completion`` (see :meth:`completion_text`).
+        """
+        messages = [{"role": "system", "content": self.system}]
+        for example_query, example_answer in self.examples:
+            messages.append({"role": "user", "content": self.user_text(example_query)})
+            messages.append({"role": "assistant", "content": example_answer})
+        messages.append({"role": "user", "content": self.user_text(query)})
+        return messages
+
+    def completion_text(self, completion: str) -> str:
+        """The full assistant text: the prefill the backend started with, then the generated completion."""
+        return self.prefill + completion
+
+
+def format_pico(fields: Mapping[str, str]) -> str:
+    """PICO fields (any may be empty) or ``{"topic": ...}`` as prompt text."""
+    lines = [f"{_PICO_NAMES[key]}: {fields[key].strip()}" for key in PICO_FIELDS if (fields.get(key) or "").strip()]
+    topic = (fields.get("topic") or "").strip()
+    if topic:
+        lines.insert(0, f"Topic: {topic}")
+    unknown = sorted(set(fields) - set(PICO_FIELDS) - {"topic"})
+    if unknown:
+        raise ValueError(f"unknown PICO keys {unknown}: use P, I, C, O or topic")
+    if not lines:
+        raise ValueError("all PICO fields and the topic are empty: give at least one")
+    return "\n".join(lines)
+
+
+# One worked example per task: small models (the embedded 135M one) follow the format far more often with it.
+_RETRIEVAL_EXAMPLE = (
+    "aspirin prevents heart attacks",
+    "<think>Relevant documents mention aspirin, myocardial infarction and cardiovascular prevention.</think>\n"
+    '<answer>{"query": "aspirin myocardial infarction heart attack cardiovascular prevention"}</answer>',
+)
+_DENSE_EXAMPLE = (
+    "aspirin prevents heart attacks",
+    "<think>The question is whether aspirin lowers the risk of myocardial infarction.</think>\n"
+    '<answer>{"query": "does taking aspirin lower the risk of heart attack (myocardial infarction)"}</answer>',
+)
+_QA_EXAMPLE = (
+    "who discovered penicillin",
+    "<think>The evidence names the discoverer of penicillin, Alexander Fleming, 1928.</think>\n"
+    '<answer>{"query": "penicillin discovered by Alexander Fleming 1928 discovery"}</answer>',
+)
+_LITERATURE_EXAMPLE = (
+    "Topic: aspirin for prevention of heart attacks",
+    "<think>Two concepts: aspirin, and myocardial infarction prevention, each with synonyms.</think>\n"
+    '<answer>{"query": "(aspirin[tiab] OR \\"acetylsalicylic acid\\"[tiab]) AND (\\"myocardial infarction\\"[tiab] '
+    'OR \\"heart attack\\"[tiab])"}</answer>',
+)
+
+TASKS: dict[str, Task] = {
+    "retrieval": Task("retrieval", RETRIEVAL_SYSTEM, metric="ndcg", k=10, train_k=100,
+                      examples=(_RETRIEVAL_EXAMPLE,)),
+    "dense": Task("dense", DENSE_SYSTEM, metric="ndcg", k=10, train_k=100, examples=(_DENSE_EXAMPLE,)),
+    "qa": Task("qa", QA_SYSTEM, "Question: {query}", metric="hit_rank", k=1000, tiers=HIT_RANK_TIERS,
+               format_valid=1.0, format_invalid=-4.0, examples=(_QA_EXAMPLE,)),
+    "literature": Task("literature", LITERATURE_SYSTEM, "{query}", metric="recall", k=3000, tiers=RECALL_TIERS,
+                       format_valid=1.0, format_invalid=-4.0, examples=(_LITERATURE_EXAMPLE,)),
+}
+
+
+def get_task(task: str | Task) -> Task:
+    """A built-in task by name, or the given :class:`Task` unchanged."""
+    if isinstance(task, Task):
+        return task
+    try:
+        return TASKS[task]
+    except KeyError:
+        raise ValueError(f"unknown task {task!r}: choose one of {sorted(TASKS)} or pass a Task") from None

@@ -36,6 +36,12 @@ LITERATURE_SYSTEM = (
     "concepts with AND, their synonyms with OR, use parentheses and quoted phrases, and optionally field tags "
     "such as [tiab] or [mh]. Aim for high recall. " + _FORMAT
 )
+# HyDE (Gao et al. 2022): the prompted baseline users try first. The model writes a short passage that would answer
+# the query, and the passage (with the query, see deepretrieval_trainer.evaluate) is what gets searched.
+HYDE_SYSTEM = (
+    "Write a short passage, in the style of a scientific abstract, that answers the query or supports the claim. "
+    "Use the specific technical terms such a document would contain. Write only the passage inside <answer> </answer>."
+)
 PICO_FIELDS = ("P", "I", "C", "O")
 _PICO_NAMES = {"P": "Population", "I": "Intervention", "C": "Comparison", "O": "Outcome"}
 
@@ -161,6 +167,12 @@ _LITERATURE_EXAMPLE = (
     'OR \\"heart attack\\"[tiab])"}</answer>',
 )
 
+_HYDE_EXAMPLE = (
+    "aspirin prevents heart attacks",
+    "<answer>Low-dose aspirin (acetylsalicylic acid) inhibits platelet aggregation and reduces the risk of "
+    "myocardial infarction in patients with cardiovascular disease.</answer>",
+)
+
 TASKS: dict[str, Task] = {
     "retrieval": Task("retrieval", RETRIEVAL_SYSTEM, metric="ndcg", k=10, train_k=100,
                       examples=(_RETRIEVAL_EXAMPLE,)),
@@ -170,6 +182,8 @@ TASKS: dict[str, Task] = {
     "literature": Task("literature", LITERATURE_SYSTEM, "{query}", metric="recall", k=3000, tiers=RECALL_TIERS,
                        format_valid=1.0, format_invalid=-4.0, examples=(_LITERATURE_EXAMPLE,)),
 }
+# Not in TASKS: a prompted baseline for evaluation (`deepretrieval eval --source hyde`), not a trained format.
+HYDE_TASK = Task("hyde", HYDE_SYSTEM, metric="ndcg", k=10, examples=(_HYDE_EXAMPLE,), prefill="<answer>")
 
 
 def get_task(task: str | Task) -> Task:

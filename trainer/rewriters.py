@@ -66,8 +66,12 @@ class BaseRewriter(ABC):
         self.max_query_chars = max_query_chars
 
     @abstractmethod
-    def _complete(self, conversations: list[list[dict[str, str]]]) -> list[str]:
-        """One completion per conversation (the text generated after the task's prefill)."""
+    def _complete(self, conversations: list[list[dict[str, str]]]) -> list[str | Exception]:
+        """One completion per conversation (the text generated after the task's prefill).
+
+        A backend that serves each conversation separately may put the exception of a failed one in its place:
+        that query alone falls back, with the error as its reason.
+        """
 
     async def _acomplete(self, conversations: list[list[dict[str, str]]]) -> list[str]:
         return await asyncio.to_thread(self._complete, conversations)
@@ -106,6 +110,9 @@ class BaseRewriter(ABC):
         results = []
         for query, completion in zip(queries, completions, strict=True):
             original = _original_text(query)
+            if isinstance(completion, Exception):
+                results.append(self._backend_failed([query], completion, latency)[0])
+                continue
             parsed = parse_answer(
                 self.task.completion_text(completion) if isinstance(completion, str) else completion,
                 max_chars=self.max_query_chars,

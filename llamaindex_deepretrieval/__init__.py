@@ -1,0 +1,26 @@
+"""llamaindex_deepretrieval: DeepRetrieval query rewriting inside LlamaIndex, and LlamaIndex retrievers as rewards.
+
+- :class:`DeepRetrievalQueryTransform`: a ``BaseQueryTransform`` for ``TransformQueryEngine``/``TransformRetriever``.
+- :class:`DeepRetrievalRetriever`: wraps any retriever, with a real async path.
+- :class:`LlamaIndexSearch`: any retriever as the core ``SearchBackend`` the trainer's reward searches.
+- ``train``: ``deepretrieval_trainer.grpo.train``, imported on first use (it needs torch and TRL).
+
+Imports nothing heavy: torch, transformers and TRL load only when a rewriter or ``train`` runs.
+"""
+
+from typing import Any
+
+from .events import QueryRewriteEvent
+from .retriever import DeepRetrievalRetriever
+from .search import LlamaIndexSearch
+from .transform import DeepRetrievalQueryTransform
+
+__all__ = ["DeepRetrievalQueryTransform", "DeepRetrievalRetriever", "LlamaIndexSearch", "QueryRewriteEvent", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "train":
+        from deepretrieval_trainer.grpo import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

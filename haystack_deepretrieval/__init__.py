@@ -1,0 +1,38 @@
+"""haystack_deepretrieval: a Haystack query-rewriter component and a SearchBackend over Haystack retrieval.
+
+Nothing heavy loads on import (Haystack itself imports torch): the names below load on first use.
+Using ``DeepRetrievalQueryRewriter`` or ``HaystackSearch`` registers this package with Haystack's deserialization
+allowlist, so pipeline YAML naming the component loads with ``Pipeline.loads``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .beir import beir_documents
+    from .component import DeepRetrievalQueryRewriter
+    from .search import HaystackSearch
+
+_LAZY = {
+    "DeepRetrievalQueryRewriter": ("haystack_deepretrieval.component", "DeepRetrievalQueryRewriter"),
+    "HaystackSearch": ("haystack_deepretrieval.search", "HaystackSearch"),
+    "beir_documents": ("haystack_deepretrieval.beir", "beir_documents"),
+    "train": ("deepretrieval_trainer.grpo", "train"),
+}
+
+__all__ = ["DeepRetrievalQueryRewriter", "HaystackSearch", "beir_documents", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _LAZY[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

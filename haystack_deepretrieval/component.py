@@ -1,0 +1,236 @@
+"""``DeepRetrievalQueryRewriter``: a Haystack component that rewrites a query with a DeepRetrieval-trained model.
+
+It outputs ``query`` (the rewrite, or the original on fallback) for a retriever's ``query`` input, and ``queries``
+(the rewrite plus, optionally, the original) for ``MultiQueryTextRetriever``, the way ``QueryExpander`` does.
+Model text is untrusted: a backend error, a timeout or unparsable text yields the original query and a logged
+warning, unless ``strict=True``.
+
+Importing this module adds ``haystack_deepretrieval`` to Haystack's deserialization allowlist, so pipeline YAML
+naming the component loads with ``Pipeline.loads``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+from typing import Any, Literal
+
+from haystack import component, default_from_dict, default_to_dict
+from haystack.core.errors import SerializationError
+from haystack.core.serialization import allow_deserialization_module
+from haystack.utils import Secret, deserialize_secrets_inplace
+
+from deepretrieval_trainer.rewriters import Rewriter, RewriteResult
+from deepretrieval_trainer.tasks import Task, get_task
+
+logger = logging.getLogger(__name__)
+
+# Haystack 3 imports only allowlisted modules when it loads a pipeline: register ours, the supported way.
+allow_deserialization_module("haystack_deepretrieval")
+
+Backend = Literal["local", "openai"]
+BACKENDS = ("local", "openai")
+DEFAULT_API_KEY_ENV_VARS = ["DEEPRETRIEVAL_API_KEY", "OPENAI_API_KEY"]
+
+
+@component
+class DeepRetrievalQueryRewriter:
+    """Rewrites ``query`` with a local model (transformers, optional peft adapter) or an OpenAI-compatible server.
+
+    Every ``__init__`` parameter is serialized by :meth:`to_dict`; the API key only as its environment-variable
+    form. The model is loaded (or the client created) in :meth:`warm_up`, which a pipeline calls before running.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: Backend = "local",
+        model: str | None = None,
+        adapter: str | None = None,
+        base_url: str | None = None,
+        api_key: Secret | None = Secret.from_env_var(DEFAULT_API_KEY_ENV_VARS, strict=False),  # noqa: B008
+        task: str = "retrieval",
+        system_prompt: str | None = None,
+        user_prompt: str | None = None,
+        include_original: bool = True,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        device: str = "cpu",
+        strict: bool = False,
+    ) -> None:
+        """
+        :param backend: ``"local"`` runs the model in-process; ``"openai"`` calls an OpenAI-compatible server
+            (vLLM serving the base model with the trained adapter as a LoRA module).
+        :param model: local: a model id or folder (None = the embedded SmolLM2-135M-Instruct); openai: the served
+            model or LoRA module name (required).
+        :param adapter: local only: a peft adapter folder (a training run's ``adapter/``).
+        :param base_url: openai only: the server's ``/v1`` URL (None = ``http://127.0.0.1:8000/v1``).
+        :param api_key: openai only: the server's key, as a Haystack ``Secret``.
+        :param task: the built-in task whose prompt the model was trained with (retrieval, dense, qa, literature).
+        :param system_prompt: replaces the task's system prompt.
+        :param user_prompt: replaces the task's user template; must contain ``{query}``.
+        :param include_original: whether ``queries`` also holds the original query (after the rewrite).
+        :param timeout: openai only: seconds per request.
+        :param max_retries: openai only: retries per request.
+        :param max_tokens: the most tokens to generate.
+        :param temperature: 0 is greedy.
+        :param device: local only: the torch device.
+        :param strict: raise ``RewriteError`` instead of falling back (for tests and debugging).
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r}: choose one of {BACKENDS}")
+        if backend == "openai" and not model:
+            raise ValueError("backend='openai' needs model=...: the served model or LoRA module name")
+        if backend == "openai" and adapter is not None:
+            raise ValueError(
+                f"adapter={adapter!r} is for backend='local'; for 'openai' serve the adapter "
+                "(vllm serve ... --lora-modules NAME=PATH) and pass model='NAME'"
+            )
+        if backend == "local" and base_url is not None:
+            raise ValueError(f"base_url={base_url!r} is for backend='openai'; drop it or set backend='openai'")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens={max_tokens} must be >= 1")
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
+        if timeout <= 0:
+            raise ValueError(f"timeout={timeout} must be > 0 seconds")
+        if max_retries < 0:
+            raise ValueError(f"max_retries={max_retries} must be >= 0")
+        self.backend = backend
+        self.model = model
+        self.adapter = adapter
+        self.base_url = base_url
+        self.api_key = api_key
+        self.task = task
+        self.system_prompt = system_prompt
+        self.user_prompt = user_prompt
+        self.include_original = include_original
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.device = device
+        self.strict = strict
+        self._task = _build_task(task, system_prompt, user_prompt)  # validates the name and the templates now
+        self._rewriter: Rewriter | None = None
+        self._prebuilt = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_rewriter(cls, rewriter: Rewriter, *, include_original: bool = True) -> DeepRetrievalQueryRewriter:
+        """Wrap an already built core ``Rewriter`` (any backend, e.g. your own ``BaseRewriter`` subclass).
+
+        Such a component runs in pipelines but cannot be serialized: build it from parameters for YAML.
+        """
+        if not isinstance(rewriter, Rewriter):
+            raise TypeError(f"{type(rewriter).__name__} is not a Rewriter: it needs rewrite(), arewrite() and .task")
+        instance = cls(include_original=include_original, strict=getattr(rewriter, "strict", False))
+        instance._rewriter = rewriter
+        instance._task = rewriter.task
+        instance._prebuilt = True
+        return instance
+
+    def warm_up(self) -> None:
+        """Load the local model, or create the OpenAI-compatible client (idempotent)."""
+        with self._lock:
+            if self._rewriter is None:
+                self._rewriter = self._build_rewriter()
+
+    async def warm_up_async(self) -> None:
+        await asyncio.to_thread(self.warm_up)
+
+    def _build_rewriter(self) -> Rewriter:
+        if self.backend == "local":
+            from deepretrieval_trainer.rewriters import LocalRewriter
+
+            rewriter = LocalRewriter(
+                self.model, adapter=self.adapter, task=self._task, device=self.device,
+                max_new_tokens=self.max_tokens, temperature=self.temperature, strict=self.strict,
+            )
+            rewriter.load()
+            return rewriter
+        try:
+            from deepretrieval_trainer.openai_compat import OpenAIRewriter
+        except ImportError as exc:
+            raise ImportError(
+                f"backend='openai' needs deepretrieval_trainer.openai_compat ({exc}); "
+                "reinstall the project: pip install -e '.[haystack]'"
+            ) from exc
+        options: dict[str, Any] = {"base_url": self.base_url} if self.base_url else {}
+        return OpenAIRewriter(
+            self.model, api_key=self.api_key.resolve_value() if self.api_key else None, task=self._task,
+            timeout=self.timeout, max_retries=self.max_retries, max_tokens=self.max_tokens,
+            temperature=self.temperature, strict=self.strict, **options,
+        )
+
+    @component.output_types(query=str, queries=list[str], meta=dict[str, Any])
+    def run(self, query: str, include_original: bool | None = None) -> dict[str, Any]:
+        """Rewrite ``query``.
+
+        :param query: the user's query.
+        :param include_original: overrides the init value for this call.
+        :returns: ``query``: the rewrite (the original on fallback); ``queries``: the rewrite, then the original
+            when ``include_original``; ``meta``: ``original``, ``fell_back``, ``reason``, ``latency_s``.
+        """
+        if not _usable(query):
+            return self._outputs(_empty_result(query), include_original)
+        self.warm_up()
+        return self._outputs(self._rewriter.rewrite([query])[0], include_original)
+
+    @component.output_types(query=str, queries=list[str], meta=dict[str, Any])
+    async def run_async(self, query: str, include_original: bool | None = None) -> dict[str, Any]:
+        """The async form of :meth:`run` (a server backend sends the request without blocking the loop)."""
+        if not _usable(query):
+            return self._outputs(_empty_result(query), include_original)
+        await self.warm_up_async()
+        return self._outputs((await self._rewriter.arewrite([query]))[0], include_original)
+
+    def _outputs(self, result: RewriteResult, include_original: bool | None) -> dict[str, Any]:
+        include = self.include_original if include_original is None else include_original
+        queries = [result.query]
+        if include and result.original.strip().lower() != result.query.strip().lower():
+            queries.append(result.original)
+        meta = {"original": result.original, "fell_back": result.fell_back, "reason": result.reason,
+                "latency_s": result.latency_s}
+        return {"query": result.query, "queries": queries, "meta": meta}
+
+    def to_dict(self) -> dict[str, Any]:
+        if self._prebuilt:
+            raise SerializationError(
+                "this DeepRetrievalQueryRewriter wraps a Python Rewriter object (from_rewriter) and cannot be "
+                "serialized; build it from parameters (backend=..., model=..., adapter=...) to save it"
+            )
+        return default_to_dict(
+            self, backend=self.backend, model=self.model, adapter=self.adapter, base_url=self.base_url,
+            api_key=self.api_key.to_dict() if self.api_key is not None else None, task=self.task,
+            system_prompt=self.system_prompt, user_prompt=self.user_prompt, include_original=self.include_original,
+            timeout=self.timeout, max_retries=self.max_retries, max_tokens=self.max_tokens,
+            temperature=self.temperature, device=self.device, strict=self.strict,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeepRetrievalQueryRewriter:
+        deserialize_secrets_inplace(data.get("init_parameters", {}), keys=["api_key"])
+        return default_from_dict(cls, data)
+
+
+def _build_task(name: str, system_prompt: str | None, user_prompt: str | None) -> Task:
+    if not isinstance(name, str):
+        raise TypeError(f"task={name!r}: pass a built-in task name (a str) so that the component serializes")
+    task = get_task(name)
+    changes = {key: value for key, value in (("system", system_prompt), ("user", user_prompt)) if value is not None}
+    return dataclasses.replace(task, **changes) if changes else task
+
+
+def _usable(query: Any) -> bool:
+    return isinstance(query, str) and bool(query.strip())
+
+
+def _empty_result(query: Any) -> RewriteResult:
+    logger.warning("DeepRetrievalQueryRewriter got an empty query %r: passing it through unchanged", query)
+    text = query if isinstance(query, str) else ""
+    return RewriteResult(text, text, True, "empty query")

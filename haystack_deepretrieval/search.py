@@ -1,0 +1,293 @@
+"""``HaystackSearch``: the core ``SearchBackend`` over a Haystack retriever component or a whole retrieval pipeline.
+
+The trainer's reward searches with it, so a rewriter is trained against the very retriever it will serve. Rankings
+are the component's or pipeline's own, in order: ids are ``Document.id`` (or ``meta[id_meta_key]``), repeated ids
+keep their first rank, and the list is cut at ``k``. ``k`` reaches the retriever through a ``top_k`` input socket on
+every call (by default the ``top_k`` of the component that produces the output).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from haystack import Document, Pipeline
+
+from deepretrieval_trainer.search import check_k
+
+from . import component as _component  # noqa: F401 - registers haystack_deepretrieval with the YAML allowlist
+
+logger = logging.getLogger(__name__)
+
+QUERY_SOCKET_NAMES = ("query", "text")
+
+
+class HaystackSearch:
+    """Search with ``retriever`` (any component with a ``query``-like input and a ``documents`` output) or with
+    ``pipeline`` (the query goes to ``input_socket``, documents come from ``output_socket``, both
+    ``"component.socket"``)."""
+
+    def __init__(
+        self,
+        *,
+        retriever: Any | None = None,
+        pipeline: Pipeline | None = None,
+        input_socket: str | Sequence[str] | None = None,
+        output_socket: str | None = None,
+        top_k_socket: str | Sequence[str] | None = None,
+        id_meta_key: str | None = None,
+        max_concurrency: int = 4,
+    ) -> None:
+        """
+        :param retriever: a retriever component (e.g. ``InMemoryBM25Retriever``, ``TextEmbeddingRetriever``).
+        :param pipeline: a retrieval pipeline; give exactly one of ``retriever`` and ``pipeline``.
+        :param input_socket: where the query goes. A retriever: a socket name (default ``query``). A pipeline:
+            ``"component.socket"`` or a list of them (default: every unconnected ``str`` input named ``query`` or
+            ``text``, e.g. both the BM25 retriever and the text embedder of a hybrid pipeline).
+        :param output_socket: where the ranked documents come from. A retriever: a socket name (default
+            ``documents``). A pipeline: ``"component.socket"`` (default: the one unconnected ``documents`` output).
+        :param top_k_socket: the input(s) that receive ``k`` on each call, in the same forms as ``input_socket``
+            (default: the output component's ``top_k``, if it has one; ``[]`` sets none and only cuts at ``k``).
+        :param id_meta_key: take a document's id from ``Document.meta[id_meta_key]`` instead of ``Document.id``.
+        :param max_concurrency: how many queries ``asearch`` runs at once.
+        """
+        if (retriever is None) == (pipeline is None):
+            raise ValueError("give exactly one of retriever=<component> and pipeline=<Pipeline>")
+        if not isinstance(max_concurrency, int) or max_concurrency < 1:
+            raise ValueError(f"max_concurrency={max_concurrency!r} must be a positive integer")
+        self.retriever = retriever
+        self.pipeline = pipeline
+        self.id_meta_key = id_meta_key
+        self.max_concurrency = max_concurrency
+        if pipeline is not None:
+            self.input_sockets = _pipeline_inputs(pipeline, input_socket)
+            self.output_socket = _pipeline_output(pipeline, output_socket)
+            self.top_k_sockets = _pipeline_top_k(pipeline, top_k_socket, self.output_socket[0])
+        else:
+            self.input_sockets, self.output_socket, self.top_k_sockets = _component_sockets(
+                retriever, input_socket, output_socket, top_k_socket
+            )
+        self._warm = False
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_beir(
+        cls,
+        path: str | Path,
+        *,
+        bm25_algorithm: str = "BM25L",
+        bm25_parameters: dict[str, float] | None = None,
+        max_concurrency: int = 4,
+    ) -> HaystackSearch:
+        """``InMemoryDocumentStore`` + ``InMemoryBM25Retriever`` over a BEIR collection folder.
+
+        ``Document.id`` is the BEIR doc id and ``content`` is title + text. The store and retriever are
+        ``search.retriever.document_store`` and ``search.retriever``: put the same retriever in your pipeline.
+        """
+        from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
+        from haystack.document_stores.in_memory import InMemoryDocumentStore
+
+        from .beir import beir_documents
+
+        store = InMemoryDocumentStore(bm25_algorithm=bm25_algorithm, bm25_parameters=bm25_parameters)
+        store.write_documents(beir_documents(path))
+        return cls(retriever=InMemoryBM25Retriever(document_store=store), max_concurrency=max_concurrency)
+
+    @classmethod
+    def from_yaml(
+        cls,
+        path: str | Path,
+        *,
+        input_socket: str | Sequence[str] | None = None,
+        output_socket: str | None = None,
+        id_meta_key: str | None = None,
+        top_k_socket: str | Sequence[str] | None = None,
+        documents_from_beir: str | Path | None = None,
+        max_concurrency: int = 4,
+    ) -> HaystackSearch:
+        """Load a retrieval pipeline saved with ``Pipeline.dump``; its document store must hold the documents.
+
+        A server-backed store (Elasticsearch, Qdrant, ...) already does. An ``InMemoryDocumentStore`` does when it
+        was filled in this process under the same ``index`` name, or pass ``documents_from_beir`` to write a BEIR
+        corpus into the pipeline's stores (lexical retrieval only).
+        """
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"{file}: no such pipeline YAML; save one with Pipeline.dump(open(path, 'w'))")
+        pipeline = Pipeline.loads(file.read_text(encoding="utf-8"))
+        if documents_from_beir is not None:
+            from .beir import write_beir_documents
+
+            write_beir_documents(pipeline, documents_from_beir)
+        return cls(
+            pipeline=pipeline, input_socket=input_socket, output_socket=output_socket, top_k_socket=top_k_socket,
+            id_meta_key=id_meta_key, max_concurrency=max_concurrency,
+        )
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[str]]:
+        """Ranked document ids (at most ``k``) for each query, in order; a blank query finds nothing."""
+        queries = _check(queries, k)
+        self.warm_up()
+        rankings = []
+        for query in queries:
+            if not query.strip():
+                rankings.append([])
+                continue
+            if self.pipeline is not None:
+                output = self.pipeline.run(self._data(query, k), include_outputs_from={self.output_socket[0]})
+            else:
+                output = self.retriever.run(**self._data(query, k))
+            rankings.append(self._ranking(output, k))
+        return rankings
+
+    async def asearch(self, queries: Sequence[str], k: int) -> list[list[str]]:
+        """The async form of :meth:`search`: at most ``max_concurrency`` queries in flight."""
+        queries = _check(queries, k)
+        await asyncio.to_thread(self.warm_up)
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(query: str) -> list[str]:
+            if not query.strip():
+                return []
+            async with semaphore:
+                return self._ranking(await self._arun(query, k), k)
+
+        return list(await asyncio.gather(*(one(query) for query in queries)))
+
+    def warm_up(self) -> None:
+        """Warm the pipeline's or the retriever's components up once (model loads), before the first search."""
+        with self._lock:
+            if self._warm:
+                return
+            target = self.pipeline if self.pipeline is not None else self.retriever
+            if hasattr(target, "warm_up"):
+                target.warm_up()
+            self._warm = True
+
+    async def _arun(self, query: str, k: int) -> dict[str, Any]:
+        data = self._data(query, k)
+        if self.pipeline is not None:
+            return await self.pipeline.run_async(data, include_outputs_from={self.output_socket[0]})
+        if hasattr(self.retriever, "run_async"):
+            return await self.retriever.run_async(**data)
+        return await asyncio.to_thread(lambda: self.retriever.run(**data))
+
+    def _data(self, query: str, k: int) -> dict[str, Any]:
+        """Run inputs: ``{component: {socket: value}}`` for a pipeline, ``{socket: value}`` for a component."""
+        if self.pipeline is None:
+            return {**{socket: query for _, socket in self.input_sockets},
+                    **{socket: k for _, socket in self.top_k_sockets}}
+        data: dict[str, dict[str, Any]] = {}
+        for (name, socket), value in [*((s, query) for s in self.input_sockets),
+                                      *((s, k) for s in self.top_k_sockets)]:
+            data.setdefault(name, {})[socket] = value
+        return data
+
+    def _ranking(self, output: dict[str, Any], k: int) -> list[str]:
+        name, socket = self.output_socket
+        documents = (output[name] if name is not None else output).get(socket)
+        if documents is None:
+            raise KeyError(f"the run returned no {socket!r} output (it returned {sorted(output)}); set output_socket")
+        ranking: list[str] = []
+        seen: set[str] = set()
+        for document in documents:
+            doc_id = self._doc_id(document)
+            if doc_id not in seen:
+                seen.add(doc_id)
+                ranking.append(doc_id)
+                if len(ranking) == k:
+                    break
+        return ranking
+
+    def _doc_id(self, document: Document) -> str:
+        if self.id_meta_key is None:
+            return document.id
+        try:
+            return str(document.meta[self.id_meta_key])
+        except KeyError:
+            raise KeyError(
+                f"document {document.id!r} has no meta[{self.id_meta_key!r}] (its meta keys: {sorted(document.meta)});"
+                " set id_meta_key to a field every document has, or to None to use Document.id"
+            ) from None
+
+
+def _check(queries: Sequence[str], k: int) -> list[str]:
+    check_k(k)
+    if isinstance(queries, str):
+        raise TypeError("search() takes a list of queries; wrap a single query as [query]")
+    return list(queries)
+
+
+Socket = tuple[Any, str]  # (component name, or None for a bare component; socket name)
+
+
+def _as_list(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _component_sockets(retriever: Any, input_socket, output_socket, top_k_socket) -> tuple[list[Socket], Socket, list[Socket]]:
+    inputs = getattr(retriever, "__haystack_input__", None)
+    outputs = getattr(retriever, "__haystack_output__", None)
+    if inputs is None or outputs is None:
+        raise TypeError(f"{type(retriever).__name__} is not a Haystack component; pass a retriever or pipeline=...")
+    names = _as_list(input_socket or "query")
+    top_k = _as_list(top_k_socket) if top_k_socket is not None else [s for s in ("top_k",) if s in inputs]
+    for socket in [*names, *top_k]:
+        if socket not in inputs:
+            raise ValueError(f"{type(retriever).__name__} has no input {socket!r}; its inputs are {list(inputs._sockets_dict)}")
+    output = output_socket or "documents"
+    if output not in outputs:
+        raise ValueError(f"{type(retriever).__name__} has no output {output!r}; its outputs are {list(outputs._sockets_dict)}")
+    return [(None, s) for s in names], (None, output), [(None, s) for s in top_k]
+
+
+def _split(pipeline: Pipeline, address: str, kind: str) -> Socket:
+    name, _, socket = address.partition(".")
+    if not socket:
+        raise ValueError(f"{kind}={address!r}: name a pipeline socket as 'component.socket', e.g. 'retriever.query'")
+    try:
+        instance = pipeline.get_component(name)
+    except ValueError:
+        raise ValueError(f"{kind}={address!r}: no component {name!r}; the pipeline has {[n for n, _ in pipeline.walk()]}") from None
+    sockets = instance.__haystack_output__ if kind == "output_socket" else instance.__haystack_input__
+    if socket not in sockets:
+        raise ValueError(f"{kind}={address!r}: {name!r} has no such socket; it has {list(sockets._sockets_dict)}")
+    return name, socket
+
+
+def _pipeline_inputs(pipeline: Pipeline, input_socket) -> list[Socket]:
+    if input_socket is not None:
+        return [_split(pipeline, address, "input_socket") for address in _as_list(input_socket)]
+    found = [(name, socket) for name, sockets in pipeline.inputs().items() for socket, spec in sockets.items()
+             if socket in QUERY_SOCKET_NAMES and spec["type"] is str]
+    if not found:
+        raise ValueError(f"no unconnected str input named {QUERY_SOCKET_NAMES} in the pipeline (its inputs: "
+                         f"{_describe(pipeline.inputs())}); set input_socket='component.socket'")
+    return found
+
+
+def _pipeline_output(pipeline: Pipeline, output_socket: str | None) -> Socket:
+    if output_socket is not None:
+        return _split(pipeline, output_socket, "output_socket")
+    found = [(name, "documents") for name, sockets in pipeline.outputs().items() if "documents" in sockets]
+    if len(found) != 1:
+        raise ValueError(f"{len(found)} unconnected 'documents' outputs in the pipeline ({found}); "
+                         "set output_socket='component.documents'")
+    return found[0]
+
+
+def _pipeline_top_k(pipeline: Pipeline, top_k_socket, output_component: str) -> list[Socket]:
+    if top_k_socket is not None:
+        return [_split(pipeline, address, "top_k_socket") for address in _as_list(top_k_socket)]
+    if "top_k" in pipeline.get_component(output_component).__haystack_input__:
+        return [(output_component, "top_k")]
+    logger.info("%s has no top_k input: rankings are only cut at k (set top_k_socket to pass k on)", output_component)
+    return []
+
+
+def _describe(sockets: dict[str, dict[str, Any]]) -> list[str]:
+    return [f"{name}.{socket}" for name, group in sockets.items() for socket in group]

@@ -1,0 +1,293 @@
+"""The request discipline shared by the PubMed and ClinicalTrials.gov engines (httpx, sync and async).
+
+Every request waits its turn at a rate limiter shared by all engines talking to the same service with the same
+rate, has a timeout, and is retried with exponential backoff on transport errors, timeouts, 429 (honouring
+``Retry-After``), 5xx and malformed JSON. Other 4xx answers fail at once. Secret parameters (the NCBI API key) never
+appear in logs or error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import threading
+import time
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from ..search import check_k
+from .boolean import BooleanQueryError
+from .dates import DateRange
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class SearchServiceError(RuntimeError):
+    """A search service failed (after the retries, or with an answer that retrying cannot fix)."""
+
+
+@dataclass(frozen=True)
+class HttpPolicy:
+    """Timeout, retry and rate settings for one engine.
+
+    ``requests_per_second``: the service's documented limit (PubMed: 3 without an API key, 10 with one).
+    Backoff after the n-th failed attempt is ``backoff_s * 2**n`` (capped at ``max_backoff_s``), or the server's
+    ``Retry-After`` when it sends one.
+    """
+
+    requests_per_second: float = 3.0
+    timeout_s: float = 30.0
+    max_retries: int = 4
+    backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    user_agent: str = "deepretrieval (https://pypi.org/project/deepretrieval/)"
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_second", "timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"HttpPolicy.{name}={getattr(self, name)!r} must be > 0")
+        if self.max_retries < 0:
+            raise ValueError(f"HttpPolicy.max_retries={self.max_retries!r} must be >= 0 (0 disables retries)")
+        if self.backoff_s < 0 or self.max_backoff_s < self.backoff_s:
+            raise ValueError(f"HttpPolicy backoff_s={self.backoff_s!r}, max_backoff_s={self.max_backoff_s!r}: "
+                             "need 0 <= backoff_s <= max_backoff_s")
+
+
+class RateLimiter:
+    """Hands out request start times at least ``1 / requests_per_second`` apart (threads and event loops alike)."""
+
+    def __init__(self, requests_per_second: float) -> None:
+        self.interval = 1.0 / requests_per_second
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Claim the next slot; return how long to wait for it."""
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+            return start - now
+
+    def hold(self, seconds: float) -> None:
+        """No slot starts before ``seconds`` from now (after a 429, every caller backs off)."""
+        with self._lock:
+            self._next = max(self._next, time.monotonic() + seconds)
+
+    def wait(self) -> None:
+        time.sleep(self.reserve())
+
+    async def await_turn(self) -> None:
+        await asyncio.sleep(self.reserve())
+
+
+_LIMITERS: dict[tuple[str, float], RateLimiter] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def shared_limiter(service: str, requests_per_second: float) -> RateLimiter:
+    """One limiter per (service, rate) in this process: the services limit per client, not per engine object."""
+    with _LIMITERS_LOCK:
+        return _LIMITERS.setdefault((service, requests_per_second), RateLimiter(requests_per_second))
+
+
+@dataclass(frozen=True)
+class _Retry:
+    delay: float
+
+
+class JsonService:
+    """GET requests returning JSON from one base URL, with :class:`HttpPolicy`'s discipline."""
+
+    def __init__(self, *, name: str, base_url: str, policy: HttpPolicy, secret_params: tuple[str, ...] = ()) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"{name}: base_url={base_url!r} must start with http:// or https://")
+        self.name, self.base_url, self.policy = name, base_url.rstrip("/") + "/", policy
+        self.secret_params = secret_params
+        self.limiter = shared_limiter(self.base_url, policy.requests_per_second)
+        self._client = None
+        self._client_lock = threading.Lock()
+
+    def _sync_client(self):
+        import httpx
+
+        with self._client_lock:
+            if self._client is None:
+                self._client = httpx.Client(timeout=self.policy.timeout_s, headers={"User-Agent": self.policy.user_agent})
+            return self._client
+
+    def get(self, path: str, params: Mapping[str, Any]) -> dict:
+        import httpx
+
+        client = self._sync_client()
+        for attempt in range(self.policy.max_retries + 1):
+            self.limiter.wait()
+            try:
+                outcome = self._judge(client.get(self.base_url + path, params=dict(params)), path, params, attempt)
+            except httpx.TransportError as exc:  # connect/read errors and timeouts
+                outcome = self._judge_failure(exc, path, params, attempt)
+            if not isinstance(outcome, _Retry):
+                return outcome
+            time.sleep(outcome.delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def aget(self, path: str, params: Mapping[str, Any], client=None) -> dict:
+        """The async form of :meth:`get`; pass an open ``httpx.AsyncClient`` to reuse its connections."""
+        import httpx
+
+        if client is None:
+            async with self.async_client() as own:
+                return await self.aget(path, params, own)
+        for attempt in range(self.policy.max_retries + 1):
+            await self.limiter.await_turn()
+            try:
+                outcome = self._judge(await client.get(self.base_url + path, params=dict(params)), path, params, attempt)
+            except httpx.TransportError as exc:
+                outcome = self._judge_failure(exc, path, params, attempt)
+            if not isinstance(outcome, _Retry):
+                return outcome
+            await asyncio.sleep(outcome.delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def async_client(self):
+        import httpx
+
+        return httpx.AsyncClient(timeout=self.policy.timeout_s, headers={"User-Agent": self.policy.user_agent})
+
+    def close(self) -> None:
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def describe(self, path: str, params: Mapping[str, Any]) -> str:
+        """The request as text with secret parameters masked."""
+        shown = {key: ("***" if key in self.secret_params else value) for key, value in params.items()}
+        return f"{self.name} GET {self.base_url}{path} {shown}"
+
+    def _judge(self, response, path: str, params: Mapping[str, Any], attempt: int) -> dict | _Retry:
+        status = response.status_code
+        if status in RETRY_STATUSES:
+            retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+            return self._retry_or_raise(f"HTTP {status}: {_excerpt(response.text)}", path, params, attempt, retry_after)
+        if status >= 400:
+            raise SearchServiceError(f"{self.describe(path, params)} failed with HTTP {status}: {_excerpt(response.text)}"
+                                     "; check the query and the parameters (this is not retried)")
+        try:
+            payload = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return self._retry_or_raise(f"malformed JSON: {_excerpt(response.text)}", path, params, attempt, None)
+        if not isinstance(payload, dict):
+            return self._retry_or_raise(f"expected a JSON object, got {type(payload).__name__}", path, params, attempt, None)
+        return payload
+
+    def _judge_failure(self, exc: Exception, path: str, params: Mapping[str, Any], attempt: int) -> _Retry:
+        return self._retry_or_raise(f"{type(exc).__name__}: {exc}", path, params, attempt, None)
+
+    def _retry_or_raise(self, problem: str, path: str, params: Mapping[str, Any], attempt: int,
+                        retry_after: float | None) -> _Retry:
+        if attempt >= self.policy.max_retries:
+            raise SearchServiceError(f"{self.describe(path, params)} failed after {attempt + 1} attempt(s): {problem}; "
+                                     "the service may be down or rate-limiting: retry later or raise "
+                                     "HttpPolicy.max_retries / lower requests_per_second")
+        delay = min(self.policy.backoff_s * 2 ** attempt, self.policy.max_backoff_s)
+        if retry_after is not None:
+            delay = min(max(delay, retry_after), self.policy.max_backoff_s)
+            self.limiter.hold(delay)
+        logger.warning("%s: %s; retrying in %.2fs (attempt %d of %d)", self.name, problem, delay, attempt + 1,
+                       self.policy.max_retries + 1)
+        return _Retry(delay)
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: either a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _excerpt(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class PagedSearch:
+    """Base of the HTTP engines: a SearchBackend that pages through a JSON search API up to ``k`` ids per query.
+
+    A subclass sets ``service`` (a :class:`JsonService`), ``path`` and ``max_k``, and writes ``_pages``: a generator
+    that yields the parameters of each request, receives the decoded answer, and returns the ids. The same
+    generator drives the sync and the async path.
+    """
+
+    service: JsonService
+    path: str
+    max_k: int
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[str]]:
+        return self.search_dated(queries, k, [None] * len(queries))
+
+    async def asearch(self, queries: Sequence[str], k: int) -> list[list[str]]:
+        return await self.asearch_dated(queries, k, [None] * len(queries))
+
+    def search_dated(self, queries: Sequence[str], k: int, dates: Sequence[DateRange | None]) -> list[list[str]]:
+        """Ranked ids per query, each limited to its publication-date window (None: no limit)."""
+        pairs = self._check(queries, k, dates)
+        return [self._run_sync(self._pages(query, date, k)) for query, date in pairs]
+
+    async def asearch_dated(self, queries: Sequence[str], k: int,
+                            dates: Sequence[DateRange | None]) -> list[list[str]]:
+        pairs = self._check(queries, k, dates)
+        async with self.service.async_client() as client:
+            return list(await asyncio.gather(*(self._run_async(self._pages(q, d, k), client) for q, d in pairs)))
+
+    def _pages(self, query: str, date: DateRange | None, k: int) -> Generator[dict, dict, list[str]]:
+        raise NotImplementedError
+
+    def _check(self, queries: Sequence[str], k: int, dates: Sequence[DateRange | None]):
+        check_k(k)
+        if k > self.max_k:
+            raise ValueError(f"k={k} is above what {type(self).__name__} can page through ({self.max_k}); lower k")
+        if isinstance(queries, str):
+            raise ValueError("queries must be a list of strings, not one string; wrap it: [query]")
+        if len(dates) != len(queries):
+            raise ValueError(f"got {len(dates)} date ranges for {len(queries)} queries; give one (or None) per query")
+        for query in queries:
+            if not isinstance(query, str) or not query.strip():
+                raise BooleanQueryError(repr(query), None, "the query is empty; write at least one term")
+        return list(zip(queries, dates, strict=True))
+
+    def _run_sync(self, pages: Generator[dict, dict, list[str]]) -> list[str]:
+        params = next(pages)
+        while True:
+            try:
+                params = pages.send(self.service.get(self.path, params))
+            except StopIteration as done:
+                return done.value
+
+    async def _run_async(self, pages: Generator[dict, dict, list[str]], client) -> list[str]:
+        params = next(pages)
+        while True:
+            try:
+                params = pages.send(await self.service.aget(self.path, params, client))
+            except StopIteration as done:
+                return done.value
+
+    def close(self) -> None:
+        self.service.close()

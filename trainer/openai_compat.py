@@ -1,0 +1,327 @@
+"""A rewriter backed by an OpenAI-compatible server: vLLM serving the base model with the trained LoRA adapter.
+
+The adapter is chosen by the model name (``vllm serve BASE --enable-lora --lora-modules NAME=ADAPTER``; see
+``deepretrieval serve``). Each query is one ``POST /v1/chat/completions`` whose last message is the assistant turn
+started with the task's prefill (``<think>``); vLLM continues it (``continue_final_message``), so the model sees the
+same prompt as in training. Requests run concurrently (a thread pool, or asyncio with a semaphore) over one
+connection pool, with a per-request timeout and bounded retries with exponential backoff on 429, 5xx and
+connection errors. A failed request makes its query fall back to the original text with the reason logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from .answer import MAX_QUERY_CHARS, parse_answer
+from .rewriters import BaseRewriter
+from .tasks import Task
+
+logger = logging.getLogger(__name__)
+
+Choice = Literal["first_valid", "majority"]
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+API_KEY_ENV_VARS = ("DEEPRETRIEVAL_API_KEY", "OPENAI_API_KEY")
+RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+MAX_BACKOFF_S = 8.0
+
+
+class ServerError(RuntimeError):
+    """The server answered, but not with usable completions (an HTTP error after retries, or a malformed body)."""
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """Where and how to ask: validated once, shared by the sync and async paths."""
+
+    model: str
+    base_url: str = DEFAULT_BASE_URL
+    timeout: float = 30.0
+    max_retries: int = 2
+    retry_backoff: float = 0.5
+    max_concurrency: int = 8
+    max_tokens: int = 128
+    temperature: float = 0.0
+    n: int = 1
+    choice: Choice = "first_valid"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(f"model={self.model!r}: pass the served model or LoRA module name (vLLM --lora-modules NAME=...)")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url={self.base_url!r} is not an http(s) URL; use e.g. {DEFAULT_BASE_URL}")
+        checks = [
+            (self.timeout > 0, f"timeout={self.timeout} must be > 0 seconds"),
+            (self.max_retries >= 0, f"max_retries={self.max_retries} must be >= 0 (0 = no retry)"),
+            (self.retry_backoff >= 0, f"retry_backoff={self.retry_backoff} must be >= 0 seconds"),
+            (self.max_concurrency >= 1, f"max_concurrency={self.max_concurrency} must be >= 1"),
+            (self.max_tokens >= 1, f"max_tokens={self.max_tokens} must be >= 1"),
+            (self.temperature >= 0, f"temperature={self.temperature} must be >= 0 (0 means greedy)"),
+            (self.n >= 1, f"n={self.n} must be >= 1"),
+            (self.choice in ("first_valid", "majority"), f"choice={self.choice!r} must be 'first_valid' or 'majority'"),
+            (self.n == 1 or self.temperature > 0,
+             f"n={self.n} samples with temperature=0 are all the same greedy text: set temperature > 0 (e.g. 0.7)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def chat_url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    """The given key, else ``$DEEPRETRIEVAL_API_KEY``, else ``$OPENAI_API_KEY``, else None (no auth header)."""
+    if api_key:
+        return api_key
+    return next((os.environ[name] for name in API_KEY_ENV_VARS if os.environ.get(name)), None)
+
+
+def choose_completion(task: Task, samples: Sequence[str], choice: Choice, *, max_chars: int = MAX_QUERY_CHARS) -> str:
+    """One of ``n`` sampled completions: the first that parses, or the one giving the most frequent parsed query.
+
+    When none parses, the first is returned, so the caller's parse reports why it falls back.
+    """
+    if not samples:
+        raise ServerError("the server returned no choices")
+    parsed = [parse_answer(task.completion_text(s), max_chars=max_chars) for s in samples]
+    valid = [(i, " ".join(p.query.lower().split())) for i, p in enumerate(parsed) if p.ok]
+    if not valid:
+        return samples[0]
+    if choice == "first_valid":
+        return samples[valid[0][0]]
+    counts = Counter(key for _, key in valid)
+    best = max(counts.values())
+    return samples[next(i for i, key in valid if counts[key] == best)]  # ties: the earliest sample
+
+
+class OpenAIRewriter(BaseRewriter):
+    """Rewrites queries through ``POST {base_url}/chat/completions`` with ``model`` (a vLLM LoRA module name).
+
+    ``n > 1`` samples several completions per query (needs ``temperature > 0``) and keeps one by ``choice``.
+    The API key is optional (``api_key``, else ``$DEEPRETRIEVAL_API_KEY``, else ``$OPENAI_API_KEY``) and never logged.
+    Use as a context manager, or call :meth:`close` / :meth:`aclose`, to release the connection pools.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: str | None = None,
+        task: str | Task = "retrieval",
+        timeout: float = 30.0,
+        max_retries: int = 2,
+        retry_backoff: float = 0.5,
+        max_concurrency: int = 8,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        n: int = 1,
+        choice: Choice = "first_valid",
+        strict: bool = False,
+        max_query_chars: int = MAX_QUERY_CHARS,
+    ):
+        super().__init__(task=task, strict=strict, max_query_chars=max_query_chars)
+        self.config = EndpointConfig(
+            model=model, base_url=base_url, timeout=timeout, max_retries=max_retries, retry_backoff=retry_backoff,
+            max_concurrency=max_concurrency, max_tokens=max_tokens, temperature=temperature, n=n, choice=choice,
+        )
+        self._api_key = resolve_api_key(api_key)
+        self._client: httpx.Client | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._async: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient, asyncio.Semaphore] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    @property
+    def base_url(self) -> str:
+        return self.config.base_url
+
+    def __repr__(self) -> str:
+        return f"OpenAIRewriter(model={self.model!r}, base_url={self.base_url!r}, task={self.task.name!r})"
+
+    # -- the request -------------------------------------------------------------------------------------------
+
+    def payload(self, conversation: list[dict[str, str]]) -> dict[str, Any]:
+        """The chat-completions body: the task's messages, then the assistant turn started with the prefill."""
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": list(conversation),
+            "max_tokens": self.config.max_tokens,
+            "temperature": self.config.temperature,
+            "n": self.config.n,
+        }
+        if self.task.prefill:
+            body["messages"].append({"role": "assistant", "content": self.task.prefill})
+            body.update(continue_final_message=True, add_generation_prompt=False)
+        return body
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def _limits(self) -> httpx.Limits:
+        return httpx.Limits(max_connections=self.config.max_concurrency,
+                            max_keepalive_connections=self.config.max_concurrency)
+
+    def _completion(self, response: httpx.Response) -> str:
+        """The chosen completion text from a 200 response; :class:`ServerError` on anything malformed."""
+        try:
+            choices = response.json()["choices"]
+            samples = [c["message"]["content"] for c in choices]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ServerError(f"malformed response from {self.config.chat_url}: {_snippet(response)}") from exc
+        if not all(isinstance(s, str) for s in samples):
+            raise ServerError(f"a choice from {self.config.chat_url} has no text content: {_snippet(response)}")
+        return choose_completion(self.task, samples, self.config.choice, max_chars=self.max_query_chars)
+
+    def _give_up(self, attempt: int, response: httpx.Response | None, error: Exception | None) -> Exception:
+        where = f"{self.config.chat_url} (model {self.config.model!r})"
+        tries = f"after {attempt + 1} attempt(s)"
+        if response is None:
+            return ServerError(
+                f"cannot reach {where} {tries}: {type(error).__name__}: {error}; is the server running "
+                "(`deepretrieval serve --adapter RUN_DIR`) and is base_url right?"
+            )
+        hint = ""
+        if response.status_code == 404:
+            hint = "; check that model is a name the server lists at /v1/models (the --lora-modules NAME)"
+        elif response.status_code in (401, 403):
+            hint = "; set the API key (api_key=, $DEEPRETRIEVAL_API_KEY or $OPENAI_API_KEY)"
+        return ServerError(f"HTTP {response.status_code} from {where} {tries}: {_snippet(response)}{hint}")
+
+    def _backoff(self, attempt: int, response: httpx.Response | None) -> float:
+        retry_after = response.headers.get("retry-after") if response is not None else None
+        if retry_after:
+            try:
+                return min(float(retry_after), MAX_BACKOFF_S)
+            except ValueError:
+                pass
+        delay = self.config.retry_backoff * 2**attempt
+        return min(delay * (0.5 + random.random()), MAX_BACKOFF_S)
+
+    def _should_retry(self, attempt: int, response: httpx.Response | None) -> bool:
+        if attempt >= self.config.max_retries:
+            return False
+        return response is None or response.status_code in RETRY_STATUS
+
+    # -- sync --------------------------------------------------------------------------------------------------
+
+    def _post(self, client: httpx.Client, conversation: list[dict[str, str]]) -> str | Exception:
+        body = self.payload(conversation)
+        for attempt in range(self.config.max_retries + 1):
+            response, error = None, None
+            try:
+                response = client.post(self.config.chat_url, json=body, headers=self._headers())
+            except httpx.TransportError as exc:  # connection refused/reset, timeouts, protocol errors
+                error = exc
+            if response is not None and response.status_code == 200:
+                try:
+                    return self._completion(response)
+                except ServerError as exc:
+                    return exc
+            if not self._should_retry(attempt, response):
+                return self._give_up(attempt, response, error)
+            delay = self._backoff(attempt, response)
+            logger.debug("retrying %s in %.2fs (%s)", self.config.chat_url, delay, error or response.status_code)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _sync_client(self) -> tuple[httpx.Client, ThreadPoolExecutor]:
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(timeout=self.config.timeout, limits=self._limits())
+                self._pool = ThreadPoolExecutor(self.config.max_concurrency, thread_name_prefix="deepretrieval-http")
+            return self._client, self._pool
+
+    def _complete(self, conversations: list[list[dict[str, str]]]) -> list[str | Exception]:
+        client, pool = self._sync_client()
+        if len(conversations) == 1:
+            return [self._post(client, conversations[0])]
+        return list(pool.map(lambda c: self._post(client, c), conversations))
+
+    # -- async -------------------------------------------------------------------------------------------------
+
+    async def _apost(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, conversation) -> str | Exception:
+        body = self.payload(conversation)
+        for attempt in range(self.config.max_retries + 1):
+            response, error = None, None
+            try:
+                async with gate:
+                    response = await client.post(self.config.chat_url, json=body, headers=self._headers())
+            except httpx.TransportError as exc:
+                error = exc
+            if response is not None and response.status_code == 200:
+                try:
+                    return self._completion(response)
+                except ServerError as exc:
+                    return exc
+            if not self._should_retry(attempt, response):
+                return self._give_up(attempt, response, error)
+            await asyncio.sleep(self._backoff(attempt, response))
+        raise AssertionError("unreachable")
+
+    def _async_client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        """One AsyncClient and semaphore per event loop (an AsyncClient cannot move between loops)."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            client = httpx.AsyncClient(timeout=self.config.timeout, limits=self._limits())
+            self._async = (loop, client, asyncio.Semaphore(self.config.max_concurrency))
+        return self._async[1], self._async[2]
+
+    async def _acomplete(self, conversations: list[list[dict[str, str]]]) -> list[str | Exception]:
+        client, gate = self._async_client()
+        return list(await asyncio.gather(*(self._apost(client, gate, c) for c in conversations)))
+
+    # -- lifetime ----------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the sync connection pool and threads (the async pool too when its loop is not running)."""
+        with self._lock:
+            client, pool, self._client, self._pool = self._client, self._pool, None, None
+        if client is not None:
+            client.close()
+        if pool is not None:
+            pool.shutdown(wait=False)
+        if self._async is not None:
+            loop, async_client, _ = self._async
+            self._async = None
+            if not loop.is_closed() and not loop.is_running():
+                loop.run_until_complete(async_client.aclose())
+
+    async def aclose(self) -> None:
+        if self._async is not None and self._async[0] is asyncio.get_running_loop():
+            await self._async[1].aclose()
+            self._async = None
+        self.close()
+
+    def __enter__(self) -> OpenAIRewriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> OpenAIRewriter:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _snippet(response: httpx.Response, limit: int = 300) -> str:
+    text = " ".join(response.text.split())
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -50,14 +50,19 @@ class FTS5Search(ThreadedAsyncSearch):
     ``corpus``: doc id -> {"title", "text"} (a :class:`~deepretrieval_trainer.data.Collection`'s ``corpus``).
     ``fingerprint`` names the index in the cache (default: a hash of the corpus content); ``index_path`` puts the
     index file elsewhere; ``stopwords`` are removed from documents and queries alike (default: English, as PubMed
-    ignores them; ``()`` keeps every word). ``rebuild=True`` ignores a cached index.
+    ignores them; ``()`` keeps every word). ``rebuild=True`` ignores a cached index. ``malformed``: what
+    :meth:`search` does with a query the parser rejects: ``"raise"`` a :class:`BooleanQueryError` (default), or
+    return ``"empty"`` results for it and log why (for a reward that scores a batch and cannot take an exception).
     """
 
     def __init__(self, corpus: Mapping[str, Mapping[str, str]], *, fingerprint: str | None = None,
                  index_path: str | Path | None = None, stopwords: Collection[str] | None = None,
-                 rebuild: bool = False) -> None:
+                 rebuild: bool = False, malformed: str = "raise") -> None:
+        if malformed not in ("raise", "empty"):
+            raise ValueError(f"malformed={malformed!r}: choose 'raise' or 'empty'")
         if not corpus:
             raise ValueError("the corpus is empty: give at least one document")
+        self.malformed = malformed
         self.stopwords = english_stopwords() if stopwords is None else frozenset(stopwords)
         self.fingerprint = fingerprint or corpus_fingerprint(corpus)
         self.index_path = Path(index_path) if index_path else self.default_index_path()
@@ -122,11 +127,15 @@ class FTS5Search(ThreadedAsyncSearch):
         return translate(query, stopwords=self.stopwords).expression
 
     def search(self, queries: Sequence[str], k: int) -> list[list[str]]:
-        """Ranked ids per query; the first malformed query raises :class:`BooleanQueryError`."""
+        """Ranked ids per query; a malformed query raises :class:`BooleanQueryError` (or, with
+        ``malformed="empty"``, gets no results)."""
         results = self.search_each(queries, k)
-        for result in results:
+        for index, result in enumerate(results):
             if isinstance(result, BooleanQueryError):
-                raise result
+                if self.malformed == "raise":
+                    raise result
+                logger.debug("no results for a malformed query: %s", result)
+                results[index] = []
         return results  # type: ignore[return-value]
 
     def search_each(self, queries: Sequence[str], k: int) -> list[list[str] | BooleanQueryError]:

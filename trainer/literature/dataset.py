@@ -1,0 +1,162 @@
+"""The literature-search dataset: JSONL, one review topic per line.
+
+Each line is a JSON object::
+
+    {"id": "CD012345", "topic": "aspirin for primary prevention of stroke", "relevant": ["2918412", "3391112"],
+     "pub_date": "2019/05/01"}
+    {"id": "r2", "P": "adults with atrial fibrillation", "I": "apixaban", "C": "warfarin", "O": "stroke",
+     "relevant": ["NCT00412984"]}
+
+- ``id``: unique text (a number is accepted and kept as text).
+- ``topic`` and/or the PICO fields ``P``, ``I``, ``C``, ``O``: at least one non-empty; any may be empty or absent.
+- ``relevant``: the non-empty list of relevant document ids (PMIDs for PubMed, NCT ids for ClinicalTrials.gov,
+  corpus ids for the embedded engine).
+- ``pub_date`` (optional): the review's publication date, ``YYYY``, ``YYYY/MM`` or ``YYYY/MM/DD`` (``-`` also
+  accepted). Searches for this row are limited to records published up to that date.
+- ``meta`` (optional): any JSON object, carried along and ignored. Any other key is an error (a typo such as
+  ``relevent`` would otherwise silently lose the judgments).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import Collection, DataError
+from ..tasks import PICO_FIELDS
+from .dates import DateRange, normalize_date
+
+QUERY_KEYS = ("topic", *PICO_FIELDS)
+ALLOWED_KEYS = frozenset({"id", "relevant", "pub_date", "meta", *QUERY_KEYS})
+
+
+@dataclass(frozen=True)
+class LiteratureExample:
+    """One review topic: its query fields, its relevant ids, and its publication date if known."""
+
+    id: str
+    fields: dict[str, str]
+    relevant: tuple[str, ...]
+    pub_date: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def query(self) -> str | dict[str, str]:
+        """What the literature task's prompt takes: the topic text alone, else the PICO fields."""
+        return self.fields["topic"] if set(self.fields) == {"topic"} else dict(self.fields)
+
+    @property
+    def date_range(self) -> DateRange | None:
+        """The search window that keeps literature published after the review out (None: no cutoff)."""
+        return DateRange.before(self.pub_date) if self.pub_date else None
+
+    @property
+    def qrels(self) -> dict[str, float]:
+        return {doc_id: 1.0 for doc_id in self.relevant}
+
+    def to_row(self) -> dict[str, Any]:
+        """The JSON object of this example (what :func:`write_literature` writes)."""
+        row: dict[str, Any] = {"id": self.id, **self.fields, "relevant": list(self.relevant)}
+        if self.pub_date:
+            row["pub_date"] = self.pub_date
+        if self.meta:
+            row["meta"] = self.meta
+        return row
+
+
+def parse_example(row: Any, where: str = "row") -> LiteratureExample:
+    """Validate one row; a problem raises :class:`DataError` naming ``where`` and the fix."""
+    if not isinstance(row, Mapping):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    unknown = sorted(set(row) - ALLOWED_KEYS)
+    if unknown:
+        raise DataError(f"{where}: unknown keys {unknown}; allowed are {sorted(ALLOWED_KEYS)} (put extras in 'meta')")
+    doc_id = row.get("id")
+    if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool) or not str(doc_id).strip():
+        raise DataError(f"{where}: 'id' must be non-empty text, got {doc_id!r}")
+    fields = {}
+    for key in QUERY_KEYS:
+        value = row.get(key)
+        if value is not None and not isinstance(value, str):
+            raise DataError(f"{where}: {key!r} must be text, got {type(value).__name__}")
+        if value and value.strip():
+            fields[key] = value.strip()
+    if not fields:
+        raise DataError(f"{where}: no query: give a non-empty 'topic' or at least one of the PICO fields P, I, C, O")
+    relevant = row.get("relevant")
+    if not isinstance(relevant, list) or not relevant:
+        raise DataError(f"{where}: 'relevant' must be a non-empty list of document ids, got {relevant!r}")
+    if not all(isinstance(item, (str, int)) and not isinstance(item, bool) and str(item).strip() for item in relevant):
+        raise DataError(f"{where}: 'relevant' ids must be non-empty text or numbers, got {relevant!r}")
+    pub_date = row.get("pub_date")
+    if pub_date is not None:
+        try:
+            pub_date = normalize_date(str(pub_date), field="pub_date")
+        except ValueError as exc:
+            raise DataError(f"{where}: {exc}") from None
+    meta = row.get("meta")
+    meta = {} if meta is None else meta
+    if not isinstance(meta, dict):
+        raise DataError(f"{where}: 'meta' must be a JSON object, got {type(meta).__name__}")
+    return LiteratureExample(str(doc_id).strip(), fields, tuple(dict.fromkeys(str(i).strip() for i in relevant)),
+                             pub_date, meta)
+
+
+def load_literature(path: str | Path) -> list[LiteratureExample]:
+    """Read and validate a literature JSONL file (every problem names the file, the line and the fix)."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{file}: no such file; give a literature JSONL file (see docs/literature-search.md)")
+    examples: list[LiteratureExample] = []
+    seen: set[str] = set()
+    with file.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{file}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+            example = parse_example(row, where)
+            if example.id in seen:
+                raise DataError(f"{where}: duplicate id {example.id!r}; ids must be unique within the file")
+            seen.add(example.id)
+            examples.append(example)
+    if not examples:
+        raise DataError(f"{file}: no examples; the file is empty")
+    return examples
+
+
+def write_literature(path: str | Path, examples: Iterable[LiteratureExample]) -> int:
+    """Write examples as JSONL; return how many."""
+    file = Path(path)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with file.open("w", encoding="utf-8") as handle:
+        for example in examples:
+            handle.write(json.dumps(example.to_row(), ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def from_collection(collection: Collection) -> list[LiteratureExample]:
+    """A BEIR collection split as literature examples: topic = the query text, relevant = ids graded > 0."""
+    examples = []
+    for qid, text in collection.judged_queries.items():
+        relevant = tuple(doc for doc, grade in collection.qrels[qid].items() if grade > 0)
+        if relevant:
+            examples.append(LiteratureExample(qid, {"topic": text}, relevant,
+                                              meta={"source": collection.path.name, "split": collection.split}))
+    if not examples:
+        raise DataError(f"{collection.path} split {collection.split!r}: no query has a relevant document")
+    return examples
+
+
+def training_rows(examples: Iterable[LiteratureExample]) -> list[dict[str, Any]]:
+    """Rows for ``deepretrieval_trainer.grpo.train``: ``{"query", "qrels", "query_id"}`` (the query is the topic
+    text or the PICO fields, which the literature task formats)."""
+    return [{"query": example.query, "qrels": example.qrels, "query_id": example.id} for example in examples]

@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-model": ("deepretrieval_trainer.commands.prepare_model", "convert the embedded model into a plain checkpoint"),
     "rewrite": ("deepretrieval_trainer.commands.rewrite", "rewrite one or more queries with the local model"),
+    "literature-data": ("deepretrieval_trainer.commands.literature_data", "convert or check a literature-search dataset (JSONL)"),
     "serve": ("deepretrieval_trainer.commands.serve", "serve a trained adapter with vLLM (LoRA by model name)"),
 }
 

@@ -136,12 +136,39 @@ class DeepRetrievalQueryRewriter:
 
     def warm_up(self) -> None:
         """Load the local model, or create the OpenAI-compatible client (idempotent)."""
+        self._ready()
+
+    async def warm_up_async(self) -> None:
+        await asyncio.to_thread(self._ready)
+
+    def _ready(self) -> Rewriter:
         with self._lock:
             if self._rewriter is None:
                 self._rewriter = self._build_rewriter()
+            return self._rewriter
 
-    async def warm_up_async(self) -> None:
-        await asyncio.to_thread(self.warm_up)
+    def close(self) -> None:
+        """Release the backend (the openai connection pools; the local model); the next run warms up again.
+
+        A rewriter given to :meth:`from_rewriter` belongs to the caller and stays open.
+        """
+        rewriter = self._detach()
+        if hasattr(rewriter, "close"):
+            rewriter.close()
+
+    async def close_async(self) -> None:
+        rewriter = self._detach()
+        if hasattr(rewriter, "aclose"):
+            await rewriter.aclose()
+        elif hasattr(rewriter, "close"):
+            rewriter.close()
+
+    def _detach(self) -> Rewriter | None:
+        if self._prebuilt:
+            return None
+        with self._lock:
+            rewriter, self._rewriter = self._rewriter, None
+        return rewriter
 
     def _build_rewriter(self) -> Rewriter:
         if self.backend == "local":
@@ -178,16 +205,15 @@ class DeepRetrievalQueryRewriter:
         """
         if not _usable(query):
             return self._outputs(_empty_result(query), include_original)
-        self.warm_up()
-        return self._outputs(self._rewriter.rewrite([query])[0], include_original)
+        return self._outputs(self._ready().rewrite([query])[0], include_original)
 
     @component.output_types(query=str, queries=list[str], meta=dict[str, Any])
     async def run_async(self, query: str, include_original: bool | None = None) -> dict[str, Any]:
         """The async form of :meth:`run` (a server backend sends the request without blocking the loop)."""
         if not _usable(query):
             return self._outputs(_empty_result(query), include_original)
-        await self.warm_up_async()
-        return self._outputs((await self._rewriter.arewrite([query]))[0], include_original)
+        rewriter = await asyncio.to_thread(self._ready)
+        return self._outputs((await rewriter.arewrite([query]))[0], include_original)
 
     def _outputs(self, result: RewriteResult, include_original: bool | None) -> dict[str, Any]:
         include = self.include_original if include_original is None else include_original
@@ -214,7 +240,8 @@ class DeepRetrievalQueryRewriter:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeepRetrievalQueryRewriter:
-        deserialize_secrets_inplace(data.get("init_parameters", {}), keys=["api_key"])
+        data = {**data, "init_parameters": dict(data.get("init_parameters", {}))}  # never mutate the caller's dict
+        deserialize_secrets_inplace(data["init_parameters"], keys=["api_key"])
         return default_from_dict(cls, data)
 
 

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rewrite": ("deepretrieval_trainer.commands.rewrite", "rewrite one or more queries with the local model"),
     "literature-data": ("deepretrieval_trainer.commands.literature_data", "convert or check a literature-search dataset (JSONL)"),
     "serve": ("deepretrieval_trainer.commands.serve", "serve a trained adapter with vLLM (LoRA by model name)"),
+    "eval": ("deepretrieval_trainer.commands.eval", "compare raw, base, HyDE, adapter and served rewrites on a collection"),
 }
 
 

@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,8 +20,9 @@ from pathlib import Path
 
 from .data import Collection
 from .metrics import mrr, ndcg_at_k, recall_at_k
-from .rewriters import Rewriter, RewriteResult
+from .rewriters import RewriteResult
 from .search import SearchBackend
+from .sources import RAW, Source
 
 logger = logging.getLogger(__name__)
 
@@ -36,27 +36,7 @@ METRICS = {
     "mrr": (mrr, SEARCH_K),
 }
 HEADLINE = "ndcg@10"
-RAW = "raw"
 _TIE = 1e-9
-
-
-@dataclass
-class Source:
-    """A named query source. ``rewriter=None`` sends the query unchanged (the ``raw`` baseline).
-
-    ``include_original`` searches ``query + " " + rewrite`` (HyDE's usual form). ``identity`` names everything
-    that determines the rewrites (model, adapter weights, prompt, decoding); rewrites are cached in the output
-    folder under it, and an empty identity disables the cache.
-    """
-
-    name: str
-    rewriter: Rewriter | None = None
-    include_original: bool = False
-    identity: str = ""
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.:@+\-]+", self.name or ""):
-            raise ValueError(f"source name {self.name!r}: use letters, digits and _ . : @ + - only")
 
 
 @dataclass
@@ -319,69 +299,3 @@ def _write_cache(cache: Path, source: Source, results: dict[str, RewriteResult])
     staging.write_text("\n".join(lines) + "\n", encoding="utf-8")
     staging.replace(file)
 
-
-def parse_source(spec: str, *, model: str | None = None, task: str = "retrieval", max_new_tokens: int = 128,
-                 batch_size: int = 8) -> Source:
-    """A :class:`Source` from its command-line form, optionally named: ``[NAME=]SPEC``.
-
-    SPEC is ``raw``; ``base`` (the untrained ``model``); ``hyde`` (the same model prompted to write a passage,
-    searched together with the query); ``adapter:PATH`` (a peft adapter folder or a training run folder);
-    ``server:URL#MODEL`` (an OpenAI-compatible server such as vLLM, the adapter chosen by MODEL).
-    """
-    name, _, body = spec.partition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
-    kind, _, arg = body.partition(":")
-    local = {"model": model, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
-    if kind == RAW and not arg:
-        return Source(name or RAW)
-    if kind in ("base", "hyde") and not arg:
-        from .tasks import HYDE_TASK
-
-        the_task = HYDE_TASK if kind == "hyde" else task
-        return _local_source(name or kind, None, the_task, include_original=kind == "hyde", **local)
-    if kind == "adapter" and arg:
-        adapter = _adapter_folder(Path(arg).expanduser())
-        default = "adapter:" + re.sub(r"[^A-Za-z0-9_.\-]", "_", adapter.parent.name if adapter.name == "adapter" else adapter.name)
-        return _local_source(name or default, adapter, task, **local)
-    if kind == "server" and "#" in arg:
-        url, _, served = arg.rpartition("#")
-        from .openai_compat import OpenAIRewriter
-
-        rewriter = OpenAIRewriter(served, base_url=url, task=task, max_tokens=max_new_tokens)
-        identity = f"server|{url}|{served}|{_task_id(rewriter.task)}|max_new_tokens={max_new_tokens}|greedy"
-        return Source(name or f"server:{re.sub(r'[^A-Za-z0-9_.-]', '_', served)}", rewriter, identity=identity)
-    raise ValueError(
-        f"query source {spec!r} not understood: use raw, base, hyde, adapter:PATH or server:URL#MODEL, "
-        "optionally named as NAME=SPEC (e.g. trained=adapter:runs/demo/adapter)"
-    )
-
-
-def _local_source(name: str, adapter: Path | None, task, *, model: str | None, max_new_tokens: int,
-                  batch_size: int, include_original: bool = False) -> Source:
-    from .models import resolve_model
-    from .rewriters import LocalRewriter
-
-    rewriter = LocalRewriter(model, adapter=adapter, task=task, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    weights = _adapter_fingerprint(adapter) if adapter else "none"
-    identity = (f"local|{resolve_model(model)}|adapter={adapter}:{weights}|{_task_id(rewriter.task)}"
-                f"|max_new_tokens={max_new_tokens}|greedy")
-    return Source(name, rewriter, include_original=include_original, identity=identity)
-
-
-def _adapter_folder(path: Path) -> Path:
-    for candidate in (path, path / "adapter"):
-        if (candidate / "adapter_config.json").is_file():
-            return candidate
-    raise FileNotFoundError(f"{path}: no adapter_config.json here or in {path / 'adapter'}; pass a peft adapter "
-                            "folder or a training run folder (deepretrieval train --run-dir)")
-
-
-def _adapter_fingerprint(adapter: Path) -> str:
-    digest = hashlib.sha256()
-    for file in sorted(adapter.glob("adapter_*")):
-        digest.update(file.name.encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _task_id(task) -> str:
-    return "task=" + hashlib.sha256(repr(task).encode()).hexdigest()[:16]

@@ -4,12 +4,11 @@ import math
 import pytest
 
 from deepretrieval_trainer.bm25 import BM25Search
-from deepretrieval_trainer.evaluate import (
-    METRICS, Source, evaluate, paired_t_test, parse_source, select_queries,
-)
+from deepretrieval_trainer.evaluate import METRICS, evaluate, paired_t_test, select_queries
 from deepretrieval_trainer.metrics import mean_metric
 from deepretrieval_trainer.report import format_table, to_markdown, write_outputs
 from deepretrieval_trainer.rewriters import BaseRewriter
+from deepretrieval_trainer.sources import Source, parse_source
 from deepretrieval_trainer.tasks import HYDE_TASK
 
 
@@ -157,3 +156,12 @@ def test_report_outputs(adi_test, tmp_path, scripted_rewriter):
     assert data["summary"][1]["vs_raw"]["wins"] + data["summary"][1]["vs_raw"]["ties"] + \
         data["summary"][1]["vs_raw"]["losses"] == 5
     assert paths["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_dead_server_source_falls_back_for_every_query(adi_test):
+    # the real OpenAI-compatible client against a closed loopback port: every rewrite falls back, none raises
+    source = parse_source("server:http://127.0.0.1:9/v1#rw", max_new_tokens=16)
+    assert source.name == "server:rw" and source.identity
+    report = evaluate(adi_test, BM25Search(adi_test.corpus), [source], limit=2, progress=False)
+    served = report.source("server:rw")
+    assert served.fallback_rate == 1.0 and served.means == report.source("raw").means

@@ -1,0 +1,130 @@
+"""Evaluate query sources against your retriever on a BEIR-layout collection: raw queries, the untrained base
+model (`base`), a HyDE-prompted baseline (`hyde`), trained adapters (`adapter:PATH`) and served models
+(`server:URL#MODEL`). Prints nDCG@10, Recall@10/100/1000 and MRR per source with per-query wins/ties/losses
+versus raw and a paired t-test, and writes results.json (per query too), results.md and results.png.
+
+Examples:
+  deepretrieval eval --data ../shared/data/scifact --split dev --source raw --source base \\
+      --source trained=adapter:runs/deepretrieval --framework llamaindex
+  deepretrieval eval --config train.yaml --source adapter:runs/deepretrieval --limit 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+FRAMEWORKS = ("llamaindex", "haystack", "bm25s")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--config", help="a training config YAML: its data, retriever, model and task are the "
+                                         "defaults here (the flags below override them)")
+    parser.add_argument("--data", help="a BEIR-layout collection folder (corpus.jsonl, queries.jsonl, qrels/)")
+    parser.add_argument("--split", default="dev", help="the qrels split to evaluate on (default: dev)")
+    parser.add_argument("--source", action="append", dest="sources", metavar="[NAME=]SPEC",
+                        help="a query source, repeatable: raw, base, hyde, adapter:PATH, server:URL#MODEL "
+                             "(default: raw and base; raw is always included as the baseline)")
+    add_retriever_arguments(parser)
+    parser.add_argument("--model", help="base model id or path for base/hyde/adapter (default: the config's, "
+                                        "else the embedded SmolLM2)")
+    parser.add_argument("--task", help="prompt kind of the rewriters (default: the config's, else retrieval)")
+    parser.add_argument("--framing", choices=("replace", "expand"),
+                        help="search the rewrite alone or appended to the query (default: the config's, else replace)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N judged queries of the split "
+                                                  "(in queries.jsonl order); default: all")
+    parser.add_argument("--out", help="output folder (default: runs/eval/<collection>-<split>); rewrites are "
+                                      "cached there, so re-runs only search")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="rewrite budget in tokens (default: 128)")
+    parser.add_argument("--batch-size", type=int, default=8, help="queries per generation batch (default: 8)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def add_retriever_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--framework", choices=FRAMEWORKS,
+                        help="whose retriever to search (default: the config's, else llamaindex)")
+    parser.add_argument("--retriever-kind", choices=("bm25", "storage", "pipeline"),
+                        help="bm25 over the collection (default), a persisted LlamaIndex storage folder, "
+                             "or a Haystack pipeline YAML")
+    parser.add_argument("--retriever-path", help="the storage folder or pipeline YAML (kinds storage/pipeline)")
+
+
+def _config(args: argparse.Namespace):
+    from ..config import TrainConfig
+
+    overrides: dict = {"retriever": {}, "data": {}}
+    for flag, key in (("framework", "framework"), ("retriever_kind", "kind"), ("retriever_path", "path")):
+        if getattr(args, flag, None):
+            overrides["retriever"][key] = getattr(args, flag)
+    if args.data:
+        overrides["data"]["path"] = args.data
+    for flag in ("model", "task", "framing"):
+        if getattr(args, flag, None):
+            overrides[flag] = getattr(args, flag)
+    if args.config:
+        return TrainConfig.from_yaml(args.config, **overrides)
+    overrides["retriever"].setdefault("framework", "llamaindex")
+    return TrainConfig.from_dict(overrides)
+
+
+def build_search(retriever, data_path: str):
+    """The SearchBackend a retriever config names (BM25 over ``data_path`` unless a storage/pipeline path)."""
+    path = retriever.path or data_path
+    if retriever.framework == "llamaindex":
+        from llamaindex_deepretrieval import LlamaIndexSearch
+
+        if retriever.kind == "storage":
+            return LlamaIndexSearch.from_storage(path, id_key=retriever.id_key)
+        return LlamaIndexSearch.from_beir(path)
+    if retriever.framework == "haystack":
+        from haystack_deepretrieval import HaystackSearch
+
+        if retriever.kind == "pipeline":
+            return HaystackSearch.from_yaml(path, input_socket=retriever.input_socket,
+                                            output_socket=retriever.output_socket, id_meta_key=retriever.id_meta_key)
+        return HaystackSearch.from_beir(path)
+    from ..bm25 import BM25Search
+    from ..data import load_corpus
+
+    return BM25Search(load_corpus(path))
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import load_beir
+    from ..sources import parse_source
+
+    config = _config(args)
+    if not config.data.path:
+        raise ValueError("no collection: pass --data FOLDER (a BEIR-layout folder) or a --config with data.path")
+    collection = load_beir(config.data.path, args.split, drop_unknown_docs=config.data.drop_unknown_docs)
+    specs = args.sources or ["raw", "base"]
+    sources = [parse_source(spec, model=config.model, task=config.task, max_new_tokens=args.max_new_tokens,
+                            batch_size=args.batch_size, framing=config.framing) for spec in specs]
+    out = Path(args.out) if args.out else Path("runs") / "eval" / f"{Path(config.data.path).name}-{args.split}"
+    logger.info("building the %s %s retriever over %s", config.retriever.framework, config.retriever.kind,
+                config.retriever.path or config.data.path)
+    search = build_search(config.retriever, config.data.path)
+    return report_evaluation(collection, search, sources, out, retriever=_describe(config.retriever),
+                             limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress)
+
+
+def _describe(retriever) -> str:
+    return f"{retriever.framework} {retriever.kind}" + (f" ({retriever.path})" if retriever.path else "")
+
+
+def report_evaluation(collection, search, sources, out: Path, *, retriever: str, limit: int | None,
+                      batch_size: int, progress: bool) -> int:
+    """Evaluate, write the outputs and print the table and where they are."""
+    from ..evaluate import evaluate
+    from ..report import format_table, write_outputs
+
+    report = evaluate(collection, search, sources, limit=limit, out_dir=out, retriever=retriever,
+                      batch_size=batch_size, progress=progress)
+    paths = write_outputs(report, out)
+    print(format_table(report))
+    print(f"\nresults: {paths['markdown']}  {paths['json']}\nchart:   {paths['chart']}")
+    return 0

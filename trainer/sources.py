@@ -1,0 +1,131 @@
+"""Query sources for evaluation: what produces the search query for each test query.
+
+``raw`` sends the query unchanged; every other source is a :class:`~deepretrieval_trainer.rewriters.Rewriter`
+(the untrained base model, a trained adapter, a served model, or the base model with the HyDE prompt,
+:data:`~deepretrieval_trainer.tasks.HYDE_TASK`). :func:`parse_source` reads the command-line form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .rewriters import Rewriter
+from .tasks import Task
+
+logger = logging.getLogger(__name__)
+
+RAW = "raw"
+
+
+@dataclass
+class Source:
+    """A named query source. ``rewriter=None`` sends the query unchanged (the ``raw`` baseline).
+
+    ``include_original`` searches ``query + " " + rewrite`` (HyDE's usual form, and the trainer's ``expand``
+    framing). ``identity`` names everything that determines the rewrites (model, adapter weights, prompt,
+    decoding); rewrites are cached in the output folder under it, and an empty identity disables the cache.
+    """
+
+    name: str
+    rewriter: Rewriter | None = None
+    include_original: bool = False
+    identity: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.:@+\-]+", self.name or ""):
+            raise ValueError(f"source name {self.name!r}: use letters, digits and _ . : @ + - only")
+
+
+def parse_source(spec: str, *, model: str | None = None, task: str | Task = "retrieval", framing: str = "replace",
+                 max_new_tokens: int = 128, batch_size: int = 8) -> Source:
+    """A :class:`Source` from its command-line form, optionally named: ``[NAME=]SPEC``.
+
+    SPEC is ``raw``; ``base`` (the untrained ``model``); ``hyde`` (the same model prompted to write a passage,
+    searched together with the query); ``adapter:PATH`` (a peft adapter folder or a training run folder, whose
+    ``config.yaml`` framing wins over ``framing``); ``server:URL#MODEL`` (an OpenAI-compatible server such as
+    vLLM, the adapter chosen by MODEL). ``framing="expand"`` searches query + rewrite, as the trainer does.
+    """
+    name, _, body = spec.partition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
+    kind, _, arg = body.partition(":")
+    expand = framing == "expand"
+    local = {"model": model, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    if kind == RAW and not arg:
+        return Source(name or RAW)
+    if kind == "base" and not arg:
+        return _local_source(name or kind, None, task, include_original=expand, **local)
+    if kind == "hyde" and not arg:
+        from .tasks import HYDE_TASK
+
+        return _local_source(name or kind, None, HYDE_TASK, include_original=True, **local)
+    if kind == "adapter" and arg:
+        adapter = _adapter_folder(Path(arg).expanduser())
+        label = adapter.parent.name if adapter.name == "adapter" else adapter.name
+        expand = _run_framing(adapter.parent, framing) == "expand"
+        return _local_source(name or f"adapter:{_safe(label)}", adapter, task, include_original=expand, **local)
+    if kind == "server" and "#" in arg:
+        url, _, served = arg.rpartition("#")
+        from .openai_compat import OpenAIRewriter
+
+        rewriter = OpenAIRewriter(served, base_url=url, task=task, max_tokens=max_new_tokens)
+        identity = f"server|{url}|{served}|{_task_id(rewriter.task)}|max_new_tokens={max_new_tokens}|greedy"
+        return Source(name or f"server:{_safe(served)}", rewriter, include_original=expand, identity=identity)
+    raise ValueError(
+        f"query source {spec!r} not understood: use raw, base, hyde, adapter:PATH or server:URL#MODEL, "
+        "optionally named as NAME=SPEC (e.g. trained=adapter:runs/demo/adapter)"
+    )
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", text)
+
+
+def _local_source(name: str, adapter: Path | None, task: str | Task, *, model: str | None, max_new_tokens: int,
+                  batch_size: int, include_original: bool = False) -> Source:
+    from .models import resolve_model
+    from .rewriters import LocalRewriter
+
+    rewriter = LocalRewriter(model, adapter=adapter, task=task, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    weights = _adapter_fingerprint(adapter) if adapter else "none"
+    identity = (f"local|{resolve_model(model)}|adapter={adapter}:{weights}|{_task_id(rewriter.task)}"
+                f"|max_new_tokens={max_new_tokens}|greedy")
+    return Source(name, rewriter, include_original=include_original, identity=identity)
+
+
+def _adapter_folder(path: Path) -> Path:
+    for candidate in (path, path / "adapter"):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: no adapter_config.json here or in {path / 'adapter'}; pass a peft adapter "
+                            "folder or a training run folder (deepretrieval train --run-dir)")
+
+
+def _run_framing(run_dir: Path, default: str) -> str:
+    """The framing the adapter was trained with (its run's config.yaml), else ``default``."""
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return default
+    import yaml
+
+    try:
+        framing = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("framing", default)
+    except (yaml.YAMLError, AttributeError):
+        return default
+    if framing != default:
+        logger.info("%s was trained with framing=%r: evaluating it the same way", run_dir, framing)
+    return framing
+
+
+def _adapter_fingerprint(adapter: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(adapter.glob("adapter_*")):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _task_id(task: Task) -> str:
+    return "task=" + hashlib.sha256(repr(task).encode()).hexdigest()[:16]

@@ -11,6 +11,9 @@ import pytest
 from deepretrieval_trainer.data import load_beir
 from deepretrieval_trainer.rewriters import BaseRewriter
 
+# the session-scoped real vLLM server (one start per test session, shared by every test that needs it)
+pytest_plugins = ["tests.vllm_fixtures"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

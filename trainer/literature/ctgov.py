@@ -27,6 +27,7 @@ class ClinicalTrialsSearch(PagedSearch):
     """
 
     path = "studies"
+    default_rate = DEFAULT_RATE
 
     def __init__(self, *, base_url: str = CTGOV_URL, page_size: int = MAX_PAGE_SIZE,
                  date_field: str = "StudyFirstPostDate", max_k: int = 10_000, policy: HttpPolicy | None = None) -> None:

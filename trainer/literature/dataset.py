@@ -44,9 +44,9 @@ class LiteratureExample:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def query(self) -> str | dict[str, str]:
-        """What the literature task's prompt takes: the topic text alone, else the PICO fields."""
-        return self.fields["topic"] if set(self.fields) == {"topic"} else dict(self.fields)
+    def query(self) -> dict[str, str]:
+        """What the literature task's prompt takes (``Topic: ...`` and/or the PICO lines, as in its example)."""
+        return dict(self.fields)
 
     @property
     def date_range(self) -> DateRange | None:

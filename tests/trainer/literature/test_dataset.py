@@ -28,12 +28,15 @@ def test_topic_and_pico_rows_load_with_dates(tmp_path):
                        {"id": "r2", "P": "adults with AF", "I": "apixaban", "C": "", "O": "stroke",
                         "relevant": ["NCT00412984"], "meta": {"review": "CD1"}})
     first, second = load_literature(file)
-    assert (first.id, first.query, first.relevant, first.pub_date) == ("7", "aspirin for stroke", ("1", "2"), "2019/05/01")
+    assert (first.id, first.query, first.relevant, first.pub_date) == ("7", {"topic": "aspirin for stroke"}, ("1", "2"),
+                                                                       "2019/05/01")
     assert first.date_range == DateRange(end="2019/05/01") and second.date_range is None
     assert second.query == {"P": "adults with AF", "I": "apixaban", "O": "stroke"}
     prompt = get_task("literature").messages(second.query)[-1]["content"]
     assert "Population: adults with AF" in prompt and "Comparison" not in prompt
-    assert training_rows([first]) == [{"query": "aspirin for stroke", "qrels": {"1": 1.0, "2": 1.0}, "query_id": "7"}]
+    assert get_task("literature").messages(first.query)[-1]["content"] == "Topic: aspirin for stroke"
+    assert training_rows([first]) == [{"query": {"topic": "aspirin for stroke"}, "qrels": {"1": 1.0, "2": 1.0},
+                                       "query_id": "7"}]
     assert load_literature(write_lines(tmp_path / "again.jsonl", *[e.to_row() for e in (first, second)])) == [first, second]
 
 
@@ -72,7 +75,7 @@ def test_converts_the_shared_collections(name, split, count, tmp_path):
     examples = from_collection(collection)
     assert len(examples) == count
     first = examples[0]
-    assert first.query == collection.queries[first.id]
+    assert first.query == {"topic": collection.queries[first.id]}
     assert set(first.relevant) == {d for d, g in collection.qrels[first.id].items() if g > 0}
     assert write_literature(tmp_path / "x.jsonl", examples) == count
     assert load_literature(tmp_path / "x.jsonl") == examples

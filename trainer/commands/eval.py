@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--config", help="a training config YAML: its data, retriever, model and task are the "
                                          "defaults here (the flags below override them)")
-    parser.add_argument("--data", help="a BEIR-layout collection folder (corpus.jsonl, queries.jsonl, qrels/)")
+    parser.add_argument("--data", help="a BEIR-layout collection folder (corpus.jsonl, queries.jsonl, qrels/), or a "
+                                       "BEIR dataset name to download into the cache (e.g. scifact)")
     parser.add_argument("--split", default="dev", help="the qrels split to evaluate on (default: dev)")
     parser.add_argument("--source", action="append", dest="sources", metavar="[NAME=]SPEC",
                         help="a query source, repeatable: raw, base, hyde, adapter:PATH, server:URL#MODEL "
@@ -61,7 +62,9 @@ def _config(args: argparse.Namespace):
         if getattr(args, flag, None):
             overrides["retriever"][key] = getattr(args, flag)
     if args.data:
-        overrides["data"]["path"] = args.data
+        from ..beir_download import resolve_collection
+
+        overrides["data"]["path"] = str(resolve_collection(args.data))
     for flag in ("model", "task", "framing"):
         if getattr(args, flag, None):
             overrides[flag] = getattr(args, flag)

@@ -1,0 +1,61 @@
+import json
+import zipfile
+
+import pytest
+
+from deepretrieval_trainer import beir_download
+from deepretrieval_trainer.beir_download import resolve_collection
+from deepretrieval_trainer.cli import main
+from deepretrieval_trainer.commands.demo import _splits
+from deepretrieval_trainer.data import DataError, load_beir
+
+
+def test_splits_use_what_the_collection_has(data_dir, caplog):
+    assert _splits(data_dir / "scifact", None, None) == ("train", "dev")
+    assert _splits(data_dir / "adi", None, None) == ("test", "test")  # adi has only a test split
+    assert "optimistic" in caplog.text
+    with pytest.raises(DataError, match="splits here are"):
+        _splits(data_dir / "adi", None, "dev")
+
+
+def test_resolve_collection_by_folder_and_by_name(data_dir, tmp_path, monkeypatch):
+    assert resolve_collection(data_dir / "adi") == data_dir / "adi"
+    with pytest.raises(DataError, match="BEIR dataset name"):
+        resolve_collection(tmp_path / "missing" / "Folder Name")
+    # a BEIR-style zip ({name}/corpus.jsonl ...) served from a file:// URL instead of BEIR's server
+    archive = tmp_path / "tiny.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for file in (data_dir / "adi").rglob("*"):
+            if file.is_file():
+                bundle.write(file, f"tiny/{file.relative_to(data_dir / 'adi')}")
+    monkeypatch.setenv("DEEPRETRIEVAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(beir_download, "BEIR_URL", archive.as_uri().replace("tiny.zip", "{name}.zip"))
+    monkeypatch.chdir(tmp_path)
+    fetched = resolve_collection("tiny")
+    assert fetched == tmp_path / "cache" / "datasets" / "tiny"
+    assert load_beir(fetched, "test").qrels == load_beir(data_dir / "adi", "test").qrels
+    archive.unlink()
+    assert resolve_collection("tiny") == fetched  # cached: no second download
+    with pytest.raises(DataError, match="could not download"):
+        resolve_collection("absent")
+
+
+@pytest.mark.slow
+def test_tiny_demo_trains_evaluates_and_resumes(data_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = ["demo", "--data", str(data_dir / "adi"), "--steps", "1", "--limit", "3", "--run-dir", str(run_dir),
+            "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "train on 'test', evaluate on 'test'" in out
+    for name in ("raw", "base", "trained", "nDCG@10", str(run_dir / "adapter"), "results.png"):
+        assert name in out, name
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    assert [s["name"] for s in results["summary"]] == ["raw", "base", "trained"]
+    assert all(s["queries"] == 3 for s in results["summary"])
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
+    assert (run_dir / "eval" / "results.png").is_file()
+    # re-running resumes the same run: one more step, and the cached base rewrites are reused
+    assert main([*argv[:4], "2", *argv[5:]]) == 0
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["steps"] == 2

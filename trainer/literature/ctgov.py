@@ -23,14 +23,17 @@ class ClinicalTrialsSearch(PagedSearch):
     """ClinicalTrials.gov studies search (``query.term``) with per-query date windows.
 
     ``page_size``: studies per request (the API allows up to 1,000). ``date_field``: the study date a
-    :class:`DateRange` limits. ``max_k``: how many ids a query may page through at most.
+    :class:`DateRange` limits. ``max_k``: how many ids a query may page through at most. ``date_range``: the
+    window of plain ``search`` calls; ``search_dated`` sets one per query.
     """
 
     path = "studies"
     default_rate = DEFAULT_RATE
 
     def __init__(self, *, base_url: str = CTGOV_URL, page_size: int = MAX_PAGE_SIZE,
-                 date_field: str = "StudyFirstPostDate", max_k: int = 10_000, policy: HttpPolicy | None = None) -> None:
+                 date_field: str = "StudyFirstPostDate", max_k: int = 10_000, policy: HttpPolicy | None = None,
+                 date_range: DateRange | None = None) -> None:
+        self.date_range = date_range
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size={page_size} must be within 1..{MAX_PAGE_SIZE} (the API's pageSize limit)")
         if not date_field.isidentifier():

@@ -239,12 +239,13 @@ class PagedSearch:
     service: JsonService
     path: str
     max_k: int
+    date_range: DateRange | None = None  # the window of plain search() calls (e.g. a training run's cutoff)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[str]]:
-        return self.search_dated(queries, k, [None] * len(queries))
+        return self.search_dated(queries, k, [self.date_range] * len(queries))
 
     async def asearch(self, queries: Sequence[str], k: int) -> list[list[str]]:
-        return await self.asearch_dated(queries, k, [None] * len(queries))
+        return await self.asearch_dated(queries, k, [self.date_range] * len(queries))
 
     def search_dated(self, queries: Sequence[str], k: int, dates: Sequence[DateRange | None]) -> list[list[str]]:
         """Ranked ids per query, each limited to its publication-date window (None: no limit)."""

@@ -27,7 +27,8 @@ class PubMedSearch(PagedSearch):
     ``api_key``: None reads ``NCBI_API_KEY`` (``""`` means no key). ``tool``/``email`` identify the client, as
     NCBI asks (``email`` defaults to ``NCBI_EMAIL``). ``sort``: esearch's sort order (``relevance`` keeps the best
     of a large result set within ``k``). ``policy``: timeouts and retries; its rate defaults to NCBI's limit for
-    the presence of a key. ``base_url`` points elsewhere (a mirror, or a test server).
+    the presence of a key. ``base_url`` points elsewhere (a mirror, or a test server). ``date_range``: the
+    window of plain ``search`` calls (one cutoff for a whole training run); ``search_dated`` sets one per query.
     """
 
     path = "esearch.fcgi"
@@ -35,7 +36,9 @@ class PubMedSearch(PagedSearch):
 
     def __init__(self, *, base_url: str = EUTILS_URL, api_key: str | None = None, tool: str = "deepretrieval",
                  email: str | None = None, db: str = "pubmed", sort: str | None = "relevance",
-                 page_size: int = MAX_RESULTS, policy: HttpPolicy | None = None) -> None:
+                 page_size: int = MAX_RESULTS, policy: HttpPolicy | None = None,
+                 date_range: DateRange | None = None) -> None:
+        self.date_range = date_range
         self.api_key = os.environ.get("NCBI_API_KEY", "") if api_key is None else api_key
         self.email = os.environ.get("NCBI_EMAIL", "") if email is None else email
         if not 1 <= page_size <= MAX_RESULTS:

@@ -1,0 +1,117 @@
+"""deepretrieval serve without starting vLLM: adapter and base-model resolution, the LoRA rank, the command line,
+and the errors. (The real server is started by tests/test_e2e_vllm.py and the vllm tests of test_openai_compat.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from deepretrieval_trainer.models import embedded_model_dir
+from deepretrieval_trainer.serve import (
+    ServeError, ServerConfig, VLLMServer, base_model_for, find_adapter, find_vllm, lora_rank,
+)
+
+
+def fake_adapter(folder, r=8, base=None, rank_pattern=None):
+    folder.mkdir(parents=True)
+    config = {"r": r, "rank_pattern": rank_pattern or {}, "base_model_name_or_path": base, "peft_type": "LORA"}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("r, pattern, expected", [(8, None, 8), (4, None, 8), (16, None, 16), (12, None, 16),
+                                                   (8, {"q_proj": 40}, 64), (1, None, 1), (300, None, 320)])
+def test_lora_rank_rounds_up_to_a_rank_vllm_accepts(tmp_path, r, pattern, expected):
+    assert lora_rank(fake_adapter(tmp_path / "a", r=r, rank_pattern=pattern)) == expected
+
+
+def test_lora_rank_above_vllm_maximum_says_so(tmp_path):
+    with pytest.raises(ValueError, match="above vLLM's maximum 512"):
+        lora_rank(fake_adapter(tmp_path / "a", r=1024))
+
+
+def test_run_dir_or_adapter_folder(tmp_path):
+    adapter = fake_adapter(tmp_path / "run" / "adapter")
+    assert find_adapter(tmp_path / "run") == adapter == find_adapter(adapter)
+    with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+        find_adapter(tmp_path)
+
+
+def test_base_model_resolution(tmp_path):
+    embedded = str(embedded_model_dir())
+    run = tmp_path / "run"
+    adapter = fake_adapter(run / "adapter", base="/elsewhere/models/smollm2-135m-instruct")
+    assert base_model_for(adapter) == embedded  # the embedded model trained on another machine
+    assert base_model_for(adapter, "Qwen/Qwen2.5-3B-Instruct") == "Qwen/Qwen2.5-3B-Instruct"
+    (run / "run.json").write_text(json.dumps({"base_model": "Qwen/Qwen2.5-3B-Instruct"}))
+    assert base_model_for(adapter) == "Qwen/Qwen2.5-3B-Instruct"  # what the run recorded wins
+    missing = fake_adapter(tmp_path / "b", base="/no/such/model")
+    with pytest.raises(FileNotFoundError, match="--base"):
+        base_model_for(missing)
+
+
+def test_command_line(tmp_path):
+    adapters = {"sci": fake_adapter(tmp_path / "a", r=16, base="Qwen/Qwen2.5-3B-Instruct"),
+                "nf": fake_adapter(tmp_path / "b", r=8, base="Qwen/Qwen2.5-3B-Instruct")}
+    config = ServerConfig(adapters=adapters, port=8123, dtype="bfloat16", extra_args="--max-num-seqs 64")
+    command = config.command(tmp_path / "vllm")
+    assert command[:3] == [str(tmp_path / "vllm"), "serve", "Qwen/Qwen2.5-3B-Instruct"]
+    joined = " ".join(command)
+    assert f"--lora-modules sci={adapters['sci']} nf={adapters['nf']}" in joined
+    assert "--host 127.0.0.1 --port 8123" in joined and "--max-lora-rank 16" in joined
+    assert "--dtype bfloat16" in joined and joined.endswith("--max-num-seqs 64")
+    assert config.environment()["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert config.base_url == "http://127.0.0.1:8123/v1"
+
+
+@pytest.mark.parametrize("kwargs, message", [({"adapters": {}}, "adapters is empty"), ({"port": 0}, "port=0"),
+                                             ({"adapters": {"a=b": "x"}}, "without '='")])
+def test_bad_config_says_what_to_fix(tmp_path, kwargs, message):
+    options = {"adapters": {"ok": fake_adapter(tmp_path / "a")}, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        ServerConfig(**options)
+
+
+def test_explicit_vllm_path_must_be_executable(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an executable"):
+        find_vllm(tmp_path / "nothing")
+
+
+def test_a_server_that_dies_at_start_reports_its_log_and_leaves_nothing(tmp_path):
+    """A stand-in executable that forks a child into its group, prints and exits: start() must raise with the log
+    tail, and the group (the child included) must be gone."""
+    script = tmp_path / "vllm"
+    script.write_text(f"#!{sys.executable}\nimport os, subprocess, sys, time\n"
+                      "subprocess.Popen(['sleep', '300'])\nprint('pid', os.getpid(), flush=True)\n"
+                      "print('engine core failed: out of memory', flush=True)\n"
+                      "time.sleep(0.5)\nsys.exit(3)\n")
+    script.chmod(0o755)
+    config = ServerConfig(adapters={"a": fake_adapter(tmp_path / "a", base="m/x")}, vllm=script, port=8124,
+                          log_file=tmp_path / "log", startup_timeout=30)
+    server = VLLMServer(config)
+    with pytest.raises(ServeError, match="(?s)exited with code 3.*out of memory"):
+        server.start()
+    assert server.process is None
+    pgid = int((tmp_path / "log").read_text().split()[1])
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+
+
+def test_stop_ends_the_whole_process_group(tmp_path):
+    script = tmp_path / "vllm"
+    script.write_text(f"#!{sys.executable}\nimport subprocess, time\nsubprocess.Popen(['sleep', '300'])\n"
+                      "time.sleep(300)\n")
+    script.chmod(0o755)
+    config = ServerConfig(adapters={"a": fake_adapter(tmp_path / "a", base="m/x")}, vllm=script, port=8125,
+                          log_file=tmp_path / "log")
+    server = VLLMServer(config).start(wait=False)
+    pgid = server.process.pid
+    time.sleep(0.5)
+    server.stop(timeout=5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)
+    server.stop()  # idempotent

@@ -221,6 +221,19 @@ class OpenAIRewriter(BaseRewriter):
 
     # -- sync --------------------------------------------------------------------------------------------------
 
+    def _settle(self, attempt: int, response: httpx.Response | None, error: Exception | None) -> tuple[bool, Any]:
+        """After one attempt: ``(True, completion or exception)`` when done, else ``(False, seconds to wait)``."""
+        if response is not None and response.status_code == 200:
+            try:
+                return True, self._completion(response)
+            except ServerError as exc:
+                return True, exc
+        if not self._should_retry(attempt, response):
+            return True, self._give_up(attempt, response, error)
+        delay = self._backoff(attempt, response)
+        logger.debug("retrying %s in %.2fs (%s)", self.config.chat_url, delay, error or response.status_code)
+        return False, delay
+
     def _post(self, client: httpx.Client, conversation: list[dict[str, str]]) -> str | Exception:
         body = self.payload(conversation)
         for attempt in range(self.config.max_retries + 1):
@@ -229,17 +242,11 @@ class OpenAIRewriter(BaseRewriter):
                 response = client.post(self.config.chat_url, json=body, headers=self._headers())
             except httpx.TransportError as exc:  # connection refused/reset, timeouts, protocol errors
                 error = exc
-            if response is not None and response.status_code == 200:
-                try:
-                    return self._completion(response)
-                except ServerError as exc:
-                    return exc
-            if not self._should_retry(attempt, response):
-                return self._give_up(attempt, response, error)
-            delay = self._backoff(attempt, response)
-            logger.debug("retrying %s in %.2fs (%s)", self.config.chat_url, delay, error or response.status_code)
-            time.sleep(delay)
-        raise AssertionError("unreachable")
+            done, value = self._settle(attempt, response, error)
+            if done:
+                return value
+            time.sleep(value)
+        raise AssertionError("unreachable: the last attempt always settles")
 
     def _sync_client(self) -> tuple[httpx.Client, ThreadPoolExecutor]:
         with self._lock:
@@ -265,15 +272,11 @@ class OpenAIRewriter(BaseRewriter):
                     response = await client.post(self.config.chat_url, json=body, headers=self._headers())
             except httpx.TransportError as exc:
                 error = exc
-            if response is not None and response.status_code == 200:
-                try:
-                    return self._completion(response)
-                except ServerError as exc:
-                    return exc
-            if not self._should_retry(attempt, response):
-                return self._give_up(attempt, response, error)
-            await asyncio.sleep(self._backoff(attempt, response))
-        raise AssertionError("unreachable")
+            done, value = self._settle(attempt, response, error)
+            if done:
+                return value
+            await asyncio.sleep(value)
+        raise AssertionError("unreachable: the last attempt always settles")
 
     def _async_client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
         """One AsyncClient and semaphore per event loop (an AsyncClient cannot move between loops)."""

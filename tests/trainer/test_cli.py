@@ -1,0 +1,57 @@
+import subprocess
+import sys
+
+import pytest
+
+from deepretrieval_trainer.cli import COMMANDS, build_parser, main
+
+
+def _run(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "deepretrieval_trainer.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_on_every_command(capsys):
+    for name in ["", *COMMANDS]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"] if name else ["--help"])
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert "usage: deepretrieval" in out and (not name or name in out)
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(["deepretrieval", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "rewrite" in result.stdout
+
+
+def test_parser_does_not_import_heavy_libraries():
+    code = ("import sys; from deepretrieval_trainer.cli import build_parser; build_parser(); "
+            "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'vllm') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_plugins_import_no_torch():
+    code = ("import sys, llamaindex_deepretrieval, haystack_deepretrieval, deepretrieval_trainer; "
+            "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'vllm') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+
+
+def test_bad_input_gets_a_clear_error(tmp_path):
+    result = _run("rewrite", "q", "--adapter", str(tmp_path))
+    assert result.returncode == 2
+    assert "adapter_config.json" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["rewrite", "q", "--task", "nope"])
+
+
+@pytest.mark.slow
+def test_rewrite_command_with_the_embedded_model():
+    result = _run("rewrite", "does vitamin D reduce fractures in older women", "--max-new-tokens", "64")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "original:  does vitamin D reduce fractures in older women" in result.stdout
+    assert "rewritten: " in result.stdout

@@ -1,0 +1,55 @@
+import dataclasses
+
+import pytest
+
+from deepretrieval_trainer.answer import parse_answer
+from deepretrieval_trainer.tasks import HIT_RANK_TIERS, RECALL_TIERS, TASKS, Task, Tiers, format_pico, get_task
+
+
+def test_every_task_asks_for_the_answer_format_and_its_example_parses():
+    assert set(TASKS) == {"retrieval", "dense", "qa", "literature"}
+    for task in TASKS.values():
+        messages = task.messages({"P": "adults", "I": "statins"} if task.name == "literature" else "some query")
+        assert messages[0]["role"] == "system" and "<answer>" in messages[0]["content"]
+        assert messages[-1]["role"] == "user"
+        for _, example_answer in task.examples:
+            assert parse_answer(example_answer).well_formed
+
+
+def test_paper_recall_tiers():
+    expected = {0.7: 5, 0.69: 4, 0.5: 4, 0.4: 3, 0.3: 1, 0.1: 0.5, 0.05: 0.1, 0.049: -3.5, 0.0: -3.5, 1.0: 5}
+    for recall, reward in expected.items():
+        assert RECALL_TIERS(recall) == reward, recall
+
+
+def test_paper_hit_rank_tiers():
+    expected = {1: 5, 5: 5, 6: 4, 20: 4, 50: 2, 100: 1, 1000: 0.5, 1001: -3.5}
+    for rank, reward in expected.items():
+        assert HIT_RANK_TIERS(rank) == reward, rank
+
+
+def test_tiers_must_be_ordered():
+    with pytest.raises(ValueError, match="descending"):
+        Tiers(((0.1, 1.0), (0.5, 2.0)), floor=0)
+
+
+def test_custom_template_and_errors():
+    task = dataclasses.replace(get_task("retrieval"), user="Search for: {query}", examples=())
+    assert task.messages("x")[-1]["content"] == "Search for: x"
+    with pytest.raises(ValueError, match=r"must contain '\{query\}'"):
+        Task("t", "system", user="no placeholder")
+    with pytest.raises(ValueError, match="unknown task 'nope'"):
+        get_task("nope")
+    with pytest.raises(ValueError, match="non-empty"):
+        task.messages("   ")
+
+
+def test_pico_formatting():
+    assert format_pico({"P": "older women", "I": "vitamin D", "C": "", "O": "fractures"}) == (
+        "Population: older women\nIntervention: vitamin D\nOutcome: fractures"
+    )
+    assert format_pico({"topic": "statins"}) == "Topic: statins"
+    with pytest.raises(ValueError, match="at least one"):
+        format_pico({"P": " "})
+    with pytest.raises(ValueError, match="unknown PICO keys"):
+        format_pico({"X": "a"})

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "literature-data": ("deepretrieval_trainer.commands.literature_data", "convert or check a literature-search dataset (JSONL)"),
     "serve": ("deepretrieval_trainer.commands.serve", "serve a trained adapter with vLLM (LoRA by model name)"),
     "eval": ("deepretrieval_trainer.commands.eval", "compare raw, base, HyDE, adapter and served rewrites on a collection"),
+    "train": ("deepretrieval_trainer.commands.train", "train a query rewriter (LoRA, GRPO) against your retriever"),
     "demo": ("deepretrieval_trainer.commands.demo", "index a collection, train an adapter for a bounded time, compare before/after"),
 }
 

@@ -1,0 +1,115 @@
+"""Reward functions on hand-built completions with known expected values (real parser, real BM25 where searched)."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+
+import pytest
+
+from deepretrieval_trainer.bm25 import BM25Search
+from deepretrieval_trainer.config import TrainConfig
+from deepretrieval_trainer.rewards import FormatReward, RetrievalReward, build_rewards, normalize_query
+from deepretrieval_trainer.tasks import get_task
+
+VALID = ' relevant terms</think>\n<answer>{"query": "%s"}</answer>'
+
+
+class FixedSearch:
+    """A SearchBackend returning fixed rankings by query text; counts what it was asked."""
+
+    def __init__(self, rankings: dict[str, list[str]]):
+        self.rankings = rankings
+        self.calls: list[list[str]] = []
+
+    def search(self, queries, k):
+        self.calls.append(list(queries))
+        return [self.rankings.get(q, [])[:k] for q in queries]
+
+    async def asearch(self, queries, k):
+        return self.search(queries, k)
+
+
+def test_format_reward_values_and_names():
+    reward = FormatReward(task="retrieval")
+    logged = {}
+    scores = reward(
+        [VALID % "a b", ' no closing think <answer>{"query": "x"}</answer>', " ok</think><answer>{\"query\": ", "x</think>"],
+        log_metric=logged.__setitem__,
+    )
+    assert scores == [0.1, -2.0, -2.0, -2.0]
+    assert logged["format/valid_rate"] == 0.25
+    assert reward.__name__ == "format" and RetrievalReward(search=FixedSearch({})).__name__ == "retrieval"
+    assert FormatReward(task="qa")([VALID % "q", "junk"]) == [1.0, -4.0]
+    assert pickle.loads(pickle.dumps(reward))([VALID % "a"]) == [0.1]
+
+
+def test_ndcg_reward_for_retrieval_task():
+    search = FixedSearch({"good": ["d1", "d2"], "other": ["d9"], "orig": ["d2"]})
+    reward = RetrievalReward(search=search, task="retrieval")
+    qrels = json.dumps({"d2": 1})
+    scores = reward([VALID % "good", VALID % "other", "unparsable"], query=["orig"] * 3, qrels=[qrels] * 3)
+    assert scores[0] == pytest.approx(1 / math.log2(3))  # relevant doc at rank 2
+    assert scores[1] == 0.0 and scores[2] == 0.0
+    assert reward.cache.k == 100  # the retrieval task trains with a larger k than its eval k=10
+
+
+def test_recall_tiers_for_literature():
+    relevant = {f"r{i}": 1 for i in range(10)}
+    search = FixedSearch({"half": [f"r{i}" for i in range(5)] + ["x"], "none": ["x", "y"], "most": list(relevant)[:7]})
+    reward = RetrievalReward(search=search, task="literature")
+    scores = reward([VALID % "half", VALID % "none", VALID % "most"], query=["t"] * 3, qrels=[relevant] * 3)
+    assert scores == [4.0, -3.5, 5.0]
+
+
+def test_hit_rank_tiers_for_qa():
+    ranking = [f"d{i}" for i in range(1, 2001)]
+    search = FixedSearch({"early": ranking, "mid": ranking[27:], "never": ["zzz"]})
+    reward = RetrievalReward(search=search, task="qa")
+    qrels = {"d3": 1}
+    # rank 3 -> 5; in "mid" d3 is absent -> floor; "never" -> floor
+    assert reward([VALID % "early", VALID % "mid", VALID % "never"], query=["q"] * 3, qrels=[qrels] * 3) == [5.0, -3.5, -3.5]
+    search.rankings["rank30"] = ranking[:2] + [f"x{i}" for i in range(27)] + ["d3"]
+    assert reward([VALID % "rank30"], query=["q"], qrels=[qrels]) == [2.0]
+
+
+def test_cache_dedupes_normalized_queries_and_logs():
+    search = FixedSearch({"Vitamin D  bones": ["d1"], "vitamin d bones": ["d1"], "q": ["d1"]})
+    reward = RetrievalReward(search=search, task="retrieval")
+    logged: dict[str, float] = {}
+    completions = [VALID % "Vitamin D  bones", VALID % "vitamin d bones"]
+    reward(completions, query=["q", "q"], qrels=[{"d1": 1}] * 2, log_metric=logged.__setitem__)
+    assert search.calls == [["vitamin d bones", "q"]]  # one search for both spellings and the raw query, batched
+    reward(completions, query=["q", "q"], qrels=[{"d1": 1}] * 2, log_metric=logged.__setitem__)
+    assert len(search.calls) == 1 and logged["search/cache_hit_rate"] == 1.0
+    assert logged["retrieval/raw_query_reward"] == 1.0 and "search/time_s" in logged
+    assert normalize_query("  A\tB ") == "a b"
+
+
+def test_expand_framing_searches_original_plus_rewrite():
+    search = FixedSearch({"orig extra": ["d1"]})
+    reward = RetrievalReward(search=search, task="retrieval", framing="expand")
+    assert reward([VALID % "extra"], query=["orig"], qrels=[{"d1": 1}]) == [1.0]
+
+
+def test_config_overrides_shape_the_rewards():
+    config = TrainConfig(task="literature", reward_tiers=[[0.9, 10], [0.2, 1]], reward_floor=-1, reward_k=5,
+                         format_invalid=-9)
+    fmt, retrieval = build_rewards(FixedSearch({"q": ["r0", "r1", "x"]}), config.build_task())
+    assert fmt(["junk"]) == [-9.0]
+    relevant = {f"r{i}": 1 for i in range(5)}
+    assert retrieval([VALID % "q"], query=["t"], qrels=[relevant]) == [1.0]  # recall 0.4 -> tier 0.2 -> 1
+    assert retrieval.cache.k == 5
+    assert get_task("literature").tiers.floor == -3.5  # built-in task unchanged
+
+
+def test_real_bm25_rewards_a_better_rewrite(adi_test):
+    search = BM25Search(adi_test.corpus)
+    reward = RetrievalReward(search=search, task="retrieval")
+    qid, text = next(iter(adi_test.judged_queries.items()))
+    qrels = adi_test.qrels[qid]
+    best_doc = max(qrels, key=qrels.get)
+    good = adi_test.corpus[best_doc]["title"].replace('"', "")
+    scores = reward([VALID % good, VALID % "zebra giraffe"], query=[text] * 2, qrels=[qrels] * 2)
+    assert scores[0] > 0.0 and scores[1] == 0.0

@@ -1,0 +1,99 @@
+"""Train a query rewriter with GRPO against your retriever.
+
+    deepretrieval train --config train.yaml [--max-steps 50 --learning-rate 1e-5 --resume ...]
+
+The YAML file is a TrainConfig; every field is also a flag (nested ones as --data-path, --retriever-framework).
+Its `data:` section names the BEIR collection and split, its `retriever:` section the framework and how to
+build the retriever: llamaindex (bm25 | storage), haystack (bm25 | pipeline) or bm25s (the core's quick BM25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import typing
+from typing import Any
+
+from ..config import DataConfig, RetrieverConfig, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+NESTED = {"data": DataConfig, "retriever": RetrieverConfig}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _kind(cls: type, name: str) -> Any:
+    hint = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return hint if not args else args[0]
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    for f in dataclasses.fields(cls):
+        if f.name in NESTED:
+            continue
+        dest = f"{prefix}{f.name}"
+        kind = _kind(cls, f.name)
+        if kind is bool:
+            parser.add_argument(_flag(dest), dest=dest, action=argparse.BooleanOptionalAction, default=None)
+        elif kind is int or kind is float:
+            parser.add_argument(_flag(dest), dest=dest, type=kind, default=None, metavar=kind.__name__.upper())
+        elif typing.get_origin(kind) is list or f.name == "lora_target_modules":
+            parser.add_argument(_flag(dest), dest=dest, type=str, default=None, metavar="YAML",
+                                help="a YAML value, e.g. '[[0.5, 4], [0.1, 1]]' or 'all-linear'")
+        else:
+            parser.add_argument(_flag(dest), dest=dest, type=str, default=None)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="a TrainConfig YAML file; flags override its values")
+    _add_fields(parser, TrainConfig)
+    for name, cls in NESTED.items():
+        _add_fields(parser.add_argument_group(f"{name} section"), cls, prefix=f"{name}_")
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given on the command line, as (nested) config values."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in NESTED:
+            continue
+        value = getattr(args, f.name, None)
+        if value is not None:
+            parse_yaml = f.name in ("reward_tiers", "lora_target_modules")
+            values[f.name] = yaml.safe_load(value) if parse_yaml else value
+    for name, cls in NESTED.items():
+        nested = {f.name: getattr(args, f"{name}_{f.name}") for f in dataclasses.fields(cls)
+                  if getattr(args, f"{name}_{f.name}", None) is not None}
+        if nested:
+            values[name] = nested
+    return values
+
+
+def load_config(args: argparse.Namespace) -> TrainConfig:
+    given = overrides(args)
+    if args.config:
+        return TrainConfig.from_yaml(args.config, **given)
+    return TrainConfig.from_dict(given)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import load_beir
+    from ..grpo import train
+    from .eval import build_search
+
+    config = load_config(args)
+    if not config.data.path:
+        raise ValueError("no training data: set data.path (--data-path) to a BEIR collection folder")
+    dataset = load_beir(config.data.path, config.data.split, drop_unknown_docs=config.data.drop_unknown_docs)
+    search = build_search(config.retriever, config.data.path)
+    adapter = train(search, dataset, config)
+    print(f"adapter: {adapter}")
+    print(f"serve it: deepretrieval serve --adapter {adapter.parent}")
+    return 0

@@ -1,0 +1,264 @@
+"""The training configuration: one dataclass, loadable from YAML, validated before anything heavy loads.
+
+Every field is a CLI flag of ``deepretrieval train`` (``--learning-rate``; nested ``--data-path``,
+``--retriever-framework``). TRL 1.16 changed several GRPO defaults, so the ones that shape learning
+(``beta``, ``loss_type``, ``learning_rate``, ``num_generations``, ``max_completion_length``, ``temperature``)
+are set here explicitly and passed through.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args
+
+from .tasks import TASKS, Task, Tiers, get_task
+
+logger = logging.getLogger(__name__)
+
+LossType = Literal["grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"]
+VllmMode = Literal["colocate", "server"]
+Framework = Literal["llamaindex", "haystack", "bm25s"]
+RetrieverKind = Literal["bm25", "storage", "pipeline"]
+Framing = Literal["replace", "expand"]
+
+# which retriever kinds each framework can build
+FRAMEWORK_KINDS: dict[str, tuple[str, ...]] = {
+    "llamaindex": ("bm25", "storage"),
+    "haystack": ("bm25", "pipeline"),
+    "bm25s": ("bm25",),
+}
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, with the field, the reason and what to change."""
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not supported: choose one of {list(choices)}")
+
+
+def _positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name}={value!r} must be a number {bound}")
+
+
+@dataclass
+class DataConfig:
+    """Where the training queries and their judgments come from (a BEIR-layout folder and a qrels split)."""
+
+    path: str = ""
+    split: str = "train"
+    drop_unknown_docs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.path and not Path(self.path).expanduser().is_dir():
+            raise ConfigError(f"data.path={self.path!r} is not a folder: give a BEIR collection folder "
+                              "(corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
+
+
+@dataclass
+class RetrieverConfig:
+    """How the CLI builds the host retriever that the reward searches.
+
+    ``llamaindex``: ``bm25`` over a BEIR corpus (``path``, default ``data.path``) or ``storage`` (a persisted index
+    folder in ``path``); ``haystack``: ``bm25`` over a corpus or ``pipeline`` (a pipeline YAML in ``path`` with
+    optional ``input_socket``/``output_socket``/``id_meta_key``); ``bm25s``: the core in-process BM25 for quick runs.
+    """
+
+    framework: str = "bm25s"
+    kind: str = "bm25"
+    path: str = ""
+    input_socket: str | None = None
+    output_socket: str | None = None
+    id_meta_key: str | None = None
+    id_key: str | None = None
+
+    def __post_init__(self) -> None:
+        _choice("retriever.framework", self.framework, get_args(Framework))
+        kinds = FRAMEWORK_KINDS[self.framework]
+        if self.kind not in kinds:
+            raise ConfigError(f"retriever.kind={self.kind!r} is not available for {self.framework}: choose one of {list(kinds)}")
+        if self.kind in ("storage", "pipeline") and not self.path:
+            what = "a persisted LlamaIndex storage folder" if self.kind == "storage" else "a Haystack pipeline YAML file"
+            raise ConfigError(f"retriever.kind={self.kind!r} needs retriever.path: give {what}")
+        if self.path and not Path(self.path).expanduser().exists():
+            raise ConfigError(f"retriever.path={self.path!r} does not exist: fix the path")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a GRPO run needs besides the retriever and the data."""
+
+    # model, task and run directory
+    model: str | None = None
+    task: str = "retrieval"
+    run_dir: str = "runs/deepretrieval"
+    resume: bool = False
+    seed: int = 0
+    # schedule
+    max_steps: int = 100
+    max_minutes: float | None = None  # stop (and save) after this much training time
+    save_steps: int = 25
+    save_total_limit: int = 2
+    prompts_per_step: int = 2
+    gradient_accumulation_steps: int = 1
+    max_queries: int | None = None
+    # GRPO (TRL) - explicit, since TRL 1.16 changed its defaults
+    learning_rate: float = 2e-5
+    beta: float = 0.0
+    loss_type: str = "dapo"
+    num_generations: int = 4
+    max_completion_length: int = 64
+    temperature: float = 0.8
+    top_p: float = 1.0
+    scale_rewards: str = "group"
+    # LoRA
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: Union[str, list[str]] = "all-linear"
+    # reward
+    reward_k: int | None = None
+    reward_tiers: list[list[float]] | None = None
+    reward_floor: float | None = None
+    reward_scale: float | None = None
+    format_valid: float | None = None
+    format_invalid: float | None = None
+    framing: str = "replace"
+    search_cache_size: int = 200_000
+    search_batch_size: int = 64
+    search_concurrency: int = 1
+    # hardware
+    bf16: bool = False
+    torch_threads: int | None = None  # 1 on a busy shared CPU: oversubscribed threads measured >10x slower
+    gradient_checkpointing: bool = False
+    use_vllm: bool = False
+    vllm_mode: str = "colocate"
+    vllm_server_base_url: str | None = None
+    vllm_gpu_memory_utilization: float = 0.3
+    # CLI only: where the data and the retriever come from
+    data: DataConfig = field(default_factory=DataConfig)
+    retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            self.data = _build(DataConfig, self.data, "data")
+        if isinstance(self.retriever, dict):
+            self.retriever = _build(RetrieverConfig, self.retriever, "retriever")
+        _choice("task", self.task, tuple(TASKS))
+        _choice("loss_type", self.loss_type, get_args(LossType))
+        _choice("vllm_mode", self.vllm_mode, get_args(VllmMode))
+        _choice("framing", self.framing, get_args(Framing))
+        _choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
+        for name in ("max_steps", "save_steps", "save_total_limit", "prompts_per_step", "gradient_accumulation_steps",
+                     "max_completion_length", "lora_r", "lora_alpha", "search_batch_size", "search_concurrency"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
+        if not isinstance(self.num_generations, int) or self.num_generations < 2:
+            raise ConfigError(f"num_generations={self.num_generations!r}: GRPO compares samples of the same prompt, "
+                              "so it needs at least 2")
+        for name in ("learning_rate", "temperature", "top_p"):
+            _positive(name, getattr(self, name))
+        _positive("beta", self.beta, allow_zero=True)
+        _positive("search_cache_size", self.search_cache_size, allow_zero=True)
+        if self.top_p > 1:
+            raise ConfigError(f"top_p={self.top_p} must be in (0, 1]")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
+        if self.reward_k is not None and (not isinstance(self.reward_k, int) or self.reward_k < 1):
+            raise ConfigError(f"reward_k={self.reward_k!r} must be a positive integer (or null for the task's train k)")
+        if self.max_minutes is not None:
+            _positive("max_minutes", self.max_minutes)
+        if self.torch_threads is not None and (not isinstance(self.torch_threads, int) or self.torch_threads < 1):
+            raise ConfigError(f"torch_threads={self.torch_threads!r} must be a positive integer (or null for torch's default)")
+        if self.max_queries is not None and (not isinstance(self.max_queries, int) or self.max_queries < 1):
+            raise ConfigError(f"max_queries={self.max_queries!r} must be a positive integer (or null for all)")
+        if self.use_vllm and self.vllm_mode == "server" and not self.vllm_server_base_url:
+            logger.info("use_vllm with vllm_mode='server' and no vllm_server_base_url: TRL connects to 0.0.0.0:8000")
+        self.build_task()  # validates tiers and format bonuses
+
+    def build_task(self) -> Task:
+        """The task with this config's reward overrides applied."""
+        task = get_task(self.task)
+        changes: dict[str, Any] = {}
+        if self.reward_k is not None:
+            changes["train_k"] = self.reward_k
+        if self.reward_tiers is not None or self.reward_floor is not None:
+            changes["tiers"] = self._tiers(task)
+        for name in ("reward_scale", "format_valid", "format_invalid"):
+            if getattr(self, name) is not None:
+                changes[name] = float(getattr(self, name))
+        return dataclasses.replace(task, **changes) if changes else task
+
+    def _tiers(self, task: Task) -> Tiers:
+        base = task.tiers
+        steps = self.reward_tiers if self.reward_tiers is not None else (base.steps if base else None)
+        if steps is None:
+            raise ConfigError(f"reward_floor is set but task {self.task!r} has no tiers: also give reward_tiers "
+                              "as [[threshold, reward], ...]")
+        try:
+            pairs = tuple((float(t), float(r)) for t, r in steps)
+        except (TypeError, ValueError):
+            raise ConfigError(f"reward_tiers={steps!r} must be a list of [threshold, reward] pairs") from None
+        floor = self.reward_floor if self.reward_floor is not None else (base.floor if base else 0.0)
+        higher = base.higher_is_better if base else task.metric != "hit_rank"
+        try:
+            return Tiers(pairs, floor=float(floor), higher_is_better=higher)
+        except ValueError as exc:
+            raise ConfigError(f"reward_tiers: {exc}") from None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a plain dict (e.g. parsed YAML); unknown keys are warned about and ignored."""
+        return _build(cls, values, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        import yaml
+
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"{file}: no such config file")
+        try:
+            values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{file}: not valid YAML ({exc})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{file}: the top level must be a mapping of field: value")
+        for key, value in overrides.items():
+            if isinstance(value, dict):
+                values.setdefault(key, {}).update(value)
+            else:
+                values[key] = value
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path: str | Path) -> None:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {type(values).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        logger.warning("ignoring unknown config keys %s (from a newer version or a typo?); known: %s",
+                       [where + k for k in unknown], sorted(known))
+    try:
+        return cls(**{k: v for k, v in values.items() if k in known})
+    except TypeError as exc:
+        raise ConfigError(f"{prefix or 'config'}: {exc}") from None

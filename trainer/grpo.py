@@ -1,0 +1,275 @@
+"""GRPO training of a LoRA query rewriter against the host framework's own retriever.
+
+``train(search_backend, dataset, config) -> adapter folder``. The flow reads top to bottom: check the config,
+the data and the retriever (before any model loads), prepare the run folder, turn queries into prompts, build
+TRL's GRPOTrainer with a peft LoRA config and the reward functions, train (resuming if asked), save the adapter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from .config import ConfigError, TrainConfig
+from .data import Collection, DataError
+from .rewards import build_rewards
+from .run_dir import RunDir
+from .search import SearchBackend
+from .tasks import QueryInput, Task
+
+logger = logging.getLogger(__name__)
+
+Dataset = Union[Collection, Sequence[Mapping[str, Any]]]
+
+
+@dataclass(frozen=True)
+class TrainingRow:
+    query: QueryInput
+    qrels: dict[str, float]
+    query_id: str
+
+    @property
+    def query_text(self) -> str:
+        if isinstance(self.query, str):
+            return self.query
+        return " ".join(str(v) for v in self.query.values() if v)
+
+
+def training_rows(dataset: Dataset) -> list[TrainingRow]:
+    """Queries with at least one relevant document, from a Collection or rows ``{query, qrels[, query_id]}``."""
+    if isinstance(dataset, Collection):
+        rows = [TrainingRow(text, {d: float(g) for d, g in dataset.qrels[qid].items()}, qid)
+                for qid, text in dataset.judged_queries.items()]
+    elif isinstance(dataset, (str, bytes, Mapping)) or not isinstance(dataset, Sequence):
+        raise DataError(f"dataset is a {type(dataset).__name__}: pass a Collection from load_beir(path, split) "
+                        "or a list of {'query': ..., 'qrels': {doc_id: grade}} rows")
+    else:
+        rows = [_row(i, row) for i, row in enumerate(dataset)]
+    rows = [r for r in rows if any(g > 0 for g in r.qrels.values())]
+    if not rows:
+        raise DataError("no training query has a relevant document (a qrels grade > 0): check the split or the rows")
+    return rows
+
+
+def _row(index: int, row: Any) -> TrainingRow:
+    if not isinstance(row, Mapping):
+        raise DataError(f"dataset row {index} is a {type(row).__name__}: each row must be a dict with "
+                        "'query' and 'qrels'")
+    query, qrels = row.get("query"), row.get("qrels")
+    if isinstance(query, str) and not query.strip() or not isinstance(query, (str, Mapping)) or not query:
+        raise DataError(f"dataset row {index}: 'query' must be non-empty text (or PICO fields), got {query!r}")
+    if not isinstance(qrels, Mapping) or not qrels:
+        raise DataError(f"dataset row {index}: 'qrels' must be a non-empty {{doc_id: grade}} mapping, got {qrels!r}")
+    try:
+        judged = {str(d): float(g) for d, g in qrels.items()}
+    except (TypeError, ValueError):
+        raise DataError(f"dataset row {index}: qrels grades must be numbers, got {dict(qrels)!r}") from None
+    return TrainingRow(query, judged, str(row.get("query_id", index)))
+
+
+def fingerprint(dataset: Dataset, rows: Sequence[TrainingRow]) -> str:
+    if isinstance(dataset, Collection) and dataset.fingerprint:
+        return dataset.fingerprint
+    digest = hashlib.sha256(json.dumps([[r.query_id, r.query, r.qrels] for r in rows], sort_keys=True,
+                                       default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def check_search(search_backend: SearchBackend, rows: Sequence[TrainingRow], k: int) -> None:
+    """Search one real query now, so a broken retriever fails before the model loads."""
+    if not callable(getattr(search_backend, "search", None)):
+        raise ConfigError(f"search_backend is a {type(search_backend).__name__} without a search(queries, k) method: "
+                          "pass a SearchBackend (LlamaIndexSearch, HaystackSearch or BM25Search)")
+    results = search_backend.search([rows[0].query_text], k)
+    if not isinstance(results, list) or len(results) != 1 or not isinstance(results[0], list):
+        raise ConfigError(f"{type(search_backend).__name__}.search() returned {type(results).__name__}: it must "
+                          "return one list of document ids per query")
+    known = {d for r in rows for d in r.qrels}
+    if results[0] and known and not set(results[0]) & known and all(isinstance(d, str) for d in results[0]):
+        sample = next(iter(known))
+        logger.info("the first probe search found no judged document (ids look like %r, qrels like %r); if ids "
+                    "never match, every reward is the floor: check the retriever's id key", results[0][0], sample)
+
+
+def select_rows(rows: list[TrainingRow], config: TrainConfig) -> list[TrainingRow]:
+    if config.max_queries is None or config.max_queries >= len(rows):
+        return rows
+    import random
+
+    picked = random.Random(config.seed).sample(range(len(rows)), config.max_queries)
+    return [rows[i] for i in sorted(picked)]
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_batch(config: TrainConfig) -> int:
+    """The per-device batch (in completions) TRL needs: prompts_per_step * num_generations, split over processes."""
+    completions = config.prompts_per_step * config.num_generations
+    processes = world_size()
+    if completions % processes:
+        raise ConfigError(f"prompts_per_step * num_generations = {completions} completions per step cannot be split "
+                          f"over {processes} processes: make it a multiple of {processes}")
+    return completions // processes
+
+
+def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig | None = None) -> Path:
+    """Train a LoRA rewriter with GRPO against ``search_backend``; return the adapter folder.
+
+    ``dataset``: a :class:`Collection` (``load_beir(path, split)``) or rows ``{"query", "qrels"}``.
+    Ctrl-C saves the adapter reached so far and returns its folder; ``config.resume`` continues the run folder's
+    last checkpoint.
+    """
+    config = config or TrainConfig()
+    task = config.build_task()
+    rows = select_rows(training_rows(dataset), config)
+    check_batch(config)
+    check_search(search_backend, rows, task.reward_k)
+    run = RunDir(config.run_dir)
+    data_fingerprint = fingerprint(dataset, rows)
+    checkpoint = run.prepare(config, data_fingerprint)
+    _import_training_stack()
+    if config.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+
+    from .models import resolve_model
+
+    base_model = resolve_model(config.model)
+    run.path.mkdir(parents=True, exist_ok=True)
+    config.to_yaml(run.path / "config.yaml")
+    run.write_info(base_model=base_model, model=config.model, task=task.name, status="running",
+                   retriever=type(search_backend).__name__, dataset=_dataset_info(dataset, rows, data_fingerprint),
+                   versions=_versions())
+    trainer, callback = build_trainer(config, task, base_model, rows, search_backend, run)
+    start = time.perf_counter()
+    status = "completed"
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        logger.warning("interrupted at step %d: saving the adapter reached so far", trainer.state.global_step)
+    finally:
+        callback.close()
+    trainer.save_model(str(run.adapter))
+    trainer.processing_class.save_pretrained(str(run.adapter))
+    run.write_info(status=status, steps=trainer.state.global_step, wall_s=round(time.perf_counter() - start, 1))
+    callback._plot()
+    run.write_readme(base_model=base_model, task=task.name)
+    logger.info("%s after %d steps: adapter in %s", status, trainer.state.global_step, run.adapter)
+    return run.adapter
+
+
+def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequence[TrainingRow],
+                  search_backend: SearchBackend, run: RunDir):
+    from datasets import Dataset as HFDataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from .trl_trainer import RunCallback, TimedGRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prompts = HFDataset.from_list([
+        {"prompt": prompt_text(tokenizer, task, r.query), "query": r.query_text, "qrels": json.dumps(r.qrels),
+         "query_id": r.query_id}
+        for r in rows
+    ])
+    rewards = build_rewards(search_backend, task, framing=config.framing, cache_size=config.search_cache_size,
+                            batch_size=config.search_batch_size, concurrency=config.search_concurrency)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+    callback = RunCallback(run, max_minutes=config.max_minutes)
+    trainer = TimedGRPOTrainer(model=base_model, reward_funcs=rewards, args=grpo_args(config, run),
+                               train_dataset=prompts, processing_class=tokenizer, peft_config=lora,
+                               callbacks=[callback])
+    for unwanted in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(unwanted)
+    return trainer, callback
+
+
+def grpo_args(config: TrainConfig, run: RunDir):
+    from trl import GRPOConfig
+
+    vllm: dict[str, Any] = {}
+    if config.use_vllm:
+        vllm = {"use_vllm": True, "vllm_mode": config.vllm_mode,
+                "vllm_gpu_memory_utilization": config.vllm_gpu_memory_utilization}
+        if config.vllm_server_base_url:
+            vllm["vllm_server_base_url"] = config.vllm_server_base_url
+    return GRPOConfig(
+        output_dir=str(run.checkpoints),
+        max_steps=config.max_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        per_device_train_batch_size=check_batch(config),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        learning_rate=config.learning_rate,
+        beta=config.beta,
+        loss_type=config.loss_type,
+        scale_rewards=config.scale_rewards,
+        bf16=config.bf16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        model_init_kwargs={"dtype": "bfloat16" if config.bf16 else "float32"},
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        log_completions=False,
+        save_only_model=False,
+        dataloader_num_workers=0,
+        **vllm,
+    )
+
+
+def prompt_text(tokenizer, task: Task, query: QueryInput) -> str:
+    """The plain-text prompt (chat template + the task's prefill), so TRL treats it as non-conversational text."""
+    text = tokenizer.apply_chat_template(task.messages(query), add_generation_prompt=True, tokenize=False)
+    return text + task.prefill
+
+
+def _dataset_info(dataset: Dataset, rows: Sequence[TrainingRow], data_fingerprint: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"fingerprint": data_fingerprint, "queries": len(rows)}
+    if isinstance(dataset, Collection):
+        info.update(path=str(dataset.path), split=dataset.split)
+    return info
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("trl", "transformers", "peft", "torch", "deepretrieval"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _import_training_stack() -> None:
+    missing = []
+    for module in ("torch", "transformers", "trl", "peft", "datasets"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise ImportError(f"training needs {missing}: pip install 'deepretrieval[train]'")

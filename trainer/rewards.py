@@ -1,0 +1,184 @@
+"""TRL reward callables: a format reward and a retrieval reward that searches the host retriever.
+
+Both follow TRL's reward signature, ``(completions, **kwargs) -> list[float]``, and carry a fixed ``__name__``
+so TRL logs them as ``rewards/format/mean`` and ``rewards/retrieval/mean``. ``completions`` are the texts
+generated after the task's prefill (``<think>``); they are parsed as ``task.completion_text(completion)``.
+The dataset columns ``query`` (the original query) and ``qrels`` (a JSON object ``{doc_id: grade}``) arrive as
+keyword lists, one per completion; TRL's ``log_metric`` receives the search time, cache hits and format rate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .answer import Rewrite, parse_answer
+from .metrics import first_hit_rank, ndcg_at_k, recall_at_k
+from .search import SearchBackend
+from .tasks import Task, get_task
+
+logger = logging.getLogger(__name__)
+
+MetricLogger = Callable[[str, float], None]
+
+
+def normalize_query(query: str) -> str:
+    """The cache key of a query: case-folded, whitespace collapsed."""
+    return " ".join(query.casefold().split())
+
+
+def parse_qrels(value: Mapping[str, float] | str) -> dict[str, float]:
+    """A qrels cell: a mapping, or its JSON text (how the training dataset stores it)."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return {str(doc): float(grade) for doc, grade in value.items()}
+
+
+class FormatReward:
+    """``task.format_valid`` for a well-formed completion (think block + JSON answer with a query), else
+    ``task.format_invalid``."""
+
+    __name__ = "format"
+
+    def __init__(self, *, task: str | Task = "retrieval") -> None:
+        self.task = get_task(task)
+
+    def parse(self, completion: str) -> Rewrite:
+        return parse_answer(self.task.completion_text(completion), require_think=True)
+
+    def __call__(self, completions: Sequence[str], log_metric: MetricLogger | None = None, **kwargs: Any) -> list[float]:
+        valid = [self.parse(c).well_formed for c in completions]
+        if log_metric is not None and valid:
+            log_metric("format/valid_rate", sum(valid) / len(valid))
+        return [self.task.format_valid if ok else self.task.format_invalid for ok in valid]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"task": self.task}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.task = state["task"]
+
+
+class SearchCache:
+    """Ranked results by normalized query, bounded (least recently used goes first), searched in batches."""
+
+    def __init__(self, search: SearchBackend, *, k: int, max_size: int = 200_000, batch_size: int = 64,
+                 concurrency: int = 1) -> None:
+        self.search_backend = search
+        self.k = k
+        self.max_size = max_size
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self._results: OrderedDict[str, list[str]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.search_seconds = 0.0
+
+    def rankings(self, queries: Sequence[str]) -> list[list[str]]:
+        """One ranking per query; only queries not already cached are sent to the backend, once each."""
+        keys = [normalize_query(q) for q in queries]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._results))
+        self.hits += len(keys) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            start = time.perf_counter()
+            found = self._search(missing)
+            self.search_seconds += time.perf_counter() - start
+            for key, ranking in zip(missing, found, strict=True):
+                self._results[key] = list(ranking)
+        out = []
+        for key in keys:
+            self._results.move_to_end(key)
+            out.append(self._results[key])
+        while len(self._results) > self.max_size:
+            self._results.popitem(last=False)
+        return out
+
+    def _search(self, queries: list[str]) -> list[list[str]]:
+        batches = [queries[i : i + self.batch_size] for i in range(0, len(queries), self.batch_size)]
+        if self.concurrency == 1 or len(batches) == 1:
+            results = [self.search_backend.search(batch, self.k) for batch in batches]
+        else:
+            with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+                results = list(pool.map(lambda batch: self.search_backend.search(batch, self.k), batches))
+        flat = [ranking for batch in results for ranking in batch]
+        if len(flat) != len(queries):
+            raise RuntimeError(f"the search backend returned {len(flat)} rankings for {len(queries)} queries; "
+                               "a SearchBackend must return one ranking per query")
+        return flat
+
+
+class RetrievalReward:
+    """The task metric of the rewrite's ranking against the query's qrels, shaped by the task's tiers.
+
+    ``ndcg``: ``reward_scale * nDCG@k`` (k = the task's train k); ``recall``: tiers of recall@k;
+    ``hit_rank``: tiers of the first relevant rank within k (none: the floor). Unparsable completions score 0
+    here (the format reward penalizes them). ``framing="expand"`` searches ``original + rewrite`` instead of the
+    rewrite alone; deployment must then do the same.
+    """
+
+    __name__ = "retrieval"
+
+    def __init__(self, *, search: SearchBackend, task: str | Task = "retrieval", framing: str = "replace",
+                 cache_size: int = 200_000, batch_size: int = 64, concurrency: int = 1) -> None:
+        if framing not in ("replace", "expand"):
+            raise ValueError(f"framing={framing!r}: choose 'replace' or 'expand'")
+        self.task = get_task(task)
+        self.framing = framing
+        self.cache = SearchCache(search, k=self.task.reward_k, max_size=cache_size, batch_size=batch_size,
+                                 concurrency=concurrency)
+
+    def score(self, ranking: Sequence[str], qrels: Mapping[str, float]) -> float:
+        """The reward of one ranking (no search)."""
+        task, k = self.task, self.task.reward_k
+        if task.metric == "hit_rank":
+            rank = first_hit_rank(ranking[:k], qrels)
+            value = float(rank) if rank is not None else float("inf")
+        elif task.metric == "recall":
+            value = recall_at_k(ranking, qrels, k)
+        else:
+            value = ndcg_at_k(ranking, qrels, k)
+        if task.tiers is not None:
+            return float(task.tiers(value))
+        return task.reward_scale * value
+
+    def search_text(self, original: str, rewrite: str) -> str:
+        return f"{original} {rewrite}" if self.framing == "expand" else rewrite
+
+    def __call__(self, completions: Sequence[str], query: Sequence[str], qrels: Sequence[Any],
+                 log_metric: MetricLogger | None = None, **kwargs: Any) -> list[float]:
+        parsed = [parse_answer(self.task.completion_text(c)) for c in completions]
+        judged = [parse_qrels(q) for q in qrels]
+        usable = [i for i, p in enumerate(parsed) if p.ok]
+        hits, misses, seconds = self.cache.hits, self.cache.misses, self.cache.search_seconds
+        texts = [self.search_text(query[i], parsed[i].query) for i in usable]
+        rankings = self.cache.rankings(texts + list(query))
+        rewards = [0.0] * len(completions)
+        for i, ranking in zip(usable, rankings[: len(texts)], strict=True):
+            rewards[i] = self.score(ranking, judged[i])
+        if log_metric is not None:
+            raw = [self.score(r, j) for r, j in zip(rankings[len(texts):], judged, strict=True)]
+            lookups = (self.cache.hits - hits) + (self.cache.misses - misses)
+            log_metric("search/time_s", self.cache.search_seconds - seconds)
+            log_metric("search/cache_hit_rate", (self.cache.hits - hits) / max(lookups, 1))
+            log_metric("search/cache_size", float(len(self.cache._results)))
+            log_metric("retrieval/raw_query_reward", sum(raw) / max(len(raw), 1))
+            if usable:
+                log_metric("retrieval/rewrite_reward", sum(rewards[i] for i in usable) / len(usable))
+        return rewards
+
+
+def build_rewards(search: SearchBackend, task: str | Task, *, framing: str = "replace", cache_size: int = 200_000,
+                  batch_size: int = 64, concurrency: int = 1) -> list[Callable[..., list[float]]]:
+    """The reward functions for :class:`~trl.GRPOTrainer`: format first, then retrieval."""
+    task = get_task(task)
+    return [
+        FormatReward(task=task),
+        RetrievalReward(search=search, task=task, framing=framing, cache_size=cache_size, batch_size=batch_size,
+                        concurrency=concurrency),
+    ]

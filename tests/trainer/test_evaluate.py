@@ -165,3 +165,29 @@ def test_a_dead_server_source_falls_back_for_every_query(adi_test):
     report = evaluate(adi_test, BM25Search(adi_test.corpus), [source], limit=2, progress=False)
     served = report.source("server:rw")
     assert served.fallback_rate == 1.0 and served.means == report.source("raw").means
+
+
+@pytest.mark.slow
+def test_eval_command_with_the_real_model_on_haystack(data_dir, tmp_path, capsys):
+    from deepretrieval_trainer.cli import main
+
+    argv = ["eval", "--data", str(data_dir / "adi"), "--split", "test", "--framework", "haystack", "--limit", "3",
+            "--source", "base", "--source", "hyde", "--max-new-tokens", "48", "--out", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "retriever: haystack bm25" in out and "first 3 judged queries" in out
+    first = json.loads((tmp_path / "results.json").read_text())
+    assert [s["name"] for s in first["summary"]] == ["raw", "base", "hyde"]
+    hyde = first["per_query"]["hyde"]
+    for row in hyde:
+        if not row["fell_back"]:  # HyDE searches the query followed by the model's passage
+            assert row["search_query"].startswith(row["query"] + " ") and len(row["search_query"]) > len(row["query"]) + 20
+    assert any(not row["fell_back"] for row in hyde)
+    assert all(row["rewrite_latency_s"] > 0 for row in first["per_query"]["base"])
+    # a re-run reads the rewrites from the cache: same queries and latencies, same numbers
+    assert main(argv) == 0
+    second = json.loads((tmp_path / "results.json").read_text())
+    for name in ("base", "hyde"):
+        assert [(r["search_query"], r["rewrite_latency_s"]) for r in second["per_query"][name]] == [
+            (r["search_query"], r["rewrite_latency_s"]) for r in first["per_query"][name]]
+    assert [s["metrics"] for s in second["summary"]] == [s["metrics"] for s in first["summary"]]

@@ -73,7 +73,8 @@ class LlamaIndexSearch:
         """Awaits the retriever's own ``aretrieve`` (retrievers without a native async path run it synchronously)."""
         check_k(k)
         queries = _check_queries(queries)
-        await asyncio.to_thread(self._lock.acquire)
+        while not self._lock.acquire(blocking=False):  # polling stays cancellable, unlike a blocking acquire
+            await asyncio.sleep(0.005)
         try:
             with self._top_k(k):
                 limit = asyncio.Semaphore(self.max_concurrency)

@@ -107,6 +107,14 @@ class SlowAsyncRetriever(BaseRetriever):
         super().__init__()
         self.inner, self.in_flight, self.peak = inner, 0, 0
 
+    @property
+    def similarity_top_k(self) -> int:
+        return self.inner.similarity_top_k
+
+    @similarity_top_k.setter
+    def similarity_top_k(self, value: int) -> None:
+        self.inner.similarity_top_k = value
+
     def _retrieve(self, query_bundle: QueryBundle) -> List[NodeWithScore]:
         return self.inner.retrieve(query_bundle)
 
@@ -166,3 +174,11 @@ async def test_vector_index_ranking_and_persisted_index(adi_vector_index, minilm
     adi_vector_index.storage_context.persist(persist_dir=str(tmp_path))
     loaded = LlamaIndexSearch.from_storage(tmp_path, embed_model=minilm)
     assert loaded.search(some, 10) == direct[:8]
+
+
+async def test_concurrent_batches_with_different_k_do_not_mix(adi_bm25, adi_test):
+    queries = list(adi_test.judged_queries.values())
+    search = LlamaIndexSearch(SlowAsyncRetriever(adi_bm25))
+    narrow, wide = await asyncio.gather(search.asearch(queries, 5), search.asearch(queries, 40))
+    assert {len(r) for r in narrow} == {5} and {len(r) for r in wide} == {40}
+    assert search.retriever.similarity_top_k == 10

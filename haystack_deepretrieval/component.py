@@ -212,7 +212,7 @@ class DeepRetrievalQueryRewriter:
         """The async form of :meth:`run` (a server backend sends the request without blocking the loop)."""
         if not _usable(query):
             return self._outputs(_empty_result(query), include_original)
-        rewriter = await asyncio.to_thread(self._ready)
+        rewriter = self._rewriter or await asyncio.to_thread(self._ready)  # model loads off the event loop
         return self._outputs((await rewriter.arewrite([query]))[0], include_original)
 
     def _outputs(self, result: RewriteResult, include_original: bool | None) -> dict[str, Any]:

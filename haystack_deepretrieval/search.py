@@ -191,7 +191,7 @@ class HaystackSearch:
         name, socket = self.output_socket
         documents = (output[name] if name is not None else output).get(socket)
         if documents is None:
-            raise KeyError(f"the run returned no {socket!r} output (it returned {sorted(output)}); set output_socket")
+            raise ValueError(f"the run returned no {socket!r} output (it returned {sorted(output)}); set output_socket")
         ranking: list[str] = []
         seen: set[str] = set()
         for document in documents:
@@ -209,7 +209,7 @@ class HaystackSearch:
         try:
             return str(document.meta[self.id_meta_key])
         except KeyError:
-            raise KeyError(
+            raise ValueError(
                 f"document {document.id!r} has no meta[{self.id_meta_key!r}] (its meta keys: {sorted(document.meta)});"
                 " set id_meta_key to a field every document has, or to None to use Document.id"
             ) from None

@@ -83,7 +83,7 @@ def test_id_from_a_meta_field_keeps_each_document_once(adi_test):
 
 def test_missing_meta_field_names_the_fix(adi_store):
     search = HaystackSearch(retriever=InMemoryBM25Retriever(document_store=adi_store), id_meta_key="pmid")
-    with pytest.raises(KeyError, match="has no meta\\['pmid'\\].*'title'"):
+    with pytest.raises(ValueError, match="has no meta\\['pmid'\\].*'title'"):
         search.search(["indexing"], 5)
 
 

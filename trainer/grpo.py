@@ -107,6 +107,11 @@ def select_rows(rows: list[TrainingRow], config: TrainConfig) -> list[TrainingRo
     return [rows[i] for i in sorted(picked)]
 
 
+def is_main_process() -> bool:
+    """Rank 0 under ``accelerate launch`` (and the only process otherwise): it writes the run folder."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -145,11 +150,13 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
     from .models import resolve_model
 
     base_model = resolve_model(config.model)
-    run.path.mkdir(parents=True, exist_ok=True)
-    config.to_yaml(run.path / "config.yaml")
-    run.write_info(base_model=base_model, model=config.model, task=task.name, status="running",
-                   retriever=type(search_backend).__name__, dataset=_dataset_info(dataset, rows, data_fingerprint),
-                   versions=_versions())
+    main = is_main_process()
+    if main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        config.to_yaml(run.path / "config.yaml")
+        run.write_info(base_model=base_model, model=config.model, task=task.name, status="running",
+                       retriever=type(search_backend).__name__, dataset=_dataset_info(dataset, rows, data_fingerprint),
+                       versions=_versions())
     trainer, callback = build_trainer(config, task, base_model, rows, search_backend, run)
     start = time.perf_counter()
     status = "completed"
@@ -161,11 +168,12 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
     finally:
         callback.close()
     trainer.save_model(str(run.adapter))
-    trainer.processing_class.save_pretrained(str(run.adapter))
-    run.write_info(status=status, steps=trainer.state.global_step, wall_s=round(time.perf_counter() - start, 1))
-    callback._plot()
-    run.write_readme(base_model=base_model, task=task.name)
-    logger.info("%s after %d steps: adapter in %s", status, trainer.state.global_step, run.adapter)
+    if main:
+        trainer.processing_class.save_pretrained(str(run.adapter))
+        run.write_info(status=status, steps=trainer.state.global_step, wall_s=round(time.perf_counter() - start, 1))
+        callback._plot()
+        run.write_readme(base_model=base_model, task=task.name)
+        logger.info("%s after %d steps: adapter in %s", status, trainer.state.global_step, run.adapter)
     return run.adapter
 
 

@@ -1,0 +1,156 @@
+"""Does GRPO learn? Embedded SmolLM2-135M + LoRA trained against a framework's BM25 retriever, evaluated on dev.
+
+For each (collection, framework): train on the train split through the framework's own BM25 retriever
+(LlamaIndex BM25Retriever or Haystack InMemoryBM25Retriever), then score raw queries, the untrained base model's
+rewrites and the trained adapter's rewrites on the first ``--eval-queries`` judged dev queries (nDCG@10,
+Recall@100). Prints per-run figures (reward first/last fifth, format-valid rate, step-time split) and writes JSON
+plus one PNG of the reward curves. Not a test: a measurement, run by hand, recorded in docs/benchmarks.md.
+
+    python benchmarks/learning_curve.py --runs scifact:llamaindex scifact:haystack nfcorpus:llamaindex \
+        --steps 60 --max-minutes 30 --eval-queries 100 --out /tmp/lc --png docs/learning_curve.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DROP_UNKNOWN = {"nfcorpus"}  # its preprocessed corpus lacks 238 train-only documents
+
+
+def build_search(framework: str, path: Path):
+    """BM25 over the collection through the named framework (the CLI's own builder)."""
+    from deepretrieval_trainer.commands.eval import build_search as build
+    from deepretrieval_trainer.config import RetrieverConfig
+
+    return build(RetrieverConfig(framework=framework, kind="bm25"), str(path))
+
+
+def fifth_means(values: list[float]) -> tuple[float, float]:
+    n = max(len(values) // 5, 1)
+    return sum(values[:n]) / n, sum(values[-n:]) / n
+
+
+def summarize_training(rows: list[dict]) -> dict:
+    def col(key):
+        return [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+
+    first, last = fifth_means(col("reward"))
+    valid_first, valid_last = fifth_means(col("format/valid_rate"))
+    step = sum(col("step_s")) / max(len(col("step_s")), 1)
+    split = {name: sum(col(key)) / max(len(col(key)), 1) for name, key in
+             (("generation_s", "time/generation_s"), ("search_s", "search/time_s"),
+              ("rewards_s", "time/rewards_s"), ("backward_s", "time/backward_s"))}
+    return {"steps": len(rows), "reward_first_fifth": first, "reward_last_fifth": last,
+            "valid_first_fifth": valid_first, "valid_last_fifth": valid_last,
+            "valid_max": max(col("format/valid_rate"), default=0.0), "mean_step_s": step, **split,
+            "search_share": split["search_s"] / step if step else None}
+
+
+def run_one(collection: str, framework: str, args: argparse.Namespace) -> dict:
+    from deepretrieval_trainer.config import TrainConfig
+    from deepretrieval_trainer.data import load_beir
+    from deepretrieval_trainer.evaluate import evaluate
+    from deepretrieval_trainer.grpo import train
+    from deepretrieval_trainer.run_dir import RunDir
+    from deepretrieval_trainer.sources import parse_source
+
+    path = DATA / collection
+    drop = collection in DROP_UNKNOWN
+    search = build_search(framework, path)
+    run_dir = Path(args.out) / f"{collection}-{framework}"
+    config = TrainConfig(
+        run_dir=str(run_dir), resume=True, max_steps=args.steps, max_minutes=args.max_minutes, save_steps=10,
+        learning_rate=args.lr, num_generations=args.num_generations, prompts_per_step=args.prompts_per_step,
+        max_completion_length=args.max_completion_length, temperature=args.temperature, framing=args.framing,
+        reward_k=args.reward_k, torch_threads=args.torch_threads, seed=0,
+    )
+    start = time.perf_counter()
+    adapter = train(search, load_beir(path, "train", drop_unknown_docs=drop), config)
+    train_s = time.perf_counter() - start
+    dev = load_beir(path, "dev", drop_unknown_docs=drop)
+    sources = [parse_source(s, framing=args.framing, max_new_tokens=args.eval_max_new_tokens)
+               for s in ("raw", "base", f"trained=adapter:{adapter}")]
+    start = time.perf_counter()
+    report = evaluate(dev, search, sources, limit=args.eval_queries, out_dir=Path(args.out) / f"eval-{collection}",
+                      retriever=f"{framework} bm25", progress=False)
+    eval_s = time.perf_counter() - start
+    rows = RunDir(run_dir).read_metrics()
+    return {
+        "collection": collection, "framework": framework, "adapter": str(adapter), "train_wall_s": train_s,
+        "eval_wall_s": eval_s, "eval_queries": report.queries, "training": summarize_training(rows),
+        "eval": {s.name: {"ndcg@10": s.means["ndcg@10"], "recall@100": s.means["recall@100"],
+                          "fallback_rate": s.fallback_rate} for s in report.sources},
+        "config": config.to_dict(), "curve": rows,
+    }
+
+
+def print_result(result: dict) -> None:
+    t = result["training"]
+    print(f"\n== {result['collection']} via {result['framework']}: {t['steps']} steps, "
+          f"train {result['train_wall_s'] / 60:.1f} min, eval {result['eval_wall_s'] / 60:.1f} min "
+          f"({result['eval_queries']} dev queries)")
+    print(f"reward first/last fifth: {t['reward_first_fifth']:.3f} -> {t['reward_last_fifth']:.3f}; format-valid "
+          f"{t['valid_first_fifth']:.2f} -> {t['valid_last_fifth']:.2f} (max {t['valid_max']:.2f})")
+    print(f"step {t['mean_step_s']:.1f}s = generation {t['generation_s']:.1f}s + rewards {t['rewards_s']:.2f}s "
+          f"(search {t['search_s']:.2f}s, {100 * (t['search_share'] or 0):.1f}%) + backward {t['backward_s']:.1f}s")
+    print(f"{'source':10} {'nDCG@10':>8} {'R@100':>8} {'fallback':>9}")
+    for name, m in result["eval"].items():
+        print(f"{name:10} {m['ndcg@10']:8.4f} {m['recall@100']:8.4f} {m['fallback_rate']:9.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", default=["scifact:llamaindex"], help="COLLECTION:FRAMEWORK ...")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop each training run after this long")
+    parser.add_argument("--eval-queries", type=int, default=100, help="first N judged dev queries (0: all)")
+    parser.add_argument("--eval-max-new-tokens", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--num-generations", type=int, default=4)
+    parser.add_argument("--prompts-per-step", type=int, default=2)
+    parser.add_argument("--max-completion-length", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--framing", choices=("replace", "expand"), default="replace")
+    parser.add_argument("--reward-k", type=int, default=None)
+    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--out", default="/tmp/deepretrieval-learning-curve")
+    parser.add_argument("--png", default=None, help="also write the reward curves of all runs here")
+    parser.add_argument("--plot-only", nargs="+", default=None, help="only draw --png from these results.json files")
+    args = parser.parse_args()
+    if args.plot_only:
+        plot(args.png, [Path(f) for f in args.plot_only])
+        return
+    args.eval_queries = args.eval_queries or None
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    results = []
+    for spec in args.runs:
+        collection, framework = spec.split(":")
+        result = run_one(collection, framework, args)
+        print_result(result)
+        results.append(result)
+        (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    if args.png:
+        plot(args.png, [Path(args.out) / "results.json"])
+
+
+def plot(png: str, result_files: list[Path]) -> None:
+    """One PNG with the reward curves of every run in the given results.json files."""
+    from deepretrieval_trainer.run_dir import plot_curves
+
+    results = [r for f in result_files for r in json.loads(Path(f).read_text())]
+    plot_curves({f"{r['collection']}/{r['framework']}": r["curve"] for r in results}, png)
+    print(f"curves: {png}")
+
+
+if __name__ == "__main__":
+    main()

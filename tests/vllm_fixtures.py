@@ -1,7 +1,7 @@
 """Session fixtures for tests that talk to a real vLLM server on loopback (registered in tests/conftest.py).
 
 One server per test session (start-up takes a minute or more on CPU), serving the embedded SmolLM2 checkpoint with
-a real peft LoRA adapter as model ``SERVED_NAME``. The server runs in its own process group and is stopped at the
+the LoRA adapter of a 2-step GRPO run of the trainer as model ``SERVED_NAME``. The server runs in its own process group and is stopped at the
 end of the session, also when tests fail.
 """
 
@@ -49,10 +49,27 @@ def make_peft_adapter(folder: Path, *, seed: int = 0, scale: float = 0.0) -> Pat
     return folder
 
 
+def train_adapter(run_dir: Path) -> Path:
+    """A real GRPO run of the trainer (2 steps, BM25 over ADI as the reward's retriever); returns its adapter folder.
+
+    The trainer's default LoRA (r=16 on all linear layers) also exercises the --max-lora-rank choice."""
+    from deepretrieval_trainer.bm25 import BM25Search
+    from deepretrieval_trainer.config import TrainConfig
+    from deepretrieval_trainer.data import load_beir
+    from deepretrieval_trainer.grpo import train
+
+    from .conftest import collection_path
+
+    adi = load_beir(collection_path("adi"), "test")
+    config = TrainConfig(run_dir=str(run_dir), max_steps=2, save_steps=2, prompts_per_step=1, num_generations=2,
+                         max_completion_length=32, max_queries=4, torch_threads=1, learning_rate=1e-4)
+    return Path(train(BM25Search(adi.corpus), adi, config))
+
+
 @pytest.fixture(scope="session")
 def served_adapter(tmp_path_factory) -> Path:
-    """The adapter the test server serves: a real peft adapter for the embedded model."""
-    return make_peft_adapter(tmp_path_factory.mktemp("adapter") / "adapter")
+    """The adapter the test server serves: produced by a short real training run of the trainer."""
+    return train_adapter(tmp_path_factory.mktemp("train") / "run")
 
 
 @pytest.fixture(scope="session")

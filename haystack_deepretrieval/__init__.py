@@ -13,16 +13,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .beir import beir_documents
     from .component import DeepRetrievalQueryRewriter
+    from .literature import LiteratureSearchRetriever
     from .search import HaystackSearch
 
 _LAZY = {
     "DeepRetrievalQueryRewriter": ("haystack_deepretrieval.component", "DeepRetrievalQueryRewriter"),
     "HaystackSearch": ("haystack_deepretrieval.search", "HaystackSearch"),
+    "LiteratureSearchRetriever": ("haystack_deepretrieval.literature", "LiteratureSearchRetriever"),
     "beir_documents": ("haystack_deepretrieval.beir", "beir_documents"),
     "train": ("deepretrieval_trainer.grpo", "train"),
 }
 
-__all__ = ["DeepRetrievalQueryRewriter", "HaystackSearch", "beir_documents", "train"]
+__all__ = ["DeepRetrievalQueryRewriter", "HaystackSearch", "LiteratureSearchRetriever", "beir_documents", "train"]
 
 
 def __getattr__(name: str) -> Any:

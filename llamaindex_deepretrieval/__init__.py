@@ -3,6 +3,7 @@
 - :class:`DeepRetrievalQueryTransform`: a ``BaseQueryTransform`` for ``TransformQueryEngine``/``TransformRetriever``.
 - :class:`DeepRetrievalRetriever`: wraps any retriever, with a real async path.
 - :class:`LlamaIndexSearch`: any retriever as the core ``SearchBackend`` the trainer's reward searches.
+- :class:`LiteratureRetriever`: the literature-search engines (embedded FTS5, PubMed, ClinicalTrials.gov) as retrievers.
 - ``train``: ``deepretrieval_trainer.grpo.train``, imported on first use (it needs torch and TRL).
 
 Imports nothing heavy: torch, transformers and TRL load only when a rewriter or ``train`` runs.
@@ -11,11 +12,15 @@ Imports nothing heavy: torch, transformers and TRL load only when a rewriter or 
 from typing import Any
 
 from .events import QueryRewriteEvent
+from .literature import LiteratureRetriever
 from .retriever import DeepRetrievalRetriever
 from .search import LlamaIndexSearch
 from .transform import DeepRetrievalQueryTransform
 
-__all__ = ["DeepRetrievalQueryTransform", "DeepRetrievalRetriever", "LlamaIndexSearch", "QueryRewriteEvent", "train"]
+__all__ = [
+    "DeepRetrievalQueryTransform", "DeepRetrievalRetriever", "LiteratureRetriever", "LlamaIndexSearch", "QueryRewriteEvent",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 
 from haystack import Document, Pipeline
 
-from deepretrieval_trainer.search import check_k
+from deepretrieval_trainer.search import check_k, check_queries
 
 from . import component as _component  # noqa: F401 - registers haystack_deepretrieval with the YAML allowlist
 
@@ -129,14 +129,12 @@ class HaystackSearch:
         )
 
     def search(self, queries: Sequence[str], k: int) -> list[list[str]]:
-        """Ranked document ids (at most ``k``) for each query, in order; a blank query finds nothing."""
-        queries = _check(queries, k)
+        """Ranked document ids (at most ``k``) for each query, in order."""
+        check_k(k)
+        queries = check_queries(queries)
         self.warm_up()
         rankings = []
         for query in queries:
-            if not query.strip():
-                rankings.append([])
-                continue
             if self.pipeline is not None:
                 output = self.pipeline.run(self._data(query, k), include_outputs_from={self.output_socket[0]})
             else:
@@ -146,13 +144,12 @@ class HaystackSearch:
 
     async def asearch(self, queries: Sequence[str], k: int) -> list[list[str]]:
         """The async form of :meth:`search`: at most ``max_concurrency`` queries in flight."""
-        queries = _check(queries, k)
+        check_k(k)
+        queries = check_queries(queries)
         await asyncio.to_thread(self.warm_up)
         semaphore = asyncio.Semaphore(self.max_concurrency)
 
         async def one(query: str) -> list[str]:
-            if not query.strip():
-                return []
             async with semaphore:
                 return self._ranking(await self._arun(query, k), k)
 
@@ -213,13 +210,6 @@ class HaystackSearch:
                 f"document {document.id!r} has no meta[{self.id_meta_key!r}] (its meta keys: {sorted(document.meta)});"
                 " set id_meta_key to a field every document has, or to None to use Document.id"
             ) from None
-
-
-def _check(queries: Sequence[str], k: int) -> list[str]:
-    check_k(k)
-    if isinstance(queries, str):
-        raise TypeError("search() takes a list of queries; wrap a single query as [query]")
-    return list(queries)
 
 
 Socket = tuple[Any, str]  # (component name, or None for a bare component; socket name)

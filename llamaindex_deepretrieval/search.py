@@ -24,7 +24,7 @@ from typing import Any, Optional
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import BaseNode, NodeWithScore
 
-from deepretrieval_trainer.search import check_k
+from deepretrieval_trainer.search import check_k, check_queries
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +65,14 @@ class LlamaIndexSearch:
 
     def search(self, queries: Sequence[str], k: int) -> list[list[str]]:
         check_k(k)
-        queries = _check_queries(queries)
+        queries = check_queries(queries)
         with self._lock, self._top_k(k):
             return [self.ranking(self.retriever.retrieve(query), k) for query in queries]
 
     async def asearch(self, queries: Sequence[str], k: int) -> list[list[str]]:
         """Awaits the retriever's own ``aretrieve`` (retrievers without a native async path run it synchronously)."""
         check_k(k)
-        queries = _check_queries(queries)
+        queries = check_queries(queries)
         while not self._lock.acquire(blocking=False):  # polling stays cancellable, unlike a blocking acquire
             await asyncio.sleep(0.005)
         try:
@@ -172,13 +172,3 @@ def _corpus_size(retriever: BaseRetriever) -> Optional[int]:
     if isinstance(scores, dict) and scores.get("num_docs"):
         return int(scores["num_docs"])
     return None
-
-
-def _check_queries(queries: Sequence[str]) -> list[str]:
-    if isinstance(queries, str):
-        raise TypeError("search() takes a list of queries; wrap a single query as [query]")
-    queries = list(queries)
-    for query in queries:
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"query {query!r} is empty or not text: pass non-empty strings")
-    return queries

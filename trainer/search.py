@@ -33,3 +33,14 @@ def check_k(k: int) -> int:
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k={k!r}: the number of documents to return must be a positive integer")
     return k
+
+
+def check_queries(queries: Sequence[str]) -> list[str]:
+    """The queries as a list; a bare string or an empty/non-text query is a caller error."""
+    if isinstance(queries, str):
+        raise TypeError("search() takes a list of queries; wrap a single query as [query]")
+    queries = list(queries)
+    for query in queries:
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query {query!r} is empty or not text: pass non-empty strings")
+    return queries

@@ -148,8 +148,12 @@ def test_from_yaml_missing_file(tmp_path):
         HaystackSearch.from_yaml(tmp_path / "nope.yaml")
 
 
-def test_blank_query_finds_nothing(adi_store):
-    assert HaystackSearch(retriever=InMemoryBM25Retriever(document_store=adi_store)).search(["  ", "index"], 3)[0] == []
+def test_blank_or_bare_string_queries_are_caller_errors(adi_store):
+    search = HaystackSearch(retriever=InMemoryBM25Retriever(document_store=adi_store))
+    with pytest.raises(ValueError, match="empty or not text"):
+        search.search(["  ", "index"], 3)
+    with pytest.raises(TypeError, match=r"wrap a single query as \[query\]"):
+        search.search("index", 3)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

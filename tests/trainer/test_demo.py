@@ -10,8 +10,14 @@ from deepretrieval_trainer.commands.demo import _splits
 from deepretrieval_trainer.data import DataError, load_beir
 
 
-def test_splits_use_what_the_collection_has(data_dir, caplog):
+def test_splits_use_what_the_collection_has(data_dir, tmp_path, caplog):
     assert _splits(data_dir / "scifact", None, None) == ("train", "dev")
+    both = tmp_path / "both"
+    (both / "qrels").mkdir(parents=True)
+    for name in ("test", "dev"):
+        (both / "qrels" / f"{name}.tsv").write_text((data_dir / "adi" / "qrels" / "test.tsv").read_text())
+    assert _splits(both, None, None) == ("dev", "dev")  # dev is preferred over test for evaluation
+    assert _splits(both, "test", None) == ("test", "dev")
     assert _splits(data_dir / "adi", None, None) == ("test", "test")  # adi has only a test split
     assert "optimistic" in caplog.text
     with pytest.raises(DataError, match="splits here are"):

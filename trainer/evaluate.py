@@ -159,6 +159,8 @@ def evaluate(
         raise ValueError(f"source names {names} repeat; give each source a distinct name (NAME=SPEC)")
     if RAW not in names:
         sources = [Source(RAW), *sources]
+    elif next(s for s in sources if s.name == RAW).rewriter is not None:
+        raise ValueError(f"the source named {RAW!r} is the unchanged-query baseline; name the rewriting source otherwise")
     queries = select_queries(collection, limit)
     cache = Path(out_dir) / "rewrites" if out_dir is not None else None
     results = []

@@ -115,6 +115,8 @@ def test_limit_and_names_are_validated(adi_test):
         select_queries(adi_test, 0)
     with pytest.raises(ValueError, match="distinct name"):
         evaluate(adi_test, BM25Search(adi_test.corpus), [Source("a"), Source("a")], progress=False)
+    with pytest.raises(ValueError, match="unchanged-query baseline"):
+        evaluate(adi_test, BM25Search(adi_test.corpus), [Source("raw", EchoRewriter())], progress=False)
     with pytest.raises(ValueError, match="letters, digits"):
         Source("two words")
 

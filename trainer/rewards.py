@@ -25,6 +25,7 @@ from .tasks import Task, get_task
 logger = logging.getLogger(__name__)
 
 MetricLogger = Callable[[str, float], None]
+QueryCheck = Callable[[str], "str | None"]
 
 
 def normalize_query(query: str) -> str:
@@ -41,27 +42,34 @@ def parse_qrels(value: Mapping[str, float] | str) -> dict[str, float]:
 
 class FormatReward:
     """``task.format_valid`` for a well-formed completion (think block + JSON answer with a query), else
-    ``task.format_invalid``."""
+    ``task.format_invalid``. ``query_check`` (a search engine's ``query_error``) also fails queries the engine
+    cannot run, e.g. a malformed Boolean query."""
 
     __name__ = "format"
 
-    def __init__(self, *, task: str | Task = "retrieval") -> None:
+    def __init__(self, *, task: str | Task = "retrieval", query_check: QueryCheck | None = None) -> None:
         self.task = get_task(task)
+        self.query_check = query_check
 
     def parse(self, completion: str) -> Rewrite:
         return parse_answer(self.task.completion_text(completion), require_think=True)
 
+    def is_valid(self, completion: str) -> bool:
+        parsed = self.parse(completion)
+        return parsed.well_formed and (self.query_check is None or self.query_check(parsed.query) is None)
+
     def __call__(self, completions: Sequence[str], log_metric: MetricLogger | None = None, **kwargs: Any) -> list[float]:
-        valid = [self.parse(c).well_formed for c in completions]
+        valid = [self.is_valid(c) for c in completions]
         if log_metric is not None and valid:
             log_metric("format/valid_rate", sum(valid) / len(valid))
         return [self.task.format_valid if ok else self.task.format_invalid for ok in valid]
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"task": self.task}
+        return {"task": self.task, "query_check": self.query_check}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.task = state["task"]
+        self.query_check = state.get("query_check")
 
 
 class SearchCache:
@@ -82,12 +90,16 @@ class SearchCache:
     def rankings(self, queries: Sequence[str]) -> list[list[str]]:
         """One ranking per query; only queries not already cached are sent to the backend, once each."""
         keys = [normalize_query(q) for q in queries]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._results))
+        # The key only finds repeats; the backend gets the query as written (case matters to Boolean engines).
+        missing: dict[str, str] = {}
+        for key, query in zip(keys, queries, strict=True):
+            if key not in self._results:
+                missing.setdefault(key, query)
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         if missing:
             start = time.perf_counter()
-            found = self._search(missing)
+            found = self._search(list(missing.values()))
             self.search_seconds += time.perf_counter() - start
             for key, ranking in zip(missing, found, strict=True):
                 self._results[key] = list(ranking)
@@ -118,8 +130,9 @@ class RetrievalReward:
 
     ``ndcg``: ``reward_scale * nDCG@k`` (k = the task's train k); ``recall``: tiers of recall@k;
     ``hit_rank``: tiers of the first relevant rank within k (none: the floor). Unparsable completions score 0
-    here (the format reward penalizes them). ``framing="expand"`` searches ``original + rewrite`` instead of the
-    rewrite alone; deployment must then do the same.
+    here (the format reward penalizes them), and so do queries the backend's ``query_error`` rejects.
+    ``framing="expand"`` searches ``original + rewrite`` instead of the rewrite alone; deployment must then do
+    the same.
     """
 
     __name__ = "retrieval"
@@ -132,6 +145,8 @@ class RetrievalReward:
         self.framing = framing
         self.cache = SearchCache(search, k=self.task.reward_k, max_size=cache_size, batch_size=batch_size,
                                  concurrency=concurrency)
+        # A backend that can tell a malformed query (e.g. Boolean syntax) declares query_error(query) -> reason.
+        self.query_check: QueryCheck | None = getattr(search, "query_error", None)
 
     def score(self, ranking: Sequence[str], qrels: Mapping[str, float]) -> float:
         """The reward of one ranking (no search)."""
@@ -154,7 +169,8 @@ class RetrievalReward:
                  log_metric: MetricLogger | None = None, **kwargs: Any) -> list[float]:
         parsed = [parse_answer(self.task.completion_text(c)) for c in completions]
         judged = [parse_qrels(q) for q in qrels]
-        usable = [i for i, p in enumerate(parsed) if p.ok]
+        usable = [i for i, p in enumerate(parsed)
+                  if p.ok and (self.query_check is None or self.query_check(self.search_text(query[i], p.query)) is None)]
         hits, misses, seconds = self.cache.hits, self.cache.misses, self.cache.search_seconds
         texts = [self.search_text(query[i], parsed[i].query) for i in usable]
         rankings = self.cache.rankings(texts + list(query))
@@ -178,7 +194,7 @@ def build_rewards(search: SearchBackend, task: str | Task, *, framing: str = "re
     """The reward functions for :class:`~trl.GRPOTrainer`: format first, then retrieval."""
     task = get_task(task)
     return [
-        FormatReward(task=task),
+        FormatReward(task=task, query_check=getattr(search, "query_error", None)),
         RetrievalReward(search=search, task=task, framing=framing, cache_size=cache_size, batch_size=batch_size,
                         concurrency=concurrency),
     ]

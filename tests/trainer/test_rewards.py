@@ -10,6 +10,7 @@ import pytest
 
 from deepretrieval_trainer.bm25 import BM25Search
 from deepretrieval_trainer.config import TrainConfig
+from deepretrieval_trainer.metrics import recall_at_k
 from deepretrieval_trainer.rewards import FormatReward, RetrievalReward, build_rewards, normalize_query
 from deepretrieval_trainer.tasks import get_task
 
@@ -75,13 +76,14 @@ def test_hit_rank_tiers_for_qa():
 
 
 def test_cache_dedupes_normalized_queries_and_logs():
-    search = FixedSearch({"Vitamin D  bones": ["d1"], "vitamin d bones": ["d1"], "q": ["d1"]})
+    search = FixedSearch({"Vitamin D bones": ["d1"], "q": ["d1"]})
     reward = RetrievalReward(search=search, task="retrieval")
     logged: dict[str, float] = {}
     completions = [VALID % "Vitamin D  bones", VALID % "vitamin d bones"]
     reward(completions, query=["q", "q"], qrels=[{"d1": 1}] * 2, log_metric=logged.__setitem__)
-    assert search.calls == [["vitamin d bones", "q"]]  # one search for both spellings and the raw query, batched
-    reward(completions, query=["q", "q"], qrels=[{"d1": 1}] * 2, log_metric=logged.__setitem__)
+    # One batched search for both spellings (sent as first written: case matters to Boolean engines) and the raw query.
+    assert search.calls == [["Vitamin D bones", "q"]]
+    assert reward(completions, query=["q", "q"], qrels=[{"d1": 1}] * 2, log_metric=logged.__setitem__) == [1.0, 1.0]
     assert len(search.calls) == 1 and logged["search/cache_hit_rate"] == 1.0
     assert logged["retrieval/raw_query_reward"] == 1.0 and "search/time_s" in logged
     assert normalize_query("  A\tB ") == "a b"
@@ -113,3 +115,20 @@ def test_real_bm25_rewards_a_better_rewrite(adi_test):
     good = adi_test.corpus[best_doc]["title"].replace('"', "")
     scores = reward([VALID % good, VALID % "zebra giraffe"], query=[text] * 2, qrels=[qrels] * 2)
     assert scores[0] > 0.0 and scores[1] == 0.0
+
+
+def test_malformed_boolean_query_gets_the_format_penalty_not_a_crash(adi_test, monkeypatch, tmp_path):
+    from deepretrieval_trainer.literature.fts5 import FTS5Search
+
+    monkeypatch.setenv("DEEPRETRIEVAL_CACHE", str(tmp_path))
+    engine = FTS5Search(adi_test.corpus)  # malformed="raise": a bad query in a batch would fail search()
+    assert engine.query_error("(indexing AND") is not None and engine.query_error("indexing AND retrieval") is None
+    format_reward, retrieval_reward = build_rewards(engine, "literature")
+    qid, judged = next(iter(adi_test.qrels.items()))
+    completions = [VALID % "(indexing AND", VALID % "indexing OR retrieval OR documents"]
+    task = get_task("literature")
+    assert format_reward(completions) == [task.format_invalid, task.format_valid]
+    rewards = retrieval_reward(completions, query=[adi_test.queries[qid]] * 2, qrels=[json.dumps(judged)] * 2)
+    assert rewards[0] == 0.0
+    ranking = engine.search(["indexing OR retrieval OR documents"], task.reward_k)[0]
+    assert rewards[1] == task.tiers(recall_at_k(ranking, judged, task.reward_k))

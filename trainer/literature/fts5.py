@@ -126,6 +126,18 @@ class FTS5Search(ThreadedAsyncSearch):
         """The FTS5 expression for a Boolean query (raises :class:`BooleanQueryError`)."""
         return translate(query, stopwords=self.stopwords).expression
 
+    def query_error(self, query: str) -> str | None:
+        """Why this engine cannot run ``query`` (the syntax error), or None when it can.
+
+        The trainer's rewards call this on every rewrite: a malformed Boolean query gets the format penalty
+        and no retrieval reward, instead of failing the batch (see :func:`deepretrieval_trainer.rewards.build_rewards`).
+        """
+        try:
+            self._search_one(query, 1)
+        except BooleanQueryError as exc:
+            return str(exc)
+        return None
+
     def search(self, queries: Sequence[str], k: int) -> list[list[str]]:
         """Ranked ids per query; a malformed query raises :class:`BooleanQueryError` (or, with
         ``malformed="empty"``, gets no results)."""

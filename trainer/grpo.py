@@ -34,6 +34,7 @@ class TrainingRow:
     query: QueryInput
     qrels: dict[str, float]
     query_id: str
+    pub_date: str | None = None  # search only literature published up to this date (engines with search_dated)
 
     @property
     def query_text(self) -> str:
@@ -71,7 +72,10 @@ def _row(index: int, row: Any) -> TrainingRow:
         judged = {str(d): float(g) for d, g in qrels.items()}
     except (TypeError, ValueError):
         raise DataError(f"dataset row {index}: qrels grades must be numbers, got {dict(qrels)!r}") from None
-    return TrainingRow(query, judged, str(row.get("query_id", index)))
+    pub_date = row.get("pub_date")
+    if pub_date is not None and (not isinstance(pub_date, str) or not pub_date.strip()):
+        raise DataError(f"dataset row {index}: 'pub_date' must be a date like 2019/06/30 (or absent), got {pub_date!r}")
+    return TrainingRow(query, judged, str(row.get("query_id", index)), pub_date)
 
 
 def fingerprint(dataset: Dataset, rows: Sequence[TrainingRow]) -> str:
@@ -87,6 +91,9 @@ def check_search(search_backend: SearchBackend, rows: Sequence[TrainingRow], k: 
     if not callable(getattr(search_backend, "search", None)):
         raise ConfigError(f"search_backend is a {type(search_backend).__name__} without a search(queries, k) method: "
                           "pass a SearchBackend (LlamaIndexSearch, HaystackSearch or BM25Search)")
+    if any(r.pub_date for r in rows) and not callable(getattr(search_backend, "search_dated", None)):
+        raise ConfigError(f"the rows carry publication-date cutoffs (pub_date) but {type(search_backend).__name__} "
+                          "cannot filter by date: drop pub_date from the rows or search PubMed/ClinicalTrials.gov")
     results = search_backend.search([rows[0].query_text], k)
     if not isinstance(results, list) or len(results) != 1 or not isinstance(results[0], list):
         raise ConfigError(f"{type(search_backend).__name__}.search() returned {type(results).__name__}: it must "
@@ -191,7 +198,7 @@ def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequen
         tokenizer.pad_token = tokenizer.eos_token
     prompts = HFDataset.from_list([
         {"prompt": prompt_text(tokenizer, task, r.query), "query": r.query_text, "qrels": json.dumps(r.qrels),
-         "query_id": r.query_id}
+         "query_id": r.query_id, "pub_date": r.pub_date}
         for r in rows
     ])
     rewards = build_rewards(search_backend, task, framing=config.framing, cache_size=config.search_cache_size,

@@ -3,7 +3,8 @@
 Both follow TRL's reward signature, ``(completions, **kwargs) -> list[float]``, and carry a fixed ``__name__``
 so TRL logs them as ``rewards/format/mean`` and ``rewards/retrieval/mean``. ``completions`` are the texts
 generated after the task's prefill (``<think>``); they are parsed as ``task.completion_text(completion)``.
-The dataset columns ``query`` (the original query) and ``qrels`` (a JSON object ``{doc_id: grade}``) arrive as
+The dataset columns ``query`` (the original query), ``qrels`` (a JSON object ``{doc_id: grade}``) and
+``pub_date`` (an optional per-row publication-date cutoff, for engines that filter by date) arrive as
 keyword lists, one per completion; TRL's ``log_metric`` receives the search time, cache hits and format rate.
 """
 
@@ -87,14 +88,19 @@ class SearchCache:
         self.misses = 0
         self.search_seconds = 0.0
 
-    def rankings(self, queries: Sequence[str]) -> list[list[str]]:
-        """One ranking per query; only queries not already cached are sent to the backend, once each."""
-        keys = [normalize_query(q) for q in queries]
+    def rankings(self, queries: Sequence[str], dates: Sequence[str | None] | None = None) -> list[list[str]]:
+        """One ranking per query; only queries not already cached are sent to the backend, once each.
+
+        ``dates``: a publication-date cutoff per query (``YYYY[/MM[/DD]]`` or None), for backends with
+        ``search_dated`` (PubMed, ClinicalTrials.gov); the cutoff is part of the cache key.
+        """
+        dates = list(dates) if dates is not None else [None] * len(queries)
+        keys = [(normalize_query(q), d or "") for q, d in zip(queries, dates, strict=True)]
         # The key only finds repeats; the backend gets the query as written (case matters to Boolean engines).
-        missing: dict[str, str] = {}
-        for key, query in zip(keys, queries, strict=True):
+        missing: dict[tuple[str, str], tuple[str, str | None]] = {}
+        for key, query, date in zip(keys, queries, dates, strict=True):
             if key not in self._results:
-                missing.setdefault(key, query)
+                missing.setdefault(key, (query, date))
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         if missing:
@@ -111,13 +117,25 @@ class SearchCache:
             self._results.popitem(last=False)
         return out
 
-    def _search(self, queries: list[str]) -> list[list[str]]:
+    def _search_batch(self, batch: list[tuple[str, str | None]]) -> list[list[str]]:
+        queries = [query for query, _ in batch]
+        if all(date is None for _, date in batch):
+            return self.search_backend.search(queries, self.k)
+        from .literature.dates import DateRange
+
+        if not callable(getattr(self.search_backend, "search_dated", None)):
+            raise ValueError(f"the rows carry publication-date cutoffs (pub_date) but {type(self.search_backend).__name__}"
+                             " cannot filter by date: drop pub_date or search PubMed/ClinicalTrials.gov")
+        ranges = [DateRange.before(date) if date else None for _, date in batch]
+        return self.search_backend.search_dated(queries, self.k, ranges)
+
+    def _search(self, queries: list[tuple[str, str | None]]) -> list[list[str]]:
         batches = [queries[i : i + self.batch_size] for i in range(0, len(queries), self.batch_size)]
         if self.concurrency == 1 or len(batches) == 1:
-            results = [self.search_backend.search(batch, self.k) for batch in batches]
+            results = [self._search_batch(batch) for batch in batches]
         else:
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                results = list(pool.map(lambda batch: self.search_backend.search(batch, self.k), batches))
+                results = list(pool.map(self._search_batch, batches))
         flat = [ranking for batch in results for ranking in batch]
         if len(flat) != len(queries):
             raise RuntimeError(f"the search backend returned {len(flat)} rankings for {len(queries)} queries; "
@@ -166,14 +184,16 @@ class RetrievalReward:
         return f"{original} {rewrite}" if self.framing == "expand" else rewrite
 
     def __call__(self, completions: Sequence[str], query: Sequence[str], qrels: Sequence[Any],
-                 log_metric: MetricLogger | None = None, **kwargs: Any) -> list[float]:
+                 log_metric: MetricLogger | None = None, pub_date: Sequence[str | None] | None = None,
+                 **kwargs: Any) -> list[float]:
         parsed = [parse_answer(self.task.completion_text(c)) for c in completions]
         judged = [parse_qrels(q) for q in qrels]
         usable = [i for i, p in enumerate(parsed)
                   if p.ok and (self.query_check is None or self.query_check(self.search_text(query[i], p.query)) is None)]
         hits, misses, seconds = self.cache.hits, self.cache.misses, self.cache.search_seconds
         texts = [self.search_text(query[i], parsed[i].query) for i in usable]
-        rankings = self.cache.rankings(texts + list(query))
+        dates = list(pub_date) if pub_date is not None else [None] * len(completions)
+        rankings = self.cache.rankings(texts + list(query), [dates[i] for i in usable] + dates)
         rewards = [0.0] * len(completions)
         for i, ranking in zip(usable, rankings[: len(texts)], strict=True):
             rewards[i] = self.score(ranking, judged[i])

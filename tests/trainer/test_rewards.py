@@ -132,3 +132,35 @@ def test_malformed_boolean_query_gets_the_format_penalty_not_a_crash(adi_test, m
     assert rewards[0] == 0.0
     ranking = engine.search(["indexing OR retrieval OR documents"], task.reward_k)[0]
     assert rewards[1] == task.tiers(recall_at_k(ranking, judged, task.reward_k))
+
+
+class DatedSearch(FixedSearch):
+    """FixedSearch whose results depend on a per-query publication-date cutoff, like PubMedSearch.search_dated."""
+
+    def search_dated(self, queries, k, dates):
+        self.calls.append([(q, d.end if d else None) for q, d in zip(queries, dates)])
+        return [self.rankings.get(q, [])[:k] if d is None else ["old"] for q, d in zip(queries, dates)]
+
+
+def test_per_row_publication_date_cutoff_reaches_the_engine_and_the_cache_key():
+    search = DatedSearch({"q": ["new", "old"]})
+    reward = RetrievalReward(search=search, task="literature")
+    completions = [VALID % "q", VALID % "q"]
+    qrels = [{"old": 1}, {"new": 1}]
+    rewards = reward(completions, query=["t", "t"], qrels=qrels, pub_date=["2001/01/01", None])
+    assert search.calls[0] == [("q", "2001/01/01"), ("q", None), ("t", "2001/01/01"), ("t", None)]
+    task = get_task("literature")
+    assert rewards == [task.tiers(1.0), task.tiers(1.0)]  # each row scored on its own date window
+    with pytest.raises(ValueError, match="cannot filter by date"):
+        RetrievalReward(search=FixedSearch({}), task="literature")([VALID % "q"], query=["t"], qrels=[{"a": 1}],
+                                                                   pub_date=["2001"])
+
+
+def test_date_cutoffs_need_a_dated_engine_before_any_model_loads():
+    from deepretrieval_trainer.config import ConfigError
+    from deepretrieval_trainer.grpo import check_search, training_rows
+
+    rows = training_rows([{"query": "t", "qrels": {"a": 1}, "pub_date": "2001/01/01"}])
+    with pytest.raises(ConfigError, match="cannot filter by date"):
+        check_search(FixedSearch({}), rows, 10)
+    check_search(DatedSearch({}), rows, 10)

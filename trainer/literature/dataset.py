@@ -157,6 +157,8 @@ def from_collection(collection: Collection) -> list[LiteratureExample]:
 
 
 def training_rows(examples: Iterable[LiteratureExample]) -> list[dict[str, Any]]:
-    """Rows for ``deepretrieval_trainer.grpo.train``: ``{"query", "qrels", "query_id"}`` (the query is the topic
-    text or the PICO fields, which the literature task formats)."""
-    return [{"query": example.query, "qrels": example.qrels, "query_id": example.id} for example in examples]
+    """Rows for ``deepretrieval_trainer.grpo.train``: ``{"query", "qrels", "query_id", "pub_date"}`` (the query is
+    the topic text or the PICO fields, which the literature task formats; ``pub_date`` is the row's
+    publication-date cutoff, which the reward applies through engines that filter by date)."""
+    return [{"query": example.query, "qrels": example.qrels, "query_id": example.id, "pub_date": example.pub_date}
+            for example in examples]

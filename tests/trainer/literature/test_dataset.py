@@ -36,7 +36,7 @@ def test_topic_and_pico_rows_load_with_dates(tmp_path):
     assert "Population: adults with AF" in prompt and "Comparison" not in prompt
     assert get_task("literature").messages(first.query)[-1]["content"] == "Topic: aspirin for stroke"
     assert training_rows([first]) == [{"query": {"topic": "aspirin for stroke"}, "qrels": {"1": 1.0, "2": 1.0},
-                                       "query_id": "7"}]
+                                       "query_id": "7", "pub_date": "2019/05/01"}]
     assert load_literature(write_lines(tmp_path / "again.jsonl", *[e.to_row() for e in (first, second)])) == [first, second]
 
 

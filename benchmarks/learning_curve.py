@@ -28,10 +28,9 @@ DROP_UNKNOWN = {"nfcorpus"}  # its preprocessed corpus lacks 238 train-only docu
 
 def build_search(framework: str, path: Path):
     """BM25 over the collection through the named framework (the CLI's own builder)."""
-    from deepretrieval_trainer.commands.eval import build_search as build
     from deepretrieval_trainer.config import RetrieverConfig
 
-    return build(RetrieverConfig(framework=framework, kind="bm25"), str(path))
+    return RetrieverConfig(framework=framework, kind="bm25").build(str(path))
 
 
 def fifth_means(values: list[float]) -> tuple[float, float]:

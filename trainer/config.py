@@ -91,6 +91,27 @@ class RetrieverConfig:
         if self.path and not Path(self.path).expanduser().exists():
             raise ConfigError(f"retriever.path={self.path!r} does not exist: fix the path")
 
+    def build(self, data_path: str):
+        """The SearchBackend this config names (BM25 over ``data_path`` unless ``path`` names storage/a pipeline)."""
+        path = self.path or data_path
+        if self.framework == "llamaindex":
+            from llamaindex_deepretrieval import LlamaIndexSearch
+
+            if self.kind == "storage":
+                return LlamaIndexSearch.from_storage(path, id_key=self.id_key)
+            return LlamaIndexSearch.from_beir(path)
+        if self.framework == "haystack":
+            from haystack_deepretrieval import HaystackSearch
+
+            if self.kind == "pipeline":
+                return HaystackSearch.from_yaml(path, input_socket=self.input_socket,
+                                                output_socket=self.output_socket, id_meta_key=self.id_meta_key)
+            return HaystackSearch.from_beir(path)
+        from .bm25 import BM25Search
+        from .data import load_corpus
+
+        return BM25Search(load_corpus(path))
+
 
 @dataclass
 class TrainConfig:

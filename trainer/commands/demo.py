@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..grpo import train
     from ..models import cache_dir
     from ..sources import parse_source
-    from .eval import build_search, report_evaluation
+    from .eval import report_evaluation
 
     if args.minutes <= 0 or args.steps < 1 or args.limit < 0:
         raise ValueError(f"--minutes {args.minutes}, --steps {args.steps}, --limit {args.limit}: give minutes > 0, "
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         "data": {"path": str(path), "split": train_split}, "retriever": retriever,
     })
     print(f"collection: {path} (train on {train_split!r}, evaluate on {eval_split!r})\nrun folder: {run_dir}")
-    search = build_search(config.retriever, str(path))
+    search = config.retriever.build(str(path))
     adapter = train(search, load_beir(path, train_split), config)
     collection = load_beir(path, eval_split)
     sources = [parse_source(spec, model=args.model) for spec in ("raw", "base", f"trained=adapter:{adapter}")]

@@ -74,28 +74,6 @@ def _config(args: argparse.Namespace):
     return TrainConfig.from_dict(overrides)
 
 
-def build_search(retriever, data_path: str):
-    """The SearchBackend a retriever config names (BM25 over ``data_path`` unless a storage/pipeline path)."""
-    path = retriever.path or data_path
-    if retriever.framework == "llamaindex":
-        from llamaindex_deepretrieval import LlamaIndexSearch
-
-        if retriever.kind == "storage":
-            return LlamaIndexSearch.from_storage(path, id_key=retriever.id_key)
-        return LlamaIndexSearch.from_beir(path)
-    if retriever.framework == "haystack":
-        from haystack_deepretrieval import HaystackSearch
-
-        if retriever.kind == "pipeline":
-            return HaystackSearch.from_yaml(path, input_socket=retriever.input_socket,
-                                            output_socket=retriever.output_socket, id_meta_key=retriever.id_meta_key)
-        return HaystackSearch.from_beir(path)
-    from ..bm25 import BM25Search
-    from ..data import load_corpus
-
-    return BM25Search(load_corpus(path))
-
-
 def run(args: argparse.Namespace) -> int:
     from ..data import load_beir
     from ..sources import parse_source
@@ -110,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{Path(config.data.path).name}-{args.split}"
     logger.info("building the %s %s retriever over %s", config.retriever.framework, config.retriever.kind,
                 config.retriever.path or config.data.path)
-    search = build_search(config.retriever, config.data.path)
+    search = config.retriever.build(config.data.path)
     return report_evaluation(collection, search, sources, out, retriever=_describe(config.retriever),
                              limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress)
 

@@ -86,13 +86,12 @@ def load_config(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from ..data import load_beir
     from ..grpo import train
-    from .eval import build_search
 
     config = load_config(args)
     if not config.data.path:
         raise ValueError("no training data: set data.path (--data-path) to a BEIR collection folder")
     dataset = load_beir(config.data.path, config.data.split, drop_unknown_docs=config.data.drop_unknown_docs)
-    search = build_search(config.retriever, config.data.path)
+    search = config.retriever.build(config.data.path)
     adapter = train(search, dataset, config)
     print(f"adapter: {adapter}")
     print(f"serve it: deepretrieval serve --adapter {adapter.parent}")

@@ -91,7 +91,8 @@ def train(engine, train_examples, args) -> Path:
                          save_steps=max(args.steps, 1), prompts_per_step=args.prompts_per_step,
                          num_generations=args.num_generations, max_completion_length=args.max_new_tokens,
                          learning_rate=args.learning_rate, reward_k=args.reward_k, seed=args.seed,
-                         max_queries=args.train_queries)
+                         max_queries=args.train_queries, max_minutes=args.max_minutes,
+                         torch_threads=args.torch_threads)
     return Path(grpo_train(engine, training_rows(train_examples), config))
 
 
@@ -115,6 +116,8 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--reward-k", type=int, default=1000, help="recall cutoff of the reward (corpus: 3,395 docs)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop training after this long")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads (1 on a busy machine)")
     parser.add_argument("--adapter", help="evaluate this adapter instead of training one")
     parser.add_argument("--out", type=Path, default=Path("runs/literature-benchmark"))
     args = parser.parse_args()

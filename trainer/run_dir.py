@@ -94,10 +94,13 @@ class RunDir:
             return None
         return plot_curves({self.path.name: rows}, self.curve)
 
-    def write_readme(self, *, base_model: str, task: str, name: str = "deepretrieval") -> None:
+    def write_readme(self, *, base_model: str, task: str, framing: str = "replace", name: str = "deepretrieval") -> None:
+        searched = ("the original query followed by the rewrite (deploy it the same way: the LlamaIndex transform's "
+                    '`mode="expand"`)' if framing == "expand" else "the rewrite alone")
         text = f"""# DeepRetrieval run: {self.path.name}
 
 LoRA adapter trained with GRPO (TRL) against your retriever, task `{task}`, base model `{base_model}`.
+Framing `{framing}`: the reward searched {searched}.
 
 - `adapter/` - the peft adapter (also inside every `checkpoints/checkpoint-N/`)
 - `config.yaml` - the training config; `run.json` - base model, dataset fingerprint, status
@@ -105,14 +108,16 @@ LoRA adapter trained with GRPO (TRL) against your retriever, task `{task}`, base
 
 ## Serve it
 
-In-process (CPU is fine for the embedded model):
+With vLLM through the project (starts `vllm serve`, prints the LlamaIndex and Haystack snippets):
 
     deepretrieval serve --adapter {self.path}
+
+In-process (CPU is fine for the embedded model):
 
     from deepretrieval_trainer import LocalRewriter
     rewriter = LocalRewriter("{base_model}", adapter="{self.adapter}", task="{task}")
 
-With vLLM (the adapter is chosen by model name):
+With vLLM directly (the adapter is chosen by model name):
 
     vllm serve {base_model} --enable-lora --max-lora-rank 64 --lora-modules {name}={self.adapter}
 

@@ -61,6 +61,9 @@ def test_tiny_demo_trains_evaluates_and_resumes(data_dir, tmp_path, capsys):
     assert all(s["queries"] == 3 for s in results["summary"])
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     assert (run_dir / "eval" / "results.png").is_file()
+    # trained and evaluated with the original query + rewrite, and the run's README says how to deploy it so
+    assert "framing: expand" in (run_dir / "config.yaml").read_text()
+    assert 'mode="expand"' in (run_dir / "README.md").read_text()
     # re-running resumes the same run: one more step, and the cached base rewrites are reused
     assert main([*argv[:4], "2", *argv[5:]]) == 0
     info = json.loads((run_dir / "run.json").read_text())

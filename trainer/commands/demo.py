@@ -1,7 +1,8 @@
 """The whole story in one command, on the embedded defaults (SmolLM2-135M + LoRA, BM25 through LlamaIndex, CPU):
 build a BM25 index over a BEIR collection, train a query-rewriting adapter against it with GRPO for a bounded
-time, then evaluate raw queries vs the untrained model vs the trained adapter on the dev split and print the
-table, the chart and where the adapter is. Re-running continues the same run (it resumes from its checkpoint).
+time (the search query is the original query plus the rewrite: ``framing: expand``), then evaluate raw queries
+vs the untrained model vs the trained adapter on the dev split and print the table, the chart and where the
+adapter is. Re-running continues the same run (it resumes from its checkpoint).
 
 By default training stops after --minutes 10 or --steps 200, whichever comes first, and the evaluation uses the
 first 40 judged dev queries (--limit), so the demo takes about 15 minutes on 2 CPU cores.
@@ -72,13 +73,17 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict({
         "model": args.model, "run_dir": str(run_dir), "resume": (run_dir / "checkpoints").is_dir(),
         "max_steps": args.steps, "max_minutes": args.minutes, "save_steps": 10,
+        # original query + rewrite: a small model's rewrite then adds terms instead of replacing the user's
+        # (measured on SciFact dev: base-model nDCG@10 0.695 expand vs 0.597 replace, raw 0.70; docs/benchmarks.md)
+        "framing": "expand",
         "data": {"path": str(path), "split": train_split}, "retriever": retriever,
     })
     print(f"collection: {path} (train on {train_split!r}, evaluate on {eval_split!r})\nrun folder: {run_dir}")
     search = config.retriever.build(str(path))
     adapter = train(search, load_beir(path, train_split), config)
     collection = load_beir(path, eval_split)
-    sources = [parse_source(spec, model=args.model) for spec in ("raw", "base", f"trained=adapter:{adapter}")]
+    sources = [parse_source(spec, model=args.model, framing=config.framing)
+               for spec in ("raw", "base", f"trained=adapter:{adapter}")]
     retriever_text = f"{config.retriever.framework} {config.retriever.kind}"
     code = report_evaluation(collection, search, sources, run_dir / "eval", retriever=retriever_text,
                              limit=args.limit or None, batch_size=8, progress=not args.no_progress)

@@ -73,7 +73,7 @@ class BaseRewriter(ABC):
         that query alone falls back, with the error as its reason.
         """
 
-    async def _acomplete(self, conversations: list[list[dict[str, str]]]) -> list[str]:
+    async def _acomplete(self, conversations: list[list[dict[str, str]]]) -> list[str | Exception]:
         return await asyncio.to_thread(self._complete, conversations)
 
     def rewrite(self, queries: Sequence[QueryInput]) -> list[RewriteResult]:

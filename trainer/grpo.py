@@ -148,6 +148,9 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
     run = RunDir(config.run_dir)
     data_fingerprint = fingerprint(dataset, rows)
     checkpoint = run.prepare(config, data_fingerprint)
+    if checkpoint is not None and int(checkpoint.name.split("-")[-1]) >= config.max_steps:
+        # The HF trainer would run one more step past max_steps when resumed from the final checkpoint.
+        return run.finished_adapter(checkpoint)
     _import_training_stack()
     if config.torch_threads is not None:
         import torch

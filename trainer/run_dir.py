@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from .config import ConfigError, TrainConfig
 logger = logging.getLogger(__name__)
 
 CURVE_KEYS = ("reward", "format/valid_rate", "step_s")
+# a checkpoint's files that are the trainer's state, not the adapter
+_TRAINER_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin"}
 
 
 class RunDir:
@@ -59,6 +62,20 @@ class RunDir:
                            previous)
         logger.info("resuming from %s", checkpoint)
         return checkpoint
+
+    def finished_adapter(self, checkpoint: Path) -> Path:
+        """The adapter of a run whose last checkpoint already reached max_steps: nothing left to train.
+
+        The checkpoint holds the final peft adapter; it is copied to ``adapter/``, which may be missing or older
+        (a crash between the last checkpoint and the final save, or an earlier Ctrl-C).
+        """
+        self.adapter.mkdir(parents=True, exist_ok=True)
+        for item in checkpoint.iterdir():
+            if item.is_file() and item.name not in _TRAINER_STATE:
+                shutil.copy2(item, self.adapter / item.name)
+        logger.warning("%s already reached max_steps (%s): nothing to train; raise max_steps to continue",
+                       self.path, checkpoint.name)
+        return self.adapter
 
     def read_info(self) -> dict[str, Any]:
         try:

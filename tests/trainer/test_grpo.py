@@ -95,6 +95,17 @@ def test_llamaindex_bm25_run_writes_adapter_and_resumes(tmp_path, adi_test, data
     assert state["global_step"] == 3 and [r["step"] for r in _metrics(run_dir)] == [1, 2, 3]
     _check_adapter(adapter, adi_test)
 
+    # Resuming a finished run trains nothing more (the HF trainer alone would add a step past max_steps) and
+    # restores a lost final adapter from the last checkpoint.
+    final = (adapter / "adapter_model.safetensors").read_bytes()
+    for item in adapter.iterdir():
+        item.unlink()
+    assert train(search, adi_test, tiny(run_dir, max_steps=3, resume=True)) == adapter
+    assert [r["step"] for r in _metrics(run_dir)] == [1, 2, 3]
+    assert not (run_dir / "checkpoints" / "checkpoint-4").exists()
+    assert (adapter / "adapter_model.safetensors").read_bytes() == final
+    _check_adapter(adapter, adi_test)
+
 
 class InterruptingSearch:
     """The real Haystack search, but the user hits Ctrl-C during the n-th search call."""

@@ -28,6 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DROP_UNKNOWN = {"nfcorpus"}  # its preprocessed corpus lacks 238 train-only documents
+PAIRED_METRICS = ("ndcg@10", "recall@100")  # the headline metric, and the one nearest the nDCG@100 training reward
 
 
 def build_search(framework: str, path: Path):
@@ -96,7 +97,8 @@ def run_one(collection: str, framework: str, args: argparse.Namespace) -> dict:
     from deepretrieval_trainer.evaluate import compare
 
     trained = report.source("trained")
-    versus = {name: dataclasses.asdict(compare(trained, report.source(name))) for name in ("raw", "base")}
+    versus = {f"{name} {metric}": dataclasses.asdict(compare(trained, report.source(name), metric))
+              for name in ("raw", "base") for metric in PAIRED_METRICS}
     return {
         "collection": collection, "framework": framework, "adapter": str(adapter), "train_wall_s": train_s,
         "eval_wall_s": eval_s, "eval_queries": report.queries, "training": summarize_training(rows),
@@ -122,7 +124,7 @@ def print_result(result: dict) -> None:
         print(f"{name:10} {m['ndcg@10']:8.4f} {m['recall@100']:8.4f} {m['fallback_rate']:9.2f}")
     for name, c in result.get("trained_vs", {}).items():
         p = "-" if c["p_value"] is None else f"{c['p_value']:.3f}"
-        print(f"trained vs {name}: nDCG@10 wins/ties/losses {c['wins']}/{c['ties']}/{c['losses']}, "
+        print(f"trained vs {name}: wins/ties/losses {c['wins']}/{c['ties']}/{c['losses']}, "
               f"mean delta {c['mean_delta']:+.4f}, paired t-test p={p}")
 
 

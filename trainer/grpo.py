@@ -150,7 +150,7 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
     checkpoint = run.prepare(config, data_fingerprint)
     if checkpoint is not None and int(checkpoint.name.split("-")[-1]) >= config.max_steps:
         # The HF trainer would run one more step past max_steps when resumed from the final checkpoint.
-        return run.finished_adapter(checkpoint)
+        return run.finished_adapter(checkpoint, write=is_main_process())
     _import_training_stack()
     if config.torch_threads is not None:
         import torch

@@ -63,16 +63,19 @@ class RunDir:
         logger.info("resuming from %s", checkpoint)
         return checkpoint
 
-    def finished_adapter(self, checkpoint: Path) -> Path:
+    def finished_adapter(self, checkpoint: Path, *, write: bool = True) -> Path:
         """The adapter of a run whose last checkpoint already reached max_steps: nothing left to train.
 
         The checkpoint holds the final peft adapter; it is copied to ``adapter/``, which may be missing or older
-        (a crash between the last checkpoint and the final save, or an earlier Ctrl-C).
+        (a crash between the last checkpoint and the final save, or an earlier Ctrl-C), and run.json says
+        ``completed``. ``write=False`` (processes other than the main one) only returns the folder.
         """
-        self.adapter.mkdir(parents=True, exist_ok=True)
-        for item in checkpoint.iterdir():
-            if item.is_file() and item.name not in _TRAINER_STATE:
-                shutil.copy2(item, self.adapter / item.name)
+        if write:
+            self.adapter.mkdir(parents=True, exist_ok=True)
+            for item in checkpoint.iterdir():
+                if item.is_file() and item.name not in _TRAINER_STATE:
+                    shutil.copy2(item, self.adapter / item.name)
+            self.write_info(status="completed", steps=int(checkpoint.name.split("-")[-1]))
         logger.warning("%s already reached max_steps (%s): nothing to train; raise max_steps to continue",
                        self.path, checkpoint.name)
         return self.adapter

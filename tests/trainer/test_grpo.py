@@ -104,6 +104,8 @@ def test_llamaindex_bm25_run_writes_adapter_and_resumes(tmp_path, adi_test, data
     assert [r["step"] for r in _metrics(run_dir)] == [1, 2, 3]
     assert not (run_dir / "checkpoints" / "checkpoint-4").exists()
     assert (adapter / "adapter_model.safetensors").read_bytes() == final
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "completed" and info["steps"] == 3
     _check_adapter(adapter, adi_test)
 
 

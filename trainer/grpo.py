@@ -20,7 +20,7 @@ from typing import Any, Union
 from .config import ConfigError, TrainConfig
 from .data import Collection, DataError
 from .rewards import build_rewards
-from .run_dir import RunDir
+from .run_dir import RunDir, checkpoint_step
 from .search import SearchBackend
 from .tasks import QueryInput, Task
 
@@ -148,7 +148,7 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
     run = RunDir(config.run_dir)
     data_fingerprint = fingerprint(dataset, rows)
     checkpoint = run.prepare(config, data_fingerprint)
-    if checkpoint is not None and int(checkpoint.name.split("-")[-1]) >= config.max_steps:
+    if checkpoint is not None and checkpoint_step(checkpoint) >= config.max_steps:
         # The HF trainer would run one more step past max_steps when resumed from the final checkpoint.
         return run.finished_adapter(checkpoint, write=is_main_process())
     _import_training_stack()

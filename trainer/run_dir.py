@@ -30,6 +30,11 @@ CURVE_KEYS = ("reward", "format/valid_rate", "step_s")
 _TRAINER_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin"}
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step a ``checkpoint-N`` folder was saved at."""
+    return int(checkpoint.name.split("-")[-1])
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
@@ -41,7 +46,7 @@ class RunDir:
 
     def last_checkpoint(self) -> Path | None:
         found = [p for p in self.checkpoints.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-        return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+        return max(found, key=checkpoint_step, default=None)
 
     def prepare(self, config: TrainConfig, fingerprint: str) -> Path | None:
         """Check the folder against ``resume``; return the checkpoint to resume from (None: start fresh)."""
@@ -75,7 +80,7 @@ class RunDir:
             for item in checkpoint.iterdir():
                 if item.is_file() and item.name not in _TRAINER_STATE:
                     shutil.copy2(item, self.adapter / item.name)
-            self.write_info(status="completed", steps=int(checkpoint.name.split("-")[-1]))
+            self.write_info(status="completed", steps=checkpoint_step(checkpoint))
         logger.warning("%s already reached max_steps (%s): nothing to train; raise max_steps to continue",
                        self.path, checkpoint.name)
         return self.adapter

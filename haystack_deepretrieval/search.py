@@ -4,6 +4,10 @@ The trainer's reward searches with it, so a rewriter is trained against the very
 are the component's or pipeline's own, in order: ids are ``Document.id`` (or ``meta[id_meta_key]``), repeated ids
 keep their first rank, and the list is cut at ``k``. ``k`` reaches the retriever through a ``top_k`` input socket on
 every call (by default the ``top_k`` of the component that produces the output).
+
+:meth:`HaystackSearch.search_documents` (the core ``DocumentSearch`` capability) returns the same ranking as documents
+with their text: ``Document.content`` without a leading title, the title from ``meta[title_meta_key]`` (``"title"``,
+where the BEIR loader puts it) and ``Document.score``.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any
 
 from haystack import Document, Pipeline
 
-from deepretrieval_trainer.search import check_k, check_queries
+from deepretrieval_trainer.search import DocumentHit, check_k, check_queries
 
 from . import component as _component  # noqa: F401 - registers haystack_deepretrieval with the YAML allowlist
 
@@ -41,6 +45,7 @@ class HaystackSearch:
         top_k_socket: str | Sequence[str] | None = None,
         id_meta_key: str | None = None,
         max_concurrency: int = 4,
+        title_meta_key: str | None = "title",
     ) -> None:
         """
         :param retriever: a retriever component (e.g. ``InMemoryBM25Retriever``, ``TextEmbeddingRetriever``).
@@ -54,6 +59,7 @@ class HaystackSearch:
             (default: the output component's ``top_k``, if it has one; ``[]`` sets none and only cuts at ``k``).
         :param id_meta_key: take a document's id from ``Document.meta[id_meta_key]`` instead of ``Document.id``.
         :param max_concurrency: how many queries ``asearch`` runs at once.
+        :param title_meta_key: where :meth:`search_documents` finds a document's title (None: no titles).
         """
         if (retriever is None) == (pipeline is None):
             raise ValueError("give exactly one of retriever=<component> and pipeline=<Pipeline>")
@@ -62,6 +68,7 @@ class HaystackSearch:
         self.retriever = retriever
         self.pipeline = pipeline
         self.id_meta_key = id_meta_key
+        self.title_meta_key = title_meta_key
         self.max_concurrency = max_concurrency
         if pipeline is not None:
             self.input_sockets = _pipeline_inputs(pipeline, input_socket)
@@ -130,17 +137,27 @@ class HaystackSearch:
 
     def search(self, queries: Sequence[str], k: int) -> list[list[str]]:
         """Ranked document ids (at most ``k``) for each query, in order."""
+        return [self._ranking(output, k) for output in self._run_all(queries, k)]
+
+    def search_documents(self, queries: Sequence[str], k: int) -> list[list[DocumentHit]]:
+        """The ranked documents with their text (at most ``k``) for each query, in :meth:`search`'s order."""
+        return [[self.hit(document) for document in self._documents(output, k)] for output in self._run_all(queries, k)]
+
+    def hit(self, document: Document) -> DocumentHit:
+        """A retrieved ``Document`` as the core's ``DocumentHit`` (the deployment component reads documents so too)."""
+        return document_hit(document, doc_id=self._doc_id(document), title_meta_key=self.title_meta_key)
+
+    def _run_all(self, queries: Sequence[str], k: int) -> list[dict[str, Any]]:
         check_k(k)
         queries = check_queries(queries)
         self.warm_up()
-        rankings = []
+        outputs = []
         for query in queries:
             if self.pipeline is not None:
-                output = self.pipeline.run(self._data(query, k), include_outputs_from={self.output_socket[0]})
+                outputs.append(self.pipeline.run(self._data(query, k), include_outputs_from={self.output_socket[0]}))
             else:
-                output = self.retriever.run(**self._data(query, k))
-            rankings.append(self._ranking(output, k))
-        return rankings
+                outputs.append(self.retriever.run(**self._data(query, k)))
+        return outputs
 
     async def asearch(self, queries: Sequence[str], k: int) -> list[list[str]]:
         """The async form of :meth:`search`: at most ``max_concurrency`` queries in flight."""
@@ -185,20 +202,24 @@ class HaystackSearch:
         return data
 
     def _ranking(self, output: dict[str, Any], k: int) -> list[str]:
+        return [self._doc_id(document) for document in self._documents(output, k)]
+
+    def _documents(self, output: dict[str, Any], k: int) -> list[Document]:
+        """The output's documents in order, each id at its first rank, at most ``k``."""
         name, socket = self.output_socket
         documents = (output[name] if name is not None else output).get(socket)
         if documents is None:
             raise ValueError(f"the run returned no {socket!r} output (it returned {sorted(output)}); set output_socket")
-        ranking: list[str] = []
+        kept: list[Document] = []
         seen: set[str] = set()
         for document in documents:
             doc_id = self._doc_id(document)
             if doc_id not in seen:
                 seen.add(doc_id)
-                ranking.append(doc_id)
-                if len(ranking) == k:
+                kept.append(document)
+                if len(kept) == k:
                     break
-        return ranking
+        return kept
 
     def _doc_id(self, document: Document) -> str:
         if self.id_meta_key is None:
@@ -210,6 +231,14 @@ class HaystackSearch:
                 f"document {document.id!r} has no meta[{self.id_meta_key!r}] (its meta keys: {sorted(document.meta)});"
                 " set id_meta_key to a field every document has, or to None to use Document.id"
             ) from None
+
+
+def document_hit(document: Document, *, doc_id: str | None = None, title_meta_key: str | None = "title") -> DocumentHit:
+    """A Haystack ``Document`` as a core ``DocumentHit``: ``content`` without a leading title, the title from
+    ``meta[title_meta_key]``, ``score``; ``doc_id`` defaults to ``Document.id``."""
+    title = document.meta.get(title_meta_key) if title_meta_key else None
+    return DocumentHit.from_content(doc_id if doc_id is not None else document.id, document.content,
+                                    title=str(title) if title is not None else "", score=document.score)
 
 
 Socket = tuple[Any, str]  # (component name, or None for a bare component; socket name)

@@ -9,6 +9,11 @@ the document's best rank, so the ranking is the retriever's own, read as documen
 gets it set to ``k`` for the batch and restored afterwards; the result is then truncated to ``k`` documents. When
 chunks collapse, fewer than ``k`` documents can come back. A retriever without ``similarity_top_k`` returns what it
 returns, truncated to ``k``. Batches on one instance run one at a time (the top-k setting is shared).
+
+Document text (:meth:`LlamaIndexSearch.search_documents`, the core ``DocumentSearch`` capability): each document's
+best chunk, its text without metadata, and its title from ``node.metadata[title_key]`` (``"title"``; the BEIR loader
+keeps it there, excluded from what BM25 indexes). There the retriever runs with its own ``similarity_top_k`` when that
+is at least ``k`` (so the first pass of training matches a deployed retriever's), else with ``k``.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from llama_index.core.base.base_retriever import BaseRetriever
-from llama_index.core.schema import BaseNode, NodeWithScore
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore
 
-from deepretrieval_trainer.search import check_k, check_queries
+from deepretrieval_trainer.search import DocumentHit, check_k, check_queries
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +37,8 @@ logger = logging.getLogger(__name__)
 class LlamaIndexSearch:
     """SearchBackend over ``retriever``; ``asearch`` runs at most ``max_concurrency`` ``aretrieve`` calls at once."""
 
-    def __init__(self, retriever: BaseRetriever, *, id_key: Optional[str] = None, max_concurrency: int = 8) -> None:
+    def __init__(self, retriever: BaseRetriever, *, id_key: Optional[str] = None, max_concurrency: int = 8,
+                 title_key: Optional[str] = "title") -> None:
         if not isinstance(retriever, BaseRetriever):
             raise TypeError(f"retriever={retriever!r} is not a llama_index BaseRetriever; pass one, or use from_beir/"
                             "from_storage")
@@ -40,6 +46,7 @@ class LlamaIndexSearch:
             raise ValueError(f"max_concurrency={max_concurrency} must be >= 1")
         self.retriever = retriever
         self.id_key = id_key
+        self.title_key = title_key
         self.max_concurrency = max_concurrency
         self._lock = threading.Lock()
 
@@ -63,11 +70,32 @@ class LlamaIndexSearch:
                 break
         return list(ranked)
 
+    def hits(self, nodes: Sequence[NodeWithScore], k: int) -> list[DocumentHit]:
+        """Like :meth:`ranking`, as documents with their text (each document's best chunk) and score."""
+        found: dict[str, DocumentHit] = {}
+        for node in nodes:
+            doc_id = self.doc_id(node.node)
+            if doc_id not in found:
+                title = node.node.metadata.get(self.title_key) if self.title_key else None
+                found[doc_id] = DocumentHit.from_content(
+                    doc_id, node.node.get_content(metadata_mode=MetadataMode.NONE),
+                    title=str(title) if title is not None else "", score=node.score)
+                if len(found) == k:
+                    break
+        return list(found.values())
+
     def search(self, queries: Sequence[str], k: int) -> list[list[str]]:
         check_k(k)
         queries = check_queries(queries)
         with self._lock, self._top_k(k):
             return [self.ranking(self.retriever.retrieve(query), k) for query in queries]
+
+    def search_documents(self, queries: Sequence[str], k: int) -> list[list[DocumentHit]]:
+        """The ranked documents with their text, at most ``k`` per query (see the module docstring)."""
+        check_k(k)
+        queries = check_queries(queries)
+        with self._lock, self._top_k(k, at_least=True):
+            return [self.hits(self.retriever.retrieve(query), k) for query in queries]
 
     async def asearch(self, queries: Sequence[str], k: int) -> list[list[str]]:
         """Awaits the retriever's own ``aretrieve`` (retrievers without a native async path run it synchronously)."""
@@ -88,9 +116,9 @@ class LlamaIndexSearch:
             self._lock.release()
 
     @contextmanager
-    def _top_k(self, k: int) -> Iterator[None]:
+    def _top_k(self, k: int, *, at_least: bool = False) -> Iterator[None]:
         retriever = self.retriever
-        if not hasattr(retriever, "similarity_top_k"):
+        if not hasattr(retriever, "similarity_top_k") or (at_least and (retriever.similarity_top_k or 0) >= k):
             yield
             return
         previous = retriever.similarity_top_k

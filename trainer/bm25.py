@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .search import ThreadedAsyncSearch, check_k
+from .search import DocumentHit, ThreadedAsyncSearch, check_k
 
 
 class BM25Search(ThreadedAsyncSearch):
@@ -19,12 +19,21 @@ class BM25Search(ThreadedAsyncSearch):
         if not corpus:
             raise ValueError("the corpus is empty: give at least one document")
         self.doc_ids = list(corpus)
-        texts = [f"{doc.get('title', '')} {doc.get('text', '')}".strip() for doc in corpus.values()]
+        self.titles = [doc.get("title") or "" for doc in corpus.values()]
+        self.texts = [f"{doc.get('title') or ''} {doc.get('text') or ''}".strip() for doc in corpus.values()]
         self._stopwords = stopwords
         self._retriever = bm25s.BM25(k1=k1, b=b)
-        self._retriever.index(bm25s.tokenize(texts, stopwords=stopwords, show_progress=False), show_progress=False)
+        self._retriever.index(bm25s.tokenize(self.texts, stopwords=stopwords, show_progress=False), show_progress=False)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[str]]:
+        return [[self.doc_ids[i] for i, _ in row] for row in self._ranked(queries, k)]
+
+    def search_documents(self, queries: Sequence[str], k: int) -> list[list[DocumentHit]]:
+        """The ranked documents with their title, text and BM25 score (see :class:`DocumentSearch`)."""
+        return [[DocumentHit.from_content(self.doc_ids[i], self.texts[i], title=self.titles[i], score=score)
+                 for i, score in row] for row in self._ranked(queries, k)]
+
+    def _ranked(self, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
         import bm25s
 
         check_k(k)
@@ -33,7 +42,5 @@ class BM25Search(ThreadedAsyncSearch):
         k = min(k, len(self.doc_ids))
         tokens = bm25s.tokenize(list(queries), stopwords=self._stopwords, show_progress=False)
         results, scores = self._retriever.retrieve(tokens, k=k, show_progress=False, n_threads=1)
-        ranked = []
-        for row, row_scores in zip(results, scores, strict=True):
-            ranked.append([self.doc_ids[i] for i, s in zip(row, row_scores, strict=True) if s > 0])
-        return ranked
+        return [[(int(i), float(s)) for i, s in zip(row, row_scores, strict=True) if s > 0]
+                for row, row_scores in zip(results, scores, strict=True)]

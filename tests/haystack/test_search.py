@@ -181,3 +181,30 @@ def test_bad_k_and_query_list(adi_store):
         search.search(["x"], 0)
     with pytest.raises(TypeError, match="list of queries"):
         search.search("x", 3)
+
+
+def test_search_documents_gives_the_ranking_with_the_core_hits(scifact_search, scifact_dev):
+    from deepretrieval_trainer.bm25 import BM25Search
+    from deepretrieval_trainer.search import DocumentSearch
+
+    queries = list(scifact_dev.judged_queries.values())[:20]
+    hits = scifact_search.search_documents(queries, 5)
+    assert isinstance(scifact_search, DocumentSearch)
+    assert [[h.doc_id for h in row] for row in hits] == scifact_search.search(queries, 5)
+    assert all(h.score is not None for row in hits for h in row)
+    core = {h.doc_id: h for row in BM25Search(scifact_dev.corpus).search_documents(queries, 1000) for h in row}
+    for hit in (h for row in hits for h in row):
+        assert (hit.title, hit.text) == (core[hit.doc_id].title, core[hit.doc_id].text)
+
+
+def test_search_documents_through_a_pipeline_with_meta_ids(adi_test):
+    store = InMemoryDocumentStore()
+    store.write_documents([Document(content=f"Doc {i}: {doc['text']}", meta={"doc": d, "name": f"Doc {i}:"})
+                           for i, (d, doc) in enumerate(adi_test.corpus.items())])
+    pipe = Pipeline()
+    pipe.add_component("retriever", InMemoryBM25Retriever(document_store=store))
+    search = HaystackSearch(pipeline=pipe, id_meta_key="doc", title_meta_key="name")
+    query = list(adi_test.judged_queries.values())[0]
+    hits = search.search_documents([query], 4)[0]
+    assert [h.doc_id for h in hits] == search.search([query], 4)[0]
+    assert all(h.title.startswith("Doc ") and h.text == adi_test.corpus[h.doc_id]["text"].strip() for h in hits)

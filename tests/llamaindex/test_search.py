@@ -182,3 +182,37 @@ async def test_concurrent_batches_with_different_k_do_not_mix(adi_bm25, adi_test
     narrow, wide = await asyncio.gather(search.asearch(queries, 5), search.asearch(queries, 40))
     assert {len(r) for r in narrow} == {5} and {len(r) for r in wide} == {40}
     assert search.retriever.similarity_top_k == 10
+
+
+def test_search_documents_gives_the_ranking_with_the_core_hits(scifact_bm25, scifact_dev):
+    from deepretrieval_trainer.bm25 import BM25Search
+    from deepretrieval_trainer.search import DocumentSearch
+
+    queries = list(scifact_dev.judged_queries.values())[:20]
+    search = LlamaIndexSearch(scifact_bm25)
+    hits = search.search_documents(queries, 5)
+    assert isinstance(search, DocumentSearch)
+    assert scifact_bm25.similarity_top_k == 10  # k below it: the retriever ran with its own top-k, untouched
+    assert [[h.doc_id for h in row] for row in hits] == [r[:5] for r in search.search(queries, 10)]
+    assert all(h.score and h.score > 0 for row in hits for h in row)
+    # the title comes from the node metadata, the body without it: the same hit the core BM25 gives for that id
+    core = {h.doc_id: h for row in BM25Search(scifact_dev.corpus).search_documents(queries, 1000) for h in row}
+    for hit in (h for row in hits for h in row):
+        assert (hit.title, hit.text) == (core[hit.doc_id].title, core[hit.doc_id].text)
+        assert hit.title == scifact_dev.corpus[hit.doc_id]["title"].strip()
+    wide = search.search_documents(queries[:2], 30)
+    assert [len(row) for row in wide] == [30, 30] and scifact_bm25.similarity_top_k == 10
+
+
+def test_search_documents_of_chunks_and_of_nodes_without_titles(adi_chunks, adi_test):
+    retriever = BM25Retriever(nodes=adi_chunks, similarity_top_k=40)
+    search = LlamaIndexSearch(retriever)
+    query = list(adi_test.judged_queries.values())[0]
+    hits = search.search_documents([query], 8)[0]
+    # the retriever's own top-k (40 chunks) is at least k, so it runs unchanged and the first 8 documents count
+    assert [h.doc_id for h in hits] == search.search([query], 40)[0][:8] and len(hits) == 8
+    best_chunk = {}
+    for node in retriever.retrieve(query):
+        best_chunk.setdefault(node.node.ref_doc_id, node.node.get_content().strip())
+    assert [h.text for h in hits] == [best_chunk[h.doc_id] for h in hits]
+    assert {h.title for h in hits} == {""}

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
-from ..search import ThreadedAsyncSearch, check_k
+from ..search import DocumentHit, ThreadedAsyncSearch, check_k
 from .boolean import ABSTRACT, TITLE, BooleanQueryError, text_tokens, translate
 
 logger = logging.getLogger(__name__)
@@ -181,6 +181,15 @@ class FTS5Search(ThreadedAsyncSearch):
             if row is not None:
                 found[doc_id] = {"title": row[0], "text": row[1]}
         return found
+
+    def search_documents(self, queries: Sequence[str], k: int) -> list[list[DocumentHit]]:
+        """:meth:`search` with each id's original title and text (see ``DocumentSearch``); FTS5 gives no score."""
+        hits = []
+        for ranking in self.search(queries, k):
+            texts = self.documents(ranking)
+            hits.append([DocumentHit(doc_id, (texts[doc_id]["title"] or "").strip(),
+                                     (texts[doc_id]["text"] or "").strip()) for doc_id in ranking if doc_id in texts])
+        return hits
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)

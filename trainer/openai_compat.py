@@ -326,5 +326,5 @@ class OpenAIRewriter(BaseRewriter):
 
 
 def _snippet(response: httpx.Response, limit: int = 300) -> str:
-    text = " ".join(response.text.split())
+    text = " ".join(response.text[:limit * 4].split())  # cap before splitting: the body may be huge
     return text if len(text) <= limit else text[:limit] + "..."

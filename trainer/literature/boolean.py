@@ -11,6 +11,8 @@ Field tags map onto the two indexed columns: ``[ti]`` -> title, ``[ab]`` -> abst
 their words as free text; metadata tags (``[au]``, ``[dp]``, ``[la]``, ...) drop the whole term. Every word is
 emitted as a quoted FTS5 string made only of letters and digits, so nothing the model writes can become FTS5 (or
 SQL) syntax. A malformed query raises :class:`BooleanQueryError`: the reward scores it as a format failure.
+
+Hostile text is bounded before it is parsed: a query longer than :data:`MAX_BOOLEAN_CHARS` is refused.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ _METADATA_TAGS = {
     "vi", "volume", "ip", "issue", "pg", "pagination", "gr", "grant number", "is", "issn", "pl", "place of publication",
     "lr", "dcom", "si", "secondary source id", "ir", "investigator", "cn", "corporate author", "aid",
 }
+#: The longest query parsed (systematic-review search strategies run to a few thousand characters).
+MAX_BOOLEAN_CHARS = 20_000
 _WORD = re.compile(r"[^\W_]+")
 _STOP_WORD_CHARS = set(' \t\r\n()"[')
 
@@ -51,7 +55,8 @@ class BooleanQueryError(ValueError):
 
     def __init__(self, query: str, position: int | None, problem: str) -> None:
         where = f" at position {position}" if position is not None else ""
-        super().__init__(f"Boolean query {query!r}{where}: {problem}")
+        shown = query if len(query) <= 300 else f"{query[:300]}... ({len(query)} characters)"
+        super().__init__(f"Boolean query {shown!r}{where}: {problem}")
         self.query, self.position, self.problem = query, position, problem
 
 
@@ -249,7 +254,10 @@ def _render(tree: Term | Node) -> str:
 def translate(query: str, *, stopwords: Collection[str] = ()) -> Translation:
     """Parse a PubMed-style Boolean query into an FTS5 MATCH expression; raise :class:`BooleanQueryError`."""
     if not isinstance(query, str):
-        raise BooleanQueryError(repr(query), None, "the query must be text")
+        raise BooleanQueryError(repr(query)[:300], None, "the query must be text")
+    if len(query) > MAX_BOOLEAN_CHARS:
+        raise BooleanQueryError(query, None, f"the query has {len(query)} characters (limit {MAX_BOOLEAN_CHARS}); "
+                                             "shorten it")
     parser = _Parser(query, frozenset(stopwords))
     tree = parser.parse()
     if tree is None:

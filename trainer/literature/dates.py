@@ -19,9 +19,10 @@ _DATE = re.compile(r"^(\d{4})(?:[/-](\d{1,2})(?:[/-](\d{1,2}))?)?$")
 
 def normalize_date(value: str, *, field: str = "date") -> str:
     """``YYYY``, ``YYYY/MM`` or ``YYYY/MM/DD`` (``-`` separators also accepted) as PubMed writes it: slashes."""
-    match = _DATE.match(str(value).strip())
+    text = str(value).strip()
+    match = _DATE.match(text) if len(text) <= 10 else None  # YYYY/MM/DD is 10 characters: nothing longer is a date
     if not match:
-        raise ValueError(f"{field}={value!r} is not a date: write YYYY, YYYY/MM or YYYY/MM/DD (or with '-')")
+        raise ValueError(f"{field}={text[:40]!r} is not a date: write YYYY, YYYY/MM or YYYY/MM/DD (or with '-')")
     year, month, day = match.groups()
     parts = [year]
     if month is not None:

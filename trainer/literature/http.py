@@ -224,7 +224,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
 
 
 def _excerpt(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
+    text = " ".join(text[:limit * 4].split())  # cap before splitting: the body may be huge
     return text if len(text) <= limit else text[:limit] + "..."
 
 

@@ -1,8 +1,10 @@
 """Query sources for evaluation: what produces the search query for each test query.
 
-``raw`` sends the query unchanged; every other source is a :class:`~deepretrieval_trainer.rewriters.Rewriter`
-(the untrained base model, a trained adapter, a served model, or the base model with the HyDE prompt,
-:data:`~deepretrieval_trainer.tasks.HYDE_TASK`). :func:`parse_source` reads the command-line form.
+``raw`` sends the query unchanged; ``prf`` is RM3 pseudo-relevance feedback through the evaluated retriever
+(:mod:`deepretrieval_trainer.prf`, the free baseline); every other source is a
+:class:`~deepretrieval_trainer.rewriters.Rewriter` (the untrained base model, a trained adapter, a served model, or
+the base model with the HyDE prompt, :data:`~deepretrieval_trainer.tasks.HYDE_TASK`). :func:`parse_source` reads the
+command-line form.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .rewriters import Rewriter
+from .search import SearchBackend
 from .tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -41,13 +44,15 @@ class Source:
 
 
 def parse_source(spec: str, *, model: str | None = None, task: str | Task = "retrieval", framing: str = "replace",
-                 max_new_tokens: int = 128, batch_size: int = 8) -> Source:
+                 max_new_tokens: int = 128, batch_size: int = 8, search: SearchBackend | None = None) -> Source:
     """A :class:`Source` from its command-line form, optionally named: ``[NAME=]SPEC``.
 
-    SPEC is ``raw``; ``base`` (the untrained ``model``); ``hyde`` (the same model prompted to write a passage,
-    searched together with the query); ``adapter:PATH`` (a peft adapter folder or a training run folder, whose
-    ``config.yaml`` framing wins over ``framing``); ``server:URL#MODEL`` (an OpenAI-compatible server such as
-    vLLM, the adapter chosen by MODEL). ``framing="expand"`` searches query + rewrite, as the trainer does.
+    SPEC is ``raw``; ``prf[:SETTINGS]`` (RM3 pseudo-relevance feedback through ``search``, SETTINGS as
+    :meth:`~deepretrieval_trainer.prf.RM3.parse` reads them, e.g. ``prf:docs=5,terms=10,weight=0.5``); ``base``
+    (the untrained ``model``); ``hyde`` (the same model prompted to write a passage, searched together with the
+    query); ``adapter:PATH`` (a peft adapter folder or a training run folder, whose ``config.yaml`` framing wins over
+    ``framing``); ``server:URL#MODEL`` (an OpenAI-compatible server such as vLLM, the adapter chosen by MODEL).
+    ``framing="expand"`` searches query + rewrite, as the trainer does.
     """
     name, _, body = spec.partition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
     kind, _, arg = body.partition(":")
@@ -55,6 +60,13 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
     local = {"model": model, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
     if kind == RAW and not arg:
         return Source(name or RAW)
+    if kind == "prf":
+        from .prf import RM3
+
+        if search is None:
+            raise ValueError(f"query source {spec!r}: prf searches the evaluated retriever; pass search=<backend>")
+        settings = RM3.parse(arg)
+        return prf_source(search, settings, name=name or ("prf" if not arg else f"prf:{settings.label()}"))
     if kind == "base" and not arg:
         return _local_source(name or kind, None, task, include_original=expand, **local)
     if kind == "hyde" and not arg:
@@ -74,9 +86,21 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
         identity = f"server|{url}|{served}|{_task_id(rewriter.task)}|max_new_tokens={max_new_tokens}|greedy"
         return Source(name or f"server:{_safe(served)}", rewriter, include_original=expand, identity=identity)
     raise ValueError(
-        f"query source {spec!r} not understood: use raw, base, hyde, adapter:PATH or server:URL#MODEL, "
+        f"query source {spec!r} not understood: use raw, prf[:docs=N,terms=N,weight=W], base, hyde, adapter:PATH or "
+        "server:URL#MODEL, "
         "optionally named as NAME=SPEC (e.g. trained=adapter:runs/demo/adapter)"
     )
+
+
+def prf_source(search: SearchBackend, settings=None, *, name: str = "prf") -> Source:
+    """RM3 pseudo-relevance feedback through ``search`` (a ``DocumentSearch``) as an evaluation source.
+
+    ``settings``: a :class:`~deepretrieval_trainer.prf.RM3` (default: 10 documents, 10 terms, weight 0.5). Its
+    searches are never cached: they depend on the retriever, which the rewrite cache does not key on.
+    """
+    from .prf import PseudoRelevanceFeedback
+
+    return Source(name, PseudoRelevanceFeedback(search, settings))  # type: ignore[arg-type]
 
 
 def _safe(text: str) -> str:

@@ -1,7 +1,10 @@
-"""Evaluate query sources against your retriever on a BEIR-layout collection: raw queries, the untrained base
-model (`base`), a HyDE-prompted baseline (`hyde`), trained adapters (`adapter:PATH`) and served models
-(`server:URL#MODEL`). Prints nDCG@10, Recall@10/100/1000 and MRR per source with per-query wins/ties/losses
+"""Evaluate query sources against your retriever on a BEIR-layout collection: raw queries, RM3 pseudo-relevance
+feedback through the same retriever (`prf`, the free baseline), the untrained base model (`base`), a HyDE-prompted
+baseline (`hyde`), trained adapters (`adapter:PATH`) and served models (`server:URL#MODEL`). Prints nDCG@10, Recall@10/100/1000 and MRR per source with per-query wins/ties/losses
 versus raw and a paired t-test, and writes results.json (per query too), results.md and results.png.
+
+With --task sql (text-to-SQL on a Spider-layout folder) the sources are gold, base, adapter:PATH and
+server:URL#MODEL, and it prints execution accuracy per database with exact McNemar tests (docs/sql.md).
 
 Examples:
   deepretrieval eval --data ../shared/data/scifact --split dev --source raw --source base \\
@@ -28,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                        "BEIR dataset name to download into the cache (e.g. scifact)")
     parser.add_argument("--split", default="dev", help="the qrels split to evaluate on (default: dev)")
     parser.add_argument("--source", action="append", dest="sources", metavar="[NAME=]SPEC",
-                        help="a query source, repeatable: raw, base, hyde, adapter:PATH, server:URL#MODEL "
-                             "(default: raw and base; raw is always included as the baseline)")
+                        help="a query source, repeatable: raw, prf[:docs=N,terms=N,weight=W,stem=english|none], "
+                             "base, hyde, adapter:PATH, server:URL#MODEL (default: raw and base; raw is always "
+                             "included as the baseline)")
     add_retriever_arguments(parser)
     parser.add_argument("--model", help="base model id or path for base/hyde/adapter (default: the config's, "
                                         "else the embedded SmolLM2)")
@@ -78,19 +82,31 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_beir
     from ..sources import parse_source
 
+    if _task(args) == "sql":  # text-to-SQL: execution accuracy on held-out databases (deepretrieval_trainer.sql)
+        from ..sql.evaluate import run_from_args
+
+        return run_from_args(args)
     config = _config(args)
     if not config.data.path:
         raise ValueError("no collection: pass --data FOLDER (a BEIR-layout folder) or a --config with data.path")
     collection = load_beir(config.data.path, args.split, drop_unknown_docs=config.data.drop_unknown_docs)
     specs = args.sources or ["raw", "base"]
-    sources = [parse_source(spec, model=config.model, task=config.task, max_new_tokens=args.max_new_tokens,
-                            batch_size=args.batch_size, framing=config.framing) for spec in specs]
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{Path(config.data.path).name}-{args.split}"
     logger.info("building the %s %s retriever over %s", config.retriever.framework, config.retriever.kind,
                 config.retriever.path or config.data.path)
     search = config.retriever.build(config.data.path)
+    sources = [parse_source(spec, model=config.model, task=config.task, max_new_tokens=args.max_new_tokens,
+                            batch_size=args.batch_size, framing=config.framing, search=search) for spec in specs]
     return report_evaluation(collection, search, sources, out, retriever=_describe(config.retriever),
                              limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress)
+
+
+def _task(args: argparse.Namespace) -> str | None:
+    if args.task or not args.config:
+        return args.task
+    from ..config import TrainConfig
+
+    return TrainConfig.from_yaml(args.config).task
 
 
 def _describe(retriever) -> str:

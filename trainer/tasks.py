@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Union
 
 QueryInput = Union[str, Mapping[str, str]]
-Metric = Literal["recall", "ndcg", "hit_rank"]
+Metric = Literal["recall", "ndcg", "hit_rank", "execution"]
 
 _FORMAT = (
     "Think briefly inside <think> </think>, then give only the final query as JSON inside <answer> </answer>, "
@@ -35,6 +35,12 @@ LITERATURE_SYSTEM = (
     "You write Boolean search queries for a medical literature search engine (PubMed syntax). Combine the key "
     "concepts with AND, their synonyms with OR, use parentheses and quoted phrases, and optionally field tags "
     "such as [tiab] or [mh]. Aim for high recall. " + _FORMAT
+)
+# Text-to-SQL (deepretrieval_trainer.sql): the user turn is the schema then the question (sql.schema.prompt_input).
+SQL_SYSTEM = (
+    "You write one SQL query that answers the question over the database described. Use only the tables and "
+    "columns listed, in the database's dialect. Think briefly inside <think> </think>, then give only the SQL "
+    "inside <answer> </answer>, for example: <think>...</think>\n<answer>SELECT ...</answer>"
 )
 # HyDE (Gao et al. 2022): the prompted baseline users try first. The model writes a short passage that would answer
 # the query, and the passage (with the query, see deepretrieval_trainer.evaluate) is what gets searched.
@@ -93,6 +99,9 @@ class Task:
     extra: Mapping[str, str] = field(default_factory=dict)
     examples: tuple[tuple[str, str], ...] = ()
     prefill: str = "<think>"
+    # generation stops after the first of these (nothing after the answer is parsed); the same in training,
+    # in-process rewriting and served requests
+    stop: tuple[str, ...] = ("</answer>",)
 
     def __post_init__(self) -> None:
         if "{query}" not in self.user:
@@ -173,6 +182,19 @@ _HYDE_EXAMPLE = (
     "myocardial infarction in patients with cardiovascular disease.</answer>",
 )
 
+# Made up (no Spider database): a join, a filter and an aggregate in the trained answer shape.
+_SQL_EXAMPLE = (
+    "Database: library (sqlite)\nauthor(author_id INTEGER primary key, name TEXT, country TEXT)\n"
+    "book(book_id INTEGER primary key, title TEXT, year INTEGER, author_id INTEGER)\n"
+    "Foreign keys: book.author_id -> author.author_id\nQuestion: How many books were written by authors from France?",
+    "<think>Join book to author on author_id, keep country France, count the books.</think>\n"
+    "<answer>SELECT count(*) FROM book AS T1 JOIN author AS T2 ON T1.author_id = T2.author_id "
+    "WHERE T2.country = 'France'</answer>",
+)
+# Execution reward: 1 when the result matches the reference, 0 when it runs but differs, the floor when it fails
+# (an error, a timeout, too many rows, a refused statement); the value scored is 1 / 0 / -1.
+EXECUTION_TIERS = Tiers(((1.0, 1.0), (0.0, 0.0)), floor=-0.5)
+
 TASKS: dict[str, Task] = {
     "retrieval": Task("retrieval", RETRIEVAL_SYSTEM, metric="ndcg", k=10, train_k=100,
                       examples=(_RETRIEVAL_EXAMPLE,)),
@@ -181,6 +203,8 @@ TASKS: dict[str, Task] = {
                format_valid=1.0, format_invalid=-4.0, examples=(_QA_EXAMPLE,)),
     "literature": Task("literature", LITERATURE_SYSTEM, "{query}", metric="recall", k=3000, tiers=RECALL_TIERS,
                        format_valid=1.0, format_invalid=-4.0, examples=(_LITERATURE_EXAMPLE,)),
+    "sql": Task("sql", SQL_SYSTEM, "{query}", metric="execution", k=1, tiers=EXECUTION_TIERS,
+                format_valid=0.1, format_invalid=-2.0, examples=(_SQL_EXAMPLE,)),
 }
 # Not in TASKS: a prompted baseline for evaluation (`deepretrieval eval --source hyde`), not a trained format.
 HYDE_TASK = Task("hyde", HYDE_SYSTEM, metric="ndcg", k=10, examples=(_HYDE_EXAMPLE,), prefill="<answer>")

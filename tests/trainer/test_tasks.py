@@ -3,17 +3,19 @@ import dataclasses
 import pytest
 
 from deepretrieval_trainer.answer import parse_answer
+from deepretrieval_trainer.sql.answer import parse_sql_answer
 from deepretrieval_trainer.tasks import HIT_RANK_TIERS, RECALL_TIERS, TASKS, Task, Tiers, format_pico, get_task
 
 
 def test_every_task_asks_for_the_answer_format_and_its_example_parses():
-    assert set(TASKS) == {"retrieval", "dense", "qa", "literature"}
+    assert set(TASKS) == {"retrieval", "dense", "qa", "literature", "sql"}
     for task in TASKS.values():
         messages = task.messages({"P": "adults", "I": "statins"} if task.name == "literature" else "some query")
         assert messages[0]["role"] == "system" and "<answer>" in messages[0]["content"]
         assert messages[-1]["role"] == "user"
+        parse = parse_sql_answer if task.name == "sql" else parse_answer  # the sql task answers SQL, not JSON
         for _, example_answer in task.examples:
-            assert parse_answer(example_answer).well_formed
+            assert parse(example_answer).well_formed
 
 
 def test_paper_recall_tiers():

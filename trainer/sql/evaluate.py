@@ -1,0 +1,256 @@
+"""Execution accuracy of SQL sources on held-out databases, per database, with paired exact tests.
+
+A source is ``gold`` (the reference SQL itself: the sanity row, 100% when the comparison is right), ``base``
+(the untrained model), ``adapter:PATH`` (a trained SQL adapter) or ``server:URL#MODEL`` (a served one), each
+optionally named ``NAME=SPEC``. Every source answers every example once (cached in the output folder, so re-runs
+only execute); each answer runs read-only and is compared with the gold result. Pairs of sources are compared
+with the exact McNemar test: a two-sided binomial test on the examples where exactly one of the two is right.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .rewards import MATCH, ExecutionScorer
+from .schema import describe
+from .spider import SQLCollection
+from .writer import SQLGeneration, SQLWriter
+
+logger = logging.getLogger(__name__)
+
+GOLD = "gold"
+
+
+@dataclass
+class SQLSource:
+    """A named SQL source: a writer, or None for the gold SQL. ``identity`` keys its cached answers."""
+
+    name: str
+    writer: SQLWriter | None = None
+    identity: str = ""
+
+
+def parse_sql_source(spec: str, *, model: str | None = None, max_new_tokens: int = 128,
+                     batch_size: int = 8) -> SQLSource:
+    """``gold``, ``base``, ``adapter:PATH``, ``server:URL#MODEL``, optionally as ``NAME=SPEC``."""
+    name, _, body = spec.partition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
+    if body == GOLD:
+        return SQLSource(name or GOLD)
+    if body in ("raw", "hyde"):
+        raise ValueError(f"query source {body!r} has no meaning for text-to-SQL: use gold, base, adapter:PATH "
+                         "or server:URL#MODEL")
+    from ..sources import parse_source
+
+    source = parse_source(spec, model=model, task="sql", max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return SQLSource(source.name, SQLWriter(backend=source.rewriter), source.identity)
+
+
+@dataclass
+class SQLOutcome:
+    id: str
+    db_id: str
+    question: str
+    sql: str | None
+    correct: bool
+    status: str  # match | mismatch | failed (an error, a timeout, too many rows) | no_answer
+    reason: str | None
+    latency_s: float
+
+
+@dataclass
+class PairedTest:
+    first: str
+    second: str
+    first_only: int  # examples only ``first`` answers correctly
+    second_only: int
+    p_value: float
+    test: str = "exact McNemar (two-sided binomial test on the discordant examples)"
+
+
+@dataclass
+class SQLReport:
+    collection: str
+    split: str
+    databases: list[str]
+    sources: dict[str, list[SQLOutcome]]
+    tests: list[PairedTest] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    def accuracy(self, source: str, db_id: str | None = None) -> float:
+        outcomes = [o for o in self.sources[source] if db_id is None or o.db_id == db_id]
+        return sum(o.correct for o in outcomes) / len(outcomes) if outcomes else 0.0
+
+    def to_dict(self) -> dict:
+        summary = {name: {"accuracy": self.accuracy(name), "examples": len(outcomes),
+                          "per_database": {db: self.accuracy(name, db) for db in self.databases},
+                          "no_answer_rate": sum(o.status == "no_answer" for o in outcomes) / max(len(outcomes), 1),
+                          "failed_rate": sum(o.status == "failed" for o in outcomes) / max(len(outcomes), 1)}
+                   for name, outcomes in self.sources.items()}
+        return {"collection": self.collection, "split": self.split, "databases": self.databases,
+                "settings": self.settings, "summary": summary, "paired_tests": [asdict(t) for t in self.tests],
+                "per_example": {name: [asdict(o) for o in outcomes] for name, outcomes in self.sources.items()}}
+
+
+def exact_mcnemar(first_only: int, second_only: int) -> float:
+    """Two-sided exact binomial p-value of ``first_only`` vs ``second_only`` discordant pairs (p = 1/2)."""
+    n = first_only + second_only
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(first_only, second_only) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_test(report: SQLReport, first: str, second: str) -> PairedTest:
+    ours = {o.id: o.correct for o in report.sources[first]}
+    theirs = {o.id: o.correct for o in report.sources[second]}
+    if ours.keys() != theirs.keys():
+        raise ValueError(f"sources {first!r} and {second!r} answered different examples")
+    first_only = sum(ours[i] and not theirs[i] for i in ours)
+    second_only = sum(theirs[i] and not ours[i] for i in ours)
+    return PairedTest(first, second, first_only, second_only, exact_mcnemar(first_only, second_only))
+
+
+def evaluate_sql(collection: SQLCollection, sources: Sequence[SQLSource], *, out_dir: str | Path | None = None,
+                 batch_size: int = 8, sample_values: int = 0, progress: bool = True) -> SQLReport:
+    """Answer, execute and score every example of ``collection`` with every source."""
+    names = [s.name for s in sources]
+    if not sources or len(set(names)) != len(names):
+        raise ValueError(f"sources {names}: give at least one, each with a distinct name (NAME=SPEC)")
+    schemas = {db_id: describe(db, sample_values=sample_values) for db_id, db in collection.databases.items()}
+    scorer = ExecutionScorer(collection.databases)
+    cache = Path(out_dir) / "generations" if out_dir is not None else None
+    results: dict[str, list[SQLOutcome]] = {}
+    for source in sources:
+        answers = _answers(source, collection, schemas, cache, batch_size, progress)
+        results[source.name] = [_score(scorer, example, answers[example.id]) for example in collection.examples]
+    report = SQLReport(str(collection.path), collection.split, sorted(collection.databases), results,
+                       settings={"batch_size": batch_size, "sample_values": sample_values,
+                                 "fingerprint": collection.fingerprint, "examples": len(collection.examples)})
+    report.tests = [paired_test(report, a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    return report
+
+
+def _score(scorer: ExecutionScorer, example, answer: SQLGeneration) -> SQLOutcome:
+    if not answer.ok:
+        return SQLOutcome(example.id, example.db_id, example.question, None, False, "no_answer", answer.reason,
+                          answer.latency_s)
+    outcome, result = scorer.outcome(example.db_id, answer.sql, example.gold_sql, example.gold_rows, example.ordered)
+    status = "match" if outcome == MATCH else "failed" if result is None or not result.ok else "mismatch"
+    reason = result.error if result is not None and not result.ok else None
+    return SQLOutcome(example.id, example.db_id, example.question, answer.sql, outcome == MATCH, status, reason,
+                      answer.latency_s)
+
+
+def _answers(source: SQLSource, collection: SQLCollection, schemas: dict[str, str], cache: Path | None,
+             batch_size: int, progress: bool) -> dict[str, SQLGeneration]:
+    if source.writer is None:
+        return {e.id: SQLGeneration(e.question, e.gold_sql, e.gold_sql is not None,
+                                    None if e.gold_sql else "the example gives rows, not SQL") for e in collection.examples}
+    file = cache / f"{source.name.replace(':', '_')}.jsonl" if cache is not None else None
+    identity = hashlib.sha256(source.identity.encode()).hexdigest()[:16] if source.identity else ""
+    answers = _read_cache(file, identity) if file is not None and identity else {}
+    todo = [e for e in collection.examples if e.id not in answers]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), desc=f"writing SQL ({source.name})", unit="q", disable=not progress or not todo,
+               leave=False)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start:start + batch_size]
+        begun = time.perf_counter()
+        written = source.writer.write([(e.question, schemas[e.db_id]) for e in batch])
+        per_question = (time.perf_counter() - begun) / len(batch)
+        for example, answer in zip(batch, written, strict=True):
+            answers[example.id] = SQLGeneration(answer.question, answer.sql, answer.ok, answer.reason,
+                                                answer.completion, per_question)
+        if file is not None and identity:
+            _write_cache(file, identity, source, answers)
+        bar.update(len(batch))
+    bar.close()
+    return answers
+
+
+def _read_cache(file: Path, identity: str) -> dict[str, SQLGeneration]:
+    if not file.is_file():
+        return {}
+    lines = file.read_text(encoding="utf-8").splitlines()
+    try:
+        header, rows = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+    except (ValueError, IndexError):
+        logger.warning("%s: unreadable answer cache; writing the SQL again", file)
+        return {}
+    if header.get("identity") != identity:
+        return {}
+    return {row.pop("id"): SQLGeneration(**row) for row in rows}
+
+
+def _write_cache(file: Path, identity: str, source: SQLSource, answers: dict[str, SQLGeneration]) -> None:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"identity": identity, "source": source.name, "described": source.identity})]
+    lines += [json.dumps({"id": key, **asdict(answer)}) for key, answer in answers.items()]
+    staging = file.with_suffix(".tmp")
+    staging.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    staging.replace(file)
+
+
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def format_sql_table(report: SQLReport, *, markdown: bool = False) -> str:
+    """Execution accuracy per source, overall and per database, then the paired tests."""
+    header = ["source", "all", *report.databases, "no answer", "failed"]
+    summary = report.to_dict()["summary"]
+    rows = [[name, f"{s['accuracy']:.1%}", *(f"{s['per_database'][db]:.1%}" for db in report.databases),
+             f"{s['no_answer_rate']:.1%}", f"{s['failed_rate']:.1%}"] for name, s in summary.items()]
+    tests = [f"{t.first} vs {t.second}: {t.first_only} examples only {t.first} answers, {t.second_only} only "
+             f"{t.second}, exact McNemar p = {_p(t.p_value)}" for t in report.tests]
+    title = (f"execution accuracy, {report.collection} [{report.split}], {report.settings.get('examples')} examples "
+             f"on {len(report.databases)} databases")
+    if markdown:
+        lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines + [""] + [f"- {t}" for t in tests]) + "\n"
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [title, "  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines + tests)
+
+
+def write_sql_outputs(report: SQLReport, out_dir: str | Path) -> dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md"}
+    paths["json"].write_text(json.dumps(report.to_dict(), indent=1, default=str) + "\n", encoding="utf-8")
+    paths["markdown"].write_text(format_sql_table(report, markdown=True), encoding="utf-8")
+    return paths
+
+
+def run_from_args(args) -> int:
+    """``deepretrieval eval --task sql``: the eval command's flags (data, split, sources, model, limit, out)."""
+    from .spider import load_sql_examples
+
+    model, data = args.model, args.data
+    if args.config:
+        from ..config import TrainConfig
+
+        config = TrainConfig.from_yaml(args.config)
+        model, data = model or config.model, data or config.data.path
+    if not data:
+        raise ValueError("no examples: pass --data FOLDER (Spider layout, e.g. ../shared/data/spider)")
+    collection = load_sql_examples(data, args.split, limit=args.limit)
+    specs = args.sources or [GOLD, "base"]
+    sources = [parse_sql_source(s, model=model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+               for s in specs]
+    out = Path(args.out) if args.out else Path("runs") / "eval" / f"{Path(data).name}-sql-{args.split}"
+    report = evaluate_sql(collection, sources, out_dir=out, batch_size=args.batch_size, progress=not args.no_progress)
+    paths = write_sql_outputs(report, out)
+    print(format_sql_table(report))
+    print(f"\nresults: {paths['markdown']}  {paths['json']}")
+    return 0

@@ -1,0 +1,176 @@
+"""TRL reward callables for text-to-SQL: a format reward and the execution reward.
+
+Both take TRL's ``(completions, **kwargs) -> list[float]``; the dataset columns ``db_id``, ``gold_sql`` (text, may be
+empty), ``gold_rows`` (JSON rows, or empty) and ``ordered`` arrive as keyword lists, one per completion. The
+execution reward runs the predicted SQL read-only on the example's database and compares its result with the
+gold result (:func:`~.results.results_match`): match -> the task's tier for 1, a result that differs -> the tier
+for 0, a refused/failing/slow/oversized query -> the tier floor. Gold results are computed once and cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ..tasks import Task, get_task
+from .answer import parse_sql_answer
+from .guard import UnsafeSQL, check_sql
+from .results import QueryResult, results_match
+
+logger = logging.getLogger(__name__)
+
+MetricLogger = Callable[[str, float], None]
+MATCH, MISMATCH, FAILED = 1.0, 0.0, -1.0
+
+
+class GoldCache:
+    """Gold results by ``(db_id, gold SQL)``: each gold query runs once per process."""
+
+    def __init__(self) -> None:
+        self._results: dict[tuple[str, str], QueryResult] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def result(self, database: Any, db_id: str, sql: str) -> QueryResult:
+        key = (db_id, sql)
+        if key in self._results:
+            self.hits += 1
+        else:
+            self.misses += 1
+            result = database.execute(sql)
+            if not result.ok:
+                logger.warning("the gold SQL of %s fails (%s): such examples score nothing: %s", db_id, result.error, sql)
+            self._results[key] = result
+        return self._results[key]
+
+
+class ExecutionScorer:
+    """Runs predicted SQL and compares it with the reference: shared by the reward and the evaluation."""
+
+    def __init__(self, databases: Mapping[str, Any], *, cache_size: int = 50_000) -> None:
+        self.databases = dict(databases)
+        self.gold = GoldCache()
+        self._predicted: OrderedDict[tuple[str, str], QueryResult] = OrderedDict()
+        self.cache_size = cache_size
+        self.seconds = 0.0
+
+    def database(self, db_id: str) -> Any:
+        try:
+            return self.databases[db_id]
+        except KeyError:
+            raise KeyError(f"no database {db_id!r}; known: {sorted(self.databases)}") from None
+
+    def run(self, db_id: str, sql: str) -> QueryResult:
+        key = (db_id, sql)
+        if key not in self._predicted:
+            self._predicted[key] = self.database(db_id).execute(sql)
+            while len(self._predicted) > self.cache_size:
+                self._predicted.popitem(last=False)
+        self._predicted.move_to_end(key)
+        return self._predicted[key]
+
+    def reference(self, db_id: str, gold_sql: str | None, gold_rows: Sequence[Sequence[Any]] | None) -> QueryResult:
+        if gold_rows is not None:
+            return QueryResult(rows=tuple(tuple(r) for r in gold_rows))
+        if not gold_sql:
+            raise ValueError(f"an example on {db_id!r} has neither gold SQL nor gold rows")
+        return self.gold.result(self.database(db_id), db_id, gold_sql)
+
+    def outcome(self, db_id: str, sql: str | None, gold_sql: str | None, gold_rows=None,
+                ordered: bool = False) -> tuple[float, QueryResult | None]:
+        """``(MATCH | MISMATCH | FAILED, the predicted result)``; an unparsed answer (``sql`` None) is FAILED."""
+        start = time.perf_counter()
+        try:
+            if sql is None:
+                return FAILED, None
+            reference = self.reference(db_id, gold_sql, gold_rows)
+            predicted = self.run(db_id, sql)
+            if not predicted.ok or not reference.ok:
+                return FAILED, predicted
+            return (MATCH if results_match(predicted.rows, reference.rows, ordered=ordered) else MISMATCH), predicted
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def _rows(cell: Any) -> list | None:
+    if cell is None or cell == "":
+        return None
+    return json.loads(cell) if isinstance(cell, str) else list(cell)
+
+
+class SQLFormatReward:
+    """``task.format_valid`` for ``<think>`` + an ``<answer>`` holding exactly one read statement the database's
+    dialect parses, else ``task.format_invalid``."""
+
+    __name__ = "format"
+
+    def __init__(self, *, databases: Mapping[str, Any], task: str | Task = "sql") -> None:
+        self.task = get_task(task)
+        self.dialects = {name: getattr(db, "dialect", "sqlite") for name, db in databases.items()}
+
+    def is_valid(self, completion: str, db_id: str) -> bool:
+        answer = parse_sql_answer(self.task.completion_text(completion), require_think=True)
+        if not answer.well_formed:
+            return False
+        try:
+            check_sql(answer.sql, dialect=self.dialects.get(db_id, "sqlite"))
+        except UnsafeSQL:
+            return False
+        return True
+
+    def __call__(self, completions: Sequence[str], db_id: Sequence[str], log_metric: MetricLogger | None = None,
+                 **kwargs: Any) -> list[float]:
+        valid = [self.is_valid(c, d) for c, d in zip(completions, db_id, strict=True)]
+        if log_metric is not None and valid:
+            log_metric("format/valid_rate", sum(valid) / len(valid))
+        return [self.task.format_valid if ok else self.task.format_invalid for ok in valid]
+
+
+class ExecutionReward:
+    """The task's tiers of the execution outcome (1 match, 0 differs, -1 fails); unparsable answers score 0 here
+    (the format reward penalizes them)."""
+
+    __name__ = "execution"
+
+    def __init__(self, *, databases: Mapping[str, Any] | None = None, task: str | Task = "sql",
+                 scorer: ExecutionScorer | None = None) -> None:
+        if scorer is None and databases is None:
+            raise ValueError("ExecutionReward needs databases={db_id: database} (or a scorer)")
+        self.task = get_task(task)
+        self.scorer = scorer or ExecutionScorer(databases)
+
+    def score(self, outcome: float) -> float:
+        return float(self.task.tiers(outcome)) if self.task.tiers is not None else self.task.reward_scale * outcome
+
+    def __call__(self, completions: Sequence[str], db_id: Sequence[str], gold_sql: Sequence[str],
+                 gold_rows: Sequence[Any] | None = None, ordered: Sequence[bool] | None = None,
+                 log_metric: MetricLogger | None = None, **kwargs: Any) -> list[float]:
+        count = len(completions)
+        gold_rows = list(gold_rows) if gold_rows is not None else [None] * count
+        ordered = list(ordered) if ordered is not None else [False] * count
+        seconds = self.scorer.seconds
+        rewards, outcomes = [], []
+        for completion, db, gold, rows, order in zip(completions, db_id, gold_sql, gold_rows, ordered, strict=True):
+            answer = parse_sql_answer(self.task.completion_text(completion))
+            if not answer.ok:
+                rewards.append(0.0)
+                continue
+            outcome, _ = self.scorer.outcome(db, answer.sql, gold or None, _rows(rows), bool(order))
+            outcomes.append(outcome)
+            rewards.append(self.score(outcome))
+        if log_metric is not None:
+            log_metric("execution/time_s", self.scorer.seconds - seconds)
+            log_metric("execution/accuracy", sum(o == MATCH for o in outcomes) / max(count, 1))
+            log_metric("execution/failed_rate", sum(o == FAILED for o in outcomes) / max(count, 1))
+            log_metric("execution/gold_cache_hits", float(self.scorer.gold.hits))
+        return rewards
+
+
+def build_sql_rewards(databases: Mapping[str, Any], task: str | Task = "sql") -> list[Callable[..., list[float]]]:
+    """The reward functions for :class:`~trl.GRPOTrainer`: format first, then execution."""
+    task = get_task(task)
+    return [SQLFormatReward(databases=databases, task=task), ExecutionReward(databases=databases, task=task)]

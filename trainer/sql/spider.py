@@ -1,0 +1,125 @@
+"""Text-to-SQL examples in Spider's layout, with a cross-database split.
+
+A folder holds ``dev_exec.jsonl`` (or ``examples.jsonl``: one ``{"idx"|"id", "db_id", "question", "query"}`` per line;
+instead of ``query`` a row may give ``result``, the expected rows as a list of lists, with ``ordered``) and
+``database/<db_id>/<db_id>.sqlite``. Spider is meant to be evaluated on databases never seen in training, so the
+split is by database: ``train`` = :data:`TRAIN_DATABASES`, ``dev`` = :data:`EVAL_DATABASES` (a split of the 14
+databases in ``../shared/data/spider``), ``all`` = every database, or name the databases yourself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import DataError
+from .guard import is_ordered
+from .sqlite import SQLiteDatabase
+
+# 510 examples on 6 databases for training, 224 on 8 others for evaluation (../shared/data/spider's dev_exec.jsonl).
+TRAIN_DATABASES = ("car_1", "cre_Doc_Template_Mgt", "flight_2", "network_1", "student_transcripts_tracking", "world_1")
+EVAL_DATABASES = ("concert_singer", "course_teach", "museum_visit", "pets_1", "poker_player", "real_estate_properties",
+                  "singer", "voter_1")
+SPLITS = {"train": TRAIN_DATABASES, "dev": EVAL_DATABASES}
+EXAMPLE_FILES = ("dev_exec.jsonl", "examples.jsonl")
+
+
+@dataclass(frozen=True)
+class SQLExample:
+    """One question on one database, with its reference: a gold SQL query, or the expected rows."""
+
+    id: str
+    db_id: str
+    question: str
+    gold_sql: str | None = None
+    gold_rows: tuple[tuple[Any, ...], ...] | None = None
+    ordered: bool = False
+
+
+@dataclass
+class SQLCollection:
+    """The examples of a split and the read-only databases they ask about (by ``db_id``)."""
+
+    path: Path
+    split: str
+    examples: list[SQLExample]
+    databases: dict[str, Any]
+    fingerprint: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def by_database(self) -> dict[str, list[SQLExample]]:
+        grouped: dict[str, list[SQLExample]] = {}
+        for example in self.examples:
+            grouped.setdefault(example.db_id, []).append(example)
+        return grouped
+
+
+def _example(row: Any, where: str) -> SQLExample:
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    db_id, question = row.get("db_id"), row.get("question")
+    if not isinstance(db_id, str) or not db_id.strip():
+        raise DataError(f"{where}: 'db_id' must name a database folder, got {db_id!r}")
+    if not isinstance(question, str) or not question.strip():
+        raise DataError(f"{where}: 'question' must be non-empty text, got {question!r}")
+    query, result = row.get("query"), row.get("result")
+    if query is None and result is None:
+        raise DataError(f"{where}: give the reference as 'query' (gold SQL) or 'result' (the expected rows)")
+    if query is not None and (not isinstance(query, str) or not query.strip()):
+        raise DataError(f"{where}: 'query' must be SQL text, got {query!r}")
+    rows = None
+    if result is not None:
+        if not isinstance(result, list) or not all(isinstance(r, list) for r in result):
+            raise DataError(f"{where}: 'result' must be a list of rows (lists), got {result!r}"[:300])
+        rows = tuple(tuple(r) for r in result)
+    ordered = bool(row["ordered"]) if "ordered" in row else (query is not None and is_ordered(query))
+    identifier = row.get("id", row.get("idx"))
+    return SQLExample(str(identifier), db_id.strip(), question.strip(), query, rows, ordered)
+
+
+def _databases_for(split: str, databases: Sequence[str] | None) -> tuple[str, ...] | None:
+    if databases is not None:
+        return tuple(databases)
+    if split == "all":
+        return None
+    if split not in SPLITS:
+        raise DataError(f"split={split!r}: choose one of {[*SPLITS, 'all']} or pass databases=[...]")
+    return SPLITS[split]
+
+
+def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequence[str] | None = None,
+                      timeout_s: float = 2.0, max_rows: int = 10_000, limit: int | None = None) -> SQLCollection:
+    """The examples of ``split`` (or of ``databases``) and their read-only SQLite databases."""
+    folder = Path(path).expanduser()
+    file = next((folder / name for name in EXAMPLE_FILES if (folder / name).is_file()), None)
+    if file is None:
+        raise DataError(f"{folder}: no {' or '.join(EXAMPLE_FILES)}; give a folder in Spider's layout "
+                        "(examples JSONL + database/<db_id>/<db_id>.sqlite)")
+    wanted = _databases_for(split, databases)
+    examples = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise DataError(f"{file}:{number}: not JSON ({exc})") from None
+        example = _example(row, f"{file}:{number}")
+        if wanted is None or example.db_id in wanted:
+            examples.append(example)
+    if limit is not None:
+        examples = examples[:limit]
+    if not examples:
+        raise DataError(f"{file}: no examples on databases {list(wanted or [])}; check the split or the db_ids")
+    opened = {}
+    for db_id in sorted({e.db_id for e in examples}):
+        sqlite_file = folder / "database" / db_id / f"{db_id}.sqlite"
+        if not sqlite_file.is_file():
+            raise DataError(f"{sqlite_file}: missing; every db_id needs database/<db_id>/<db_id>.sqlite")
+        opened[db_id] = SQLiteDatabase(sqlite_file, timeout_s=timeout_s, max_rows=max_rows)
+    digest = hashlib.sha256(json.dumps([[e.id, e.db_id, e.question, e.gold_sql] for e in examples]).encode())
+    return SQLCollection(folder, split, examples, opened, digest.hexdigest()[:16])

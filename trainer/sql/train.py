@@ -1,0 +1,135 @@
+"""GRPO training of a LoRA text-to-SQL writer, rewarded by execution accuracy.
+
+``train_sql(collection, config) -> adapter folder``: the same run folder, trainer, schedule, LoRA and resume as
+:func:`~deepretrieval_trainer.grpo.train`; what differs is the data (question + schema prompts, gold SQL or rows)
+and the rewards (:func:`~.rewards.build_sql_rewards`). Each prompt's schema is read from its database once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, TrainConfig
+from ..grpo import _import_training_stack, _versions, check_batch, grpo_args, is_main_process, prompt_text
+from ..run_dir import RunDir, checkpoint_step
+from ..tasks import Task
+from .rewards import build_sql_rewards
+from .schema import describe, prompt_input
+from .spider import SQLCollection, SQLExample
+
+logger = logging.getLogger(__name__)
+
+
+def select_examples(examples: list[SQLExample], config: TrainConfig) -> list[SQLExample]:
+    if config.max_queries is None or config.max_queries >= len(examples):
+        return examples
+    import random
+
+    picked = random.Random(config.seed).sample(range(len(examples)), config.max_queries)
+    return [examples[i] for i in sorted(picked)]
+
+
+def prompt_rows(collection: SQLCollection, examples: list[SQLExample], *, sample_values: int = 0) -> list[dict]:
+    """One dataset row per example: the prompt input (schema + question) and the reference columns."""
+    schemas = {db_id: describe(db, sample_values=sample_values) for db_id, db in collection.databases.items()}
+    return [{"input": prompt_input(e.question, schemas[e.db_id]), "query": e.question, "db_id": e.db_id,
+             "gold_sql": e.gold_sql or "", "gold_rows": json.dumps(e.gold_rows) if e.gold_rows is not None else "",
+             "ordered": e.ordered, "query_id": e.id} for e in examples]
+
+
+def train_sql(collection: SQLCollection, config: TrainConfig | None = None, *, sample_values: int = 0) -> Path:
+    """Train a LoRA SQL writer with GRPO on ``collection``'s examples; return the adapter folder."""
+    config = config or TrainConfig(task="sql")
+    task = config.build_task()
+    if task.name != "sql":
+        raise ConfigError(f"task={config.task!r}: text-to-SQL training needs task='sql' (--task sql)")
+    examples = select_examples(collection.examples, config)
+    check_batch(config)
+    rows = prompt_rows(collection, examples, sample_values=sample_values)
+    run = RunDir(config.run_dir)
+    checkpoint = run.prepare(config, collection.fingerprint)
+    if checkpoint is not None and checkpoint_step(checkpoint) >= config.max_steps:
+        return run.finished_adapter(checkpoint, write=is_main_process())
+    _import_training_stack()
+    if config.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+    from ..models import resolve_model
+
+    base_model = resolve_model(config.model)
+    main = is_main_process()
+    if main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        config.to_yaml(run.path / "config.yaml")
+        run.write_info(base_model=base_model, model=config.model, task=task.name, status="running",
+                       retriever="sql:" + ",".join(sorted(collection.databases)), dataset=_dataset_info(collection, rows),
+                       versions=_versions())
+    trainer, callback = build_sql_trainer(config, task, base_model, rows, collection, run)
+    start = time.perf_counter()
+    status = "completed"
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except KeyboardInterrupt:
+        status = "interrupted"
+        logger.warning("interrupted at step %d: saving the adapter reached so far", trainer.state.global_step)
+    finally:
+        callback.close()
+    trainer.save_model(str(run.adapter))
+    if main:
+        trainer.processing_class.save_pretrained(str(run.adapter))
+        run.write_info(status=status, steps=trainer.state.global_step, wall_s=round(time.perf_counter() - start, 1))
+        callback._plot()
+        run.write_readme(base_model=base_model, task=task.name)
+        logger.info("%s after %d steps: adapter in %s", status, trainer.state.global_step, run.adapter)
+    return run.adapter
+
+
+def build_sql_trainer(config: TrainConfig, task: Task, base_model: str, rows: list[dict], collection: SQLCollection,
+                      run: RunDir):
+    from datasets import Dataset as HFDataset
+    from peft import LoraConfig
+    from transformers import AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from ..trl_trainer import RunCallback, TimedGRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    prompts = HFDataset.from_list([{"prompt": prompt_text(tokenizer, task, row.pop("input")), **row} for row in rows])
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+    callback = RunCallback(run, max_minutes=config.max_minutes)
+    trainer = TimedGRPOTrainer(model=base_model, reward_funcs=build_sql_rewards(collection.databases, task),
+                               args=grpo_args(config, run), train_dataset=prompts, processing_class=tokenizer,
+                               peft_config=lora, callbacks=[callback])
+    for unwanted in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(unwanted)
+    return trainer, callback
+
+
+def _dataset_info(collection: SQLCollection, rows: list[dict]) -> dict[str, Any]:
+    return {"fingerprint": collection.fingerprint, "queries": len(rows), "path": str(collection.path),
+            "split": collection.split, "databases": sorted(collection.databases)}
+
+
+def train_from_config(config: TrainConfig, *, sample_values: int = 0) -> int:
+    """``deepretrieval train --task sql``: train on ``data.path`` (Spider layout), split ``data.split``."""
+    from .spider import load_sql_examples
+
+    if not config.data.path:
+        raise ValueError("no training data: set data.path (--data-path) to a folder in Spider's layout, "
+                         "e.g. ../shared/data/spider")
+    collection = load_sql_examples(config.data.path, config.data.split)
+    logger.info("training on %d examples of databases %s", len(collection.examples), sorted(collection.databases))
+    adapter = train_sql(collection, config, sample_values=sample_values)
+    print(f"adapter: {adapter}")
+    print(f"evaluate it: deepretrieval eval --task sql --data {config.data.path} --split dev --source gold "
+          f"--source base --source trained=adapter:{adapter.parent}")
+    print(f"serve it: deepretrieval serve --adapter {adapter.parent}")
+    return 0

@@ -12,7 +12,7 @@ from deepretrieval_trainer.data import load_beir
 from deepretrieval_trainer.rewriters import BaseRewriter
 
 # the session-scoped real vLLM server (one start per test session, shared by every test that needs it)
-pytest_plugins = ["tests.vllm_fixtures"]
+pytest_plugins = ["tests.vllm_fixtures", "tests.postgres_fixtures"]  # and a throwaway PostgreSQL server
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

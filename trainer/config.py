@@ -255,6 +255,9 @@ class TrainConfig:
             values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{file}: not valid YAML ({exc})") from None
+        except RecursionError:
+            raise ConfigError(f"{file}: the YAML nests too deep to read; a config is a mapping of field: value "
+                              "with data: and retriever: sections") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{file}: the top level must be a mapping of field: value")
         for key, value in overrides.items():

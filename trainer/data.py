@@ -49,6 +49,9 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+            except RecursionError:
+                raise DataError(f"{path}:{number}: the JSON nests too deep to read; each line must be one flat "
+                                "JSON object of text fields") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
             yield number, row

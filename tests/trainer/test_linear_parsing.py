@@ -43,7 +43,7 @@ def _best_seconds(parser, text: str, repeat: int) -> float:
 
 def growth(parser, unit: str, small_chars: int = SMALL, *, prefix: str = "", suffix: str = "") -> float:
     """time(unit repeated to FACTOR * small_chars) / time(unit repeated to small_chars), between prefix and suffix."""
-    times = max(1, small_chars // len(unit))
+    times = max(FACTOR, small_chars // len(unit) // FACTOR * FACTOR)  # same count modulo 2, 4, 8: same outcome
     small, large = prefix + unit * times + suffix, prefix + unit * (times * FACTOR) + suffix
     once = _best_seconds(parser, small, 1)
     repeat = max(1, min(1000, math.ceil(0.003 / max(once, 1e-7))))  # each timing spans at least ~3 ms
@@ -71,11 +71,14 @@ ANSWER_PATTERNS = {  # (prefix, repeated unit, suffix)
 ANSWER_FRAGMENTS = ["<think>", "</think>", "<answer>", "</answer>", "```", '"query"', "'query'", ":", '"', "'",
                     "\\", ",", " ", "\n", "{", "}", "[", "]", "x", "json"]
 BOOLEAN_PATTERNS = {
+    "nested parentheses": "(",
     "closing parentheses": ")",
+    "alternating AND/OR": "a AND b OR ",
     "phrases": '"heart attack" ',
     "tags": "a[tiab] ",
     "unclosed tags": "[",
     "wildcards": "cardio* OR ",
+    "NOT chains": "a NOT ",
 }
 BOOLEAN_FRAGMENTS = ["(", ")", " ", "a", "AND", "OR", "NOT", '"', "[", "]", "tiab", "mh", "*", "au", ":"]
 
@@ -99,10 +102,16 @@ def test_boolean_translation_is_linear(unit):
     assert growth(translate, unit, small_chars=1_000) < LIMIT
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(ANSWER_FRAGMENTS), min_size=1, max_size=6).map("".join))
 def test_parse_answer_is_linear_on_any_repeated_pattern(unit):
     assert growth(parse_answer, unit) < LIMIT
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(BOOLEAN_FRAGMENTS), min_size=1, max_size=6).map(" ".join))
+def test_boolean_translation_is_linear_on_any_repeated_pattern(unit):
+    assert growth(translate, unit, small_chars=1_000) < LIMIT
 
 
 def test_dates_are_linear():

@@ -12,7 +12,9 @@ their words as free text; metadata tags (``[au]``, ``[dp]``, ``[la]``, ...) drop
 emitted as a quoted FTS5 string made only of letters and digits, so nothing the model writes can become FTS5 (or
 SQL) syntax. A malformed query raises :class:`BooleanQueryError`: the reward scores it as a format failure.
 
-Hostile text is bounded before it is parsed: a query longer than :data:`MAX_BOOLEAN_CHARS` is refused.
+Hostile text is bounded before it is parsed: a query longer than :data:`MAX_BOOLEAN_CHARS` is refused, and so is
+one whose parentheses, or whose left-to-right operator chain (``a AND b OR c AND d ...``), nest deeper than
+:data:`MAX_DEPTH`, so the parser, the renderer and FTS5 never recurse without bound.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ _METADATA_TAGS = {
 }
 #: The longest query parsed (systematic-review search strategies run to a few thousand characters).
 MAX_BOOLEAN_CHARS = 20_000
+#: The deepest nesting of parentheses or of alternating operators (real strategies nest a handful deep; FTS5 stops
+#: at 256).
+MAX_DEPTH = 64
 _WORD = re.compile(r"[^\W_]+")
 _STOP_WORD_CHARS = set(' \t\r\n()"[')
 
@@ -94,6 +99,7 @@ class Term:
 class Node:
     op: str
     children: list
+    depth: int = 1  # Node levels from here down to the deepest Term
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,7 @@ class _Parser:
         self.query, self.stopwords = query, stopwords
         self.tokens = _tokenize(query)
         self.index = 0
+        self.depth = 0  # open parentheses around the current position
         self.notes: list[str] = []
 
     def error(self, token: _Token | None, problem: str) -> BooleanQueryError:
@@ -175,6 +182,10 @@ class _Parser:
                 if following is None or following.kind in (")", "op"):
                     raise self.error(token, f"{op} has no right-hand operand; add a term after it or remove it")
             left = _combine(op, left, self.unit(), self.notes)
+            if isinstance(left, Node) and left.depth > MAX_DEPTH:
+                raise self.error(token, f"the operators nest more than {MAX_DEPTH} deep (PubMed applies a chain of "
+                                        "mixed AND/OR left to right, one level per change); group terms with "
+                                        "parentheses or shorten the query")
         return left
 
     def unit(self) -> Term | Node | None:
@@ -182,7 +193,11 @@ class _Parser:
         if token.kind == "(":
             if (following := self.peek()) is not None and following.kind == ")":
                 raise self.error(following, "empty parentheses; put a term inside or remove them")
+            if self.depth >= MAX_DEPTH:
+                raise self.error(token, f"parentheses nest more than {MAX_DEPTH} deep; remove redundant ones")
+            self.depth += 1
             inner = self.expression()
+            self.depth -= 1
             closing = self.peek()
             if closing is None or closing.kind != ")":
                 raise self.error(token, "unbalanced '('; add the matching ')'")
@@ -236,10 +251,12 @@ def _combine(op: str, left, right, notes: list[str]):
             notes.append("NOT with a dropped left-hand operand cannot be evaluated; the NOT clause is dropped")
             return None
         return right if left is None else left
+    below = max(child.depth if isinstance(child, Node) else 0 for child in (left, right))
     if op != "NOT" and isinstance(left, Node) and left.op == op:  # flatten chains: keeps FTS5's depth limit away
         left.children.append(right)
+        left.depth = max(left.depth, below)
         return left
-    return Node(op, [left, right])
+    return Node(op, [left, right], below + 1)
 
 
 def _render(tree: Term | Node) -> str:

@@ -121,6 +121,9 @@ def load_literature(path: str | Path) -> list[LiteratureExample]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+            except RecursionError:
+                raise DataError(f"{where}: the JSON nests too deep to read; each line must be one JSON object "
+                                "of text fields and lists of ids") from None
             example = parse_example(row, where)
             if example.id in seen:
                 raise DataError(f"{where}: duplicate id {example.id!r}; ids must be unique within the file")

@@ -88,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     from ..grpo import train
 
     config = load_config(args)
+    if config.task == "sql":  # text-to-SQL: data.path is a Spider-layout folder; the reward runs its databases
+        from ..sql.train import train_from_config
+
+        return train_from_config(config)
     if not config.data.path:
         raise ValueError("no training data: set data.path (--data-path) to a BEIR collection folder")
     dataset = load_beir(config.data.path, config.data.split, drop_unknown_docs=config.data.drop_unknown_docs)

@@ -3,6 +3,7 @@
 Nothing heavy loads on import (Haystack itself imports torch): the names below load on first use.
 Using ``DeepRetrievalQueryRewriter`` or ``HaystackSearch`` registers this package with Haystack's deserialization
 allowlist, so pipeline YAML naming the component loads with ``Pipeline.loads``.
+Text-to-SQL: ``DeepRetrievalSQLWriter`` (question + schema -> SQL) and ``ReadOnlySQLQuery`` (runs it read-only).
 """
 
 from __future__ import annotations
@@ -15,16 +16,20 @@ if TYPE_CHECKING:
     from .component import DeepRetrievalQueryRewriter
     from .literature import LiteratureSearchRetriever
     from .search import HaystackSearch
+    from .sql import DeepRetrievalSQLWriter, ReadOnlySQLQuery
 
 _LAZY = {
     "DeepRetrievalQueryRewriter": ("haystack_deepretrieval.component", "DeepRetrievalQueryRewriter"),
     "HaystackSearch": ("haystack_deepretrieval.search", "HaystackSearch"),
+    "DeepRetrievalSQLWriter": ("haystack_deepretrieval.sql", "DeepRetrievalSQLWriter"),
+    "ReadOnlySQLQuery": ("haystack_deepretrieval.sql", "ReadOnlySQLQuery"),
     "LiteratureSearchRetriever": ("haystack_deepretrieval.literature", "LiteratureSearchRetriever"),
     "beir_documents": ("haystack_deepretrieval.beir", "beir_documents"),
     "train": ("deepretrieval_trainer.grpo", "train"),
 }
 
-__all__ = ["DeepRetrievalQueryRewriter", "HaystackSearch", "LiteratureSearchRetriever", "beir_documents", "train"]
+__all__ = ["DeepRetrievalQueryRewriter", "DeepRetrievalSQLWriter", "HaystackSearch", "LiteratureSearchRetriever",
+           "ReadOnlySQLQuery", "beir_documents", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,8 @@
 - :class:`DeepRetrievalQueryTransform`: a ``BaseQueryTransform`` for ``TransformQueryEngine``/``TransformRetriever``.
 - :class:`DeepRetrievalRetriever`: wraps any retriever, with a real async path.
 - :class:`LlamaIndexSearch`: any retriever as the core ``SearchBackend`` the trainer's reward searches.
+- :class:`DeepRetrievalSQLRetriever` / :class:`DeepRetrievalSQLQueryEngine`: text-to-SQL over a ``SQLDatabase``,
+  where ``NLSQLRetriever`` / ``NLSQLTableQueryEngine`` go, read-only (``llamaindex_deepretrieval.sql``).
 - :class:`LiteratureRetriever`: the literature-search engines (embedded FTS5, PubMed, ClinicalTrials.gov) as retrievers.
 - ``train``: ``deepretrieval_trainer.grpo.train``, imported on first use (it needs torch and TRL).
 
@@ -18,12 +20,17 @@ from .search import LlamaIndexSearch
 from .transform import DeepRetrievalQueryTransform
 
 __all__ = [
-    "DeepRetrievalQueryTransform", "DeepRetrievalRetriever", "LiteratureRetriever", "LlamaIndexSearch", "QueryRewriteEvent",
+    "DeepRetrievalQueryTransform", "DeepRetrievalRetriever", "DeepRetrievalSQLQueryEngine", "DeepRetrievalSQLRetriever",
+    "LiteratureRetriever", "LlamaIndexSearch", "QueryRewriteEvent",
     "train",
 ]
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("DeepRetrievalSQLRetriever", "DeepRetrievalSQLQueryEngine"):  # needs SQLAlchemy + sqlglot
+        from . import sql
+
+        return getattr(sql, name)
     if name == "train":
         from deepretrieval_trainer.grpo import train
 

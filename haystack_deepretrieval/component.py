@@ -22,6 +22,7 @@ from haystack.core.errors import SerializationError
 from haystack.core.serialization import allow_deserialization_module
 from haystack.utils import Secret, deserialize_secrets_inplace
 
+from deepretrieval_trainer.fields import check_arguments
 from deepretrieval_trainer.rewriters import Rewriter, RewriteResult
 from deepretrieval_trainer.tasks import Task, get_task
 
@@ -81,6 +82,8 @@ class DeepRetrievalQueryRewriter:
         :param device: local only: the torch device.
         :param strict: raise ``RewriteError`` instead of falling back (for tests and debugging).
         """
+        # every parameter against its annotation (YAML strict: "false" is text, not false; max_retries: 2.5 ...)
+        check_arguments(DeepRetrievalQueryRewriter.__init__, {k: v for k, v in locals().items() if k != "self"})
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}: choose one of {BACKENDS}")
         if backend == "openai" and not model:
@@ -240,9 +243,27 @@ class DeepRetrievalQueryRewriter:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeepRetrievalQueryRewriter:
+        refuse_clear_secrets(data, ["api_key"])
         data = {**data, "init_parameters": dict(data.get("init_parameters", {}))}  # never mutate the caller's dict
         deserialize_secrets_inplace(data["init_parameters"], keys=["api_key"])
         return default_from_dict(cls, data)
+
+
+def refuse_clear_secrets(data: dict[str, Any], keys: list[str]) -> None:
+    """Refuse a secret written in clear in serialized init parameters, masking it in ``data`` first.
+
+    Haystack's pipeline loader repeats a failing component's whole data in its error message: the mask keeps the
+    key out of that message (and out of any log of it). Only the environment-variable form may be serialized.
+    """
+    params = data.get("init_parameters") if isinstance(data, dict) else None
+    for key in keys:
+        value = params.get(key) if isinstance(params, dict) else None
+        if value is None or (isinstance(value, dict) and value.get("type") == "env_var"):
+            continue
+        params[key] = "***"
+        raise ValueError(f"init parameter {key!r} holds a secret in clear text (masked here); a pipeline file may "
+                         f"only name environment variables: {key}: {{type: env_var, env_vars: [MY_API_KEY], "
+                         "strict: false}, with the key itself in $MY_API_KEY")
 
 
 def _build_task(name: str, system_prompt: str | None, user_prompt: str | None) -> Task:

@@ -16,9 +16,12 @@ from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.core.serialization import allow_deserialization_module
 from haystack.utils import Secret, deserialize_secrets_inplace
 
+from deepretrieval_trainer.fields import check_arguments
 from deepretrieval_trainer.literature.dates import DateRange, asearch_with_dates, search_with_dates
 from deepretrieval_trainer.literature.engines import ENGINES, EngineName, build_engine, hits, id_key
 from deepretrieval_trainer.search import check_k
+
+from .component import refuse_clear_secrets
 
 allow_deserialization_module("haystack_deepretrieval")
 
@@ -35,6 +38,7 @@ class LiteratureSearchRetriever:
                  base_url: str | None = None,
                  api_key: Secret | None = Secret.from_env_var("NCBI_API_KEY", strict=False),  # noqa: B008
                  email: str | None = None, timeout: float = 30.0, max_retries: int = 4) -> None:
+        check_arguments(LiteratureSearchRetriever.__init__, {k: v for k, v in locals().items() if k != "self"})
         if engine not in ENGINES:
             raise ValueError(f"engine={engine!r}: choose one of {list(ENGINES)}")
         if engine == "fts5" and not collection:
@@ -85,6 +89,7 @@ class LiteratureSearchRetriever:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LiteratureSearchRetriever:
+        refuse_clear_secrets(data, ["api_key"])
         data = {**data, "init_parameters": dict(data.get("init_parameters", {}))}
         deserialize_secrets_inplace(data["init_parameters"], keys=["api_key"])
         return default_from_dict(cls, data)

@@ -125,7 +125,7 @@ class HaystackSearch:
         file = Path(path)
         if not file.is_file():
             raise FileNotFoundError(f"{file}: no such pipeline YAML; save one with Pipeline.dump(open(path, 'w'))")
-        pipeline = Pipeline.loads(file.read_text(encoding="utf-8"))
+        pipeline = load_pipeline(file)
         if documents_from_beir is not None:
             from .beir import write_beir_documents
 
@@ -239,6 +239,22 @@ def document_hit(document: Document, *, doc_id: str | None = None, title_meta_ke
     title = document.meta.get(title_meta_key) if title_meta_key else None
     return DocumentHit.from_content(doc_id if doc_id is not None else document.id, document.content,
                                     title=str(title) if title is not None else "", score=document.score)
+
+
+def load_pipeline(file: Path) -> Pipeline:
+    """``Pipeline.loads`` of a YAML file, with every failure one error naming the file, the cause and the fix."""
+    from deepretrieval_trainer.config import ConfigError
+
+    try:
+        return Pipeline.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start}); save the pipeline YAML as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"{file}: the YAML nests too deep to read; write the pipeline with Pipeline.dump") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to load the file is this one error (e.g. a top-level list)
+        cause = f" ({' '.join(str(exc.__cause__).split())[:300]})" if exc.__cause__ else ""
+        raise ConfigError(f"{file}: not a loadable Haystack pipeline: {' '.join(str(exc).split())[:600]}{cause}; "
+                          "fix the YAML (save one with Pipeline.dump(open(path, 'w')))") from None
 
 
 Socket = tuple[Any, str]  # (component name, or None for a bare component; socket name)

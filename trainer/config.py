@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args
 
+from .fields import check_fields
 from .tasks import TASKS, Task, Tiers, get_task
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class DataConfig:
     drop_unknown_docs: bool = False
 
     def __post_init__(self) -> None:
+        check_fields(self, prefix="data.", error=ConfigError)
         if self.path and not Path(self.path).expanduser().is_dir():
             raise ConfigError(f"data.path={self.path!r} is not a folder: give a BEIR collection folder "
                               "(corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
@@ -81,6 +83,7 @@ class RetrieverConfig:
     id_key: str | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self, prefix="retriever.", error=ConfigError)
         _choice("retriever.framework", self.framework, get_args(Framework))
         kinds = FRAMEWORK_KINDS[self.framework]
         if self.kind not in kinds:
@@ -176,6 +179,7 @@ class TrainConfig:
             self.data = _build(DataConfig, self.data, "data")
         if isinstance(self.retriever, dict):
             self.retriever = _build(RetrieverConfig, self.retriever, "retriever")
+        check_fields(self, error=ConfigError)  # every field against its annotation, fields added later included
         _choice("task", self.task, tuple(TASKS))
         _choice("loss_type", self.loss_type, get_args(LossType))
         _choice("vllm_mode", self.vllm_mode, get_args(VllmMode))
@@ -258,6 +262,8 @@ class TrainConfig:
         except RecursionError:
             raise ConfigError(f"{file}: the YAML nests too deep to read; a config is a mapping of field: value "
                               "with data: and retriever: sections") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{file}: the top level must be a mapping of field: value")
         for key, value in overrides.items():

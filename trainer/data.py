@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,21 +41,32 @@ class Collection:
         return f"{doc['title']} {doc['text']}".strip()
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 file; a line that is not UTF-8 is a :class:`DataError` naming it."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
-            except RecursionError:
-                raise DataError(f"{path}:{number}: the JSON nests too deep to read; each line must be one flat "
-                                "JSON object of text fields") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            yield number, row
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{number}: not UTF-8 text (byte {raw[exc.start]:#04x} at column "
+                                f"{exc.start + 1}); save the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+            yield number, text
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    for number, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+        except RecursionError:
+            raise DataError(f"{path}:{number}: the JSON nests too deep to read; each line must be one flat "
+                            "JSON object of text fields") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        yield number, row
 
 
 def _require_id(path: Path, number: int, row: dict, seen: set[str]) -> str:
@@ -119,24 +131,38 @@ def load_qrels(path: str | Path, split: str) -> dict[str, dict[str, float]]:
     if not file.is_file():
         raise DataError(f"{file}: missing; splits here are {available_splits(path)}")
     qrels: dict[str, dict[str, float]] = {}
-    with file.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        for number, row in enumerate(reader, start=1):
-            if not row or not "".join(row).strip():
-                continue
-            if number == 1 and row[0].strip().lower() in {"query-id", "query_id", "qid"}:
-                continue
-            if len(row) != 3:
-                raise DataError(f"{file}:{number}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
-            qid, doc_id, score = (cell.strip() for cell in row)
-            try:
-                grade = float(score)
-            except ValueError:
-                raise DataError(f"{file}:{number}: score {score!r} is not a number") from None
-            qrels.setdefault(qid, {})[doc_id] = grade
+    first_line: dict[tuple[str, str], int] = {}
+    for number, line in text_lines(file):
+        row = next(csv.reader([line.rstrip("\r\n")], delimiter="\t"), [])
+        if not row or not "".join(row).strip():
+            continue
+        if number == 1 and row[0].strip().lower() in {"query-id", "query_id", "qid"}:
+            continue
+        if len(row) != 3:
+            raise DataError(f"{file}:{number}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
+        qid, doc_id, score = (cell.strip() for cell in row)
+        grade = _grade(file, number, score)
+        judged = qrels.setdefault(qid, {})
+        if doc_id in judged and judged[doc_id] != grade:
+            raise DataError(f"{file}:{number}: query {qid!r} grades document {doc_id!r} {score}, but line "
+                            f"{first_line[(qid, doc_id)]} graded it {judged[doc_id]:g}; keep one judgment per pair")
+        first_line.setdefault((qid, doc_id), number)
+        judged[doc_id] = grade
     if not qrels:
         raise DataError(f"{file}: no judgments")
     return qrels
+
+
+def _grade(file: Path, number: int, score: str) -> float:
+    try:
+        grade = float(score)
+    except ValueError:
+        raise DataError(f"{file}:{number}: score {score[:40]!r} is not a number; write a relevance grade such as 0, "
+                        "1 or 2") from None
+    if not math.isfinite(grade):
+        raise DataError(f"{file}:{number}: score {score!r} is not a finite number; write a relevance grade such as "
+                        "0, 1 or 2")
+    return grade
 
 
 def _fingerprint(*files: Path) -> str:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import httpx
 
 from .answer import MAX_QUERY_CHARS, parse_answer
+from .fields import check_fields
 from .rewriters import BaseRewriter
 from .tasks import Task
 
@@ -57,6 +58,7 @@ class EndpointConfig:
     choice: Choice = "first_valid"
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if not isinstance(self.model, str) or not self.model.strip():
             raise ValueError(f"model={self.model!r}: pass the served model or LoRA module name (vLLM --lora-modules NAME=...)")
         if not self.base_url.startswith(("http://", "https://")):

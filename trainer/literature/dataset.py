@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import Collection, DataError
+from ..data import Collection, DataError, text_lines
 from ..tasks import PICO_FIELDS
 from .dates import DateRange, normalize_date
 
@@ -112,23 +112,22 @@ def load_literature(path: str | Path) -> list[LiteratureExample]:
         raise DataError(f"{file}: no such file; give a literature JSONL file (see docs/literature-search.md)")
     examples: list[LiteratureExample] = []
     seen: set[str] = set()
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{file}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
-            except RecursionError:
-                raise DataError(f"{where}: the JSON nests too deep to read; each line must be one JSON object "
-                                "of text fields and lists of ids") from None
-            example = parse_example(row, where)
-            if example.id in seen:
-                raise DataError(f"{where}: duplicate id {example.id!r}; ids must be unique within the file")
-            seen.add(example.id)
-            examples.append(example)
+    for number, line in text_lines(file):
+        if not line.strip():
+            continue
+        where = f"{file}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+        except RecursionError:
+            raise DataError(f"{where}: the JSON nests too deep to read; each line must be one JSON object "
+                            "of text fields and lists of ids") from None
+        example = parse_example(row, where)
+        if example.id in seen:
+            raise DataError(f"{where}: duplicate id {example.id!r}; ids must be unique within the file")
+        seen.add(example.id)
+        examples.append(example)
     if not examples:
         raise DataError(f"{file}: no examples; the file is empty")
     return examples

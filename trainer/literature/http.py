@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ..fields import check_fields
 from ..search import check_k
 from .boolean import BooleanQueryError
 from .dates import DateRange
@@ -49,6 +50,7 @@ class HttpPolicy:
     user_agent: str = "deepretrieval (https://pypi.org/project/deepretrieval/)"
 
     def __post_init__(self) -> None:
+        check_fields(self, prefix="HttpPolicy.")
         for name in ("requests_per_second", "timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"HttpPolicy.{name}={getattr(self, name)!r} must be > 0")

@@ -1,0 +1,73 @@
+"""The Haystack components type-check every init parameter, from Python, from_dict and pipeline YAML alike, and a
+malformed retriever pipeline YAML is one clear error naming the file (issue 16, class 5)."""
+
+from __future__ import annotations
+
+import pytest
+from haystack import Pipeline
+from haystack.core.errors import DeserializationError
+
+from deepretrieval_trainer.config import ConfigError, RetrieverConfig
+from haystack_deepretrieval import DeepRetrievalQueryRewriter, HaystackSearch
+from haystack_deepretrieval.literature import LiteratureSearchRetriever
+
+REWRITER = "haystack_deepretrieval.component.DeepRetrievalQueryRewriter"
+WRONG = {  # parameter -> (wrong value, what the message says)
+    "strict": ("false", "must be true or false; write it without quotes (strict: false)"),
+    "include_original": ("yes", "must be true or false"),
+    "timeout": ("abc", "must be a number"),
+    "max_retries": (2.5, "must be a whole number"),
+    "max_tokens": ("128", "must be a whole number"),
+    "temperature": ([0.1], "must be a number"),
+    "backend": ("remote", "choose one of ['local', 'openai']"),
+}
+
+
+@pytest.mark.parametrize("name", WRONG)
+def test_rewriter_parameters_are_type_checked_from_python_and_from_dict(name):
+    value, message = WRONG[name]
+    with pytest.raises(ValueError, match=f"{name}=.*{message}".replace("(", r"\(").replace(")", r"\)")
+                       .replace("[", r"\[").replace("]", r"\]")):
+        DeepRetrievalQueryRewriter(**{name: value})
+    with pytest.raises(ValueError, match=name):
+        DeepRetrievalQueryRewriter.from_dict({"type": REWRITER, "init_parameters": {name: value}})
+
+
+def test_pipeline_yaml_with_a_quoted_boolean_is_refused():
+    pipe = Pipeline()
+    pipe.add_component("rewriter", DeepRetrievalQueryRewriter())
+    text = pipe.dumps().replace("strict: false", "strict: 'false'")
+    assert "strict: 'false'" in text
+    with pytest.raises(DeserializationError, match="strict='false' must be true or false"):
+        Pipeline.loads(text)
+
+
+def test_literature_component_parameters_are_type_checked():
+    with pytest.raises(ValueError, match="max_retries=2.5 must be a whole number"):
+        LiteratureSearchRetriever(engine="pubmed", max_retries=2.5)
+    with pytest.raises(ValueError, match="timeout='soon'"):
+        LiteratureSearchRetriever(engine="pubmed", timeout="soon")
+
+
+@pytest.mark.parametrize("text", ["components: [\n", "components:\n  r:\n    type: nowhere.Retriever\n", "- a\n- b\n"])
+def test_a_malformed_pipeline_yaml_is_one_error_naming_the_file(tmp_path, text):
+    file = tmp_path / "retriever.yaml"
+    file.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"retriever\.yaml: not a loadable Haystack pipeline") as caught:
+        HaystackSearch.from_yaml(file)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no chained traceback
+    with pytest.raises(ConfigError, match=r"retriever\.yaml"):
+        RetrieverConfig(framework="haystack", kind="pipeline", path=str(file)).build("")
+
+
+def test_cli_reports_a_malformed_pipeline_in_one_line(tmp_path, capsys, data_dir):
+    from deepretrieval_trainer.cli import main
+
+    file = tmp_path / "retriever.yaml"
+    file.write_text("components: [\n", encoding="utf-8")
+    code = main(["train", "--data-path", str(data_dir / "adi"), "--data-split", "test", "--retriever-framework",
+                 "haystack", "--retriever-kind", "pipeline", "--retriever-path", str(file), "--run-dir",
+                 str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "retriever.yaml: not a loadable Haystack pipeline" in err
+    assert "Traceback" not in err and len(err.splitlines()) <= 3

@@ -120,3 +120,9 @@ class SQLWriter:
     def close(self) -> None:
         if hasattr(self.backend, "close"):
             self.backend.close()
+
+    def __enter__(self) -> SQLWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,87 @@
+"""Text-to-SQL benchmark: execution accuracy of the untrained embedded model, a GRPO-trained adapter and the gold SQL
+on Spider databases never seen in training, with exact McNemar tests, and the reward's share of the step time.
+
+    python benchmarks/sql_execution.py --out /tmp/sql-bench --max-minutes 45 --torch-threads 1
+
+Trains on the ``train`` split's databases (``deepretrieval_trainer.sql.spider.TRAIN_DATABASES``), evaluates on the
+``dev`` split's (``EVAL_DATABASES``). The run folder is OUT/run (re-running resumes or reuses it), the evaluation
+OUT/eval (answers are cached there, so ``--eval-only`` or a re-run only executes). Not a test: a measurement,
+recorded in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spider"
+
+
+def reward_share(run: Path) -> dict:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r for r in rows if isinstance(r.get("step_s"), float)]
+    if not steps:
+        return {}
+    mean = {key: statistics.fmean(r.get(key, 0.0) for r in steps)
+            for key in ("step_s", "time/generation_s", "time/rewards_s", "execution/time_s", "time/backward_s")}
+    fifth = max(len(rows) // 5, 1)
+    first, last = rows[:fifth], rows[-fifth:]
+
+    def average(part, key):
+        return round(statistics.fmean(r.get(key, 0.0) for r in part), 3)
+
+    return {"steps": len(rows), "mean_s": {k: round(v, 3) for k, v in mean.items()},
+            "reward_share_of_step": round(mean["time/rewards_s"] / mean["step_s"], 5),
+            "first_fifth": {k: average(first, k) for k in ("reward", "format/valid_rate", "execution/accuracy")},
+            "last_fifth": {k: average(last, k) for k in ("reward", "format/valid_rate", "execution/accuracy")}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="output folder (run/ and eval/ go in it)")
+    parser.add_argument("--data", default=str(DATA), help="Spider-layout folder (default: ../shared/data/spider)")
+    parser.add_argument("--max-minutes", type=float, default=45.0, help="training time limit (default 45)")
+    parser.add_argument("--max-steps", type=int, default=400, help="step limit (the time limit usually ends it)")
+    parser.add_argument("--prompts-per-step", type=int, default=4)
+    parser.add_argument("--num-generations", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="training and evaluation budget")
+    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--eval-only", action="store_true", help="evaluate OUT/run's adapter without training")
+    parser.add_argument("--skip-trained", action="store_true", help="evaluate gold and base only (before training)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    import torch
+
+    from deepretrieval_trainer.config import TrainConfig
+    from deepretrieval_trainer.sql.evaluate import evaluate_sql, format_sql_table, parse_sql_source, write_sql_outputs
+    from deepretrieval_trainer.sql.spider import load_sql_examples
+    from deepretrieval_trainer.sql.train import train_sql
+
+    torch.set_num_threads(args.torch_threads)
+    out = Path(args.out)
+    run = out / "run"
+    config = TrainConfig(task="sql", run_dir=str(run), resume=run.exists(), max_steps=args.max_steps,
+                         max_minutes=args.max_minutes, save_steps=10, prompts_per_step=args.prompts_per_step,
+                         num_generations=args.num_generations, max_completion_length=args.max_new_tokens,
+                         learning_rate=args.learning_rate, torch_threads=args.torch_threads)
+    if not args.eval_only and not args.skip_trained:
+        train_sql(load_sql_examples(args.data, "train"), config)
+    specs = ["gold", "base"] + ([] if args.skip_trained else [f"trained=adapter:{run}"])
+    sources = [parse_sql_source(s, max_new_tokens=args.max_new_tokens, batch_size=8) for s in specs]
+    report = evaluate_sql(load_sql_examples(args.data, "dev"), sources, out_dir=out / "eval", progress=False)
+    write_sql_outputs(report, out / "eval")
+    print(format_sql_table(report))
+    if (run / "metrics.jsonl").is_file():
+        share = reward_share(run)
+        (out / "training.json").write_text(json.dumps(share, indent=1) + "\n")
+        print(json.dumps(share, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

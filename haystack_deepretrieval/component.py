@@ -5,6 +5,11 @@ It outputs ``query`` (the rewrite, or the original on fallback) for a retriever'
 Model text is untrusted: a backend error, a timeout or unparsable text yields the original query and a logged
 warning, unless ``strict=True``.
 
+With ``feedback_docs`` > 0 (an adapter trained with ``feedback_docs``) the prompt also shows the titles or leading
+sentences of the query's first-pass results: connect a first retriever's ``documents`` to the ``documents`` input
+(docs/haystack.md has the pipeline); they become prompt text exactly as in training
+(``deepretrieval_trainer.feedback``).
+
 Importing this module adds ``haystack_deepretrieval`` to Haystack's deserialization allowlist, so pipeline YAML
 naming the component loads with ``Pipeline.loads``.
 """
@@ -17,7 +22,7 @@ import logging
 import threading
 from typing import Any, Literal
 
-from haystack import component, default_from_dict, default_to_dict
+from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.core.errors import SerializationError
 from haystack.core.serialization import allow_deserialization_module
 from haystack.utils import Secret, deserialize_secrets_inplace
@@ -62,6 +67,7 @@ class DeepRetrievalQueryRewriter:
         temperature: float = 0.0,
         device: str = "cpu",
         strict: bool = False,
+        feedback_docs: int = 0,
     ) -> None:
         """
         :param backend: ``"local"`` runs the model in-process; ``"openai"`` calls an OpenAI-compatible server
@@ -81,6 +87,8 @@ class DeepRetrievalQueryRewriter:
         :param temperature: 0 is greedy.
         :param device: local only: the torch device.
         :param strict: raise ``RewriteError`` instead of falling back (for tests and debugging).
+        :param feedback_docs: show the model the top N documents of the ``documents`` input (the raw query's
+            first-pass results), as the adapter was trained (``TrainConfig.feedback_docs``); 0: query-only prompt.
         """
         # every parameter against its annotation (YAML strict: "false" is text, not false; max_retries: 2.5 ...)
         check_arguments(DeepRetrievalQueryRewriter.__init__, {k: v for k, v in locals().items() if k != "self"})
@@ -118,7 +126,8 @@ class DeepRetrievalQueryRewriter:
         self.temperature = temperature
         self.device = device
         self.strict = strict
-        self._task = _build_task(task, system_prompt, user_prompt)  # validates the name and the templates now
+        self.feedback_docs = feedback_docs
+        self._task = _build_task(task, system_prompt, user_prompt, feedback_docs)  # validates them now
         self._rewriter: Rewriter | None = None
         self._prebuilt = False
         self._lock = threading.Lock()
@@ -198,25 +207,44 @@ class DeepRetrievalQueryRewriter:
         )
 
     @component.output_types(query=str, queries=list[str], meta=dict[str, Any])
-    def run(self, query: str, include_original: bool | None = None) -> dict[str, Any]:
+    def run(self, query: str, include_original: bool | None = None,
+            documents: list[Document] | None = None) -> dict[str, Any]:
         """Rewrite ``query``.
 
         :param query: the user's query.
         :param include_original: overrides the init value for this call.
+        :param documents: the raw query's first-pass results (a first retriever's output); required when
+            ``feedback_docs`` > 0, ignored otherwise.
         :returns: ``query``: the rewrite (the original on fallback); ``queries``: the rewrite, then the original
             when ``include_original``; ``meta``: ``original``, ``fell_back``, ``reason``, ``latency_s``.
         """
         if not _usable(query):
             return self._outputs(_empty_result(query), include_original)
-        return self._outputs(self._ready().rewrite([query])[0], include_original)
+        return self._outputs(self._ready().rewrite([query], **self._hits(documents))[0], include_original)
 
     @component.output_types(query=str, queries=list[str], meta=dict[str, Any])
-    async def run_async(self, query: str, include_original: bool | None = None) -> dict[str, Any]:
+    async def run_async(self, query: str, include_original: bool | None = None,
+                        documents: list[Document] | None = None) -> dict[str, Any]:
         """The async form of :meth:`run` (a server backend sends the request without blocking the loop)."""
         if not _usable(query):
             return self._outputs(_empty_result(query), include_original)
         rewriter = self._rewriter or await asyncio.to_thread(self._ready)  # model loads off the event loop
-        return self._outputs((await rewriter.arewrite([query]))[0], include_original)
+        return self._outputs((await rewriter.arewrite([query], **self._hits(documents)))[0], include_original)
+
+    def _hits(self, documents: list[Document] | None) -> dict[str, Any]:
+        """The rewriter's ``hits`` argument: the first-pass documents, each id once, as training reads them."""
+        feedback = self._task.feedback
+        if feedback is None:
+            return {}
+        if documents is None:
+            raise ValueError(f"feedback_docs={feedback.docs}: the prompt shows the query's first-pass results; "
+                             "connect a first retriever's documents to this component's 'documents' input")
+        from .search import document_hit
+
+        kept: dict[str, Any] = {}
+        for document in documents:
+            kept.setdefault(document.id, document_hit(document))
+        return {"hits": [list(kept.values())[: feedback.docs]]}
 
     def _outputs(self, result: RewriteResult, include_original: bool | None) -> dict[str, Any]:
         include = self.include_original if include_original is None else include_original
@@ -238,7 +266,7 @@ class DeepRetrievalQueryRewriter:
             api_key=self.api_key.to_dict() if self.api_key is not None else None, task=self.task,
             system_prompt=self.system_prompt, user_prompt=self.user_prompt, include_original=self.include_original,
             timeout=self.timeout, max_retries=self.max_retries, max_tokens=self.max_tokens,
-            temperature=self.temperature, device=self.device, strict=self.strict,
+            temperature=self.temperature, device=self.device, strict=self.strict, feedback_docs=self.feedback_docs,
         )
 
     @classmethod
@@ -266,11 +294,21 @@ def refuse_clear_secrets(data: dict[str, Any], keys: list[str]) -> None:
                          "strict: false}, with the key itself in $MY_API_KEY")
 
 
-def _build_task(name: str, system_prompt: str | None, user_prompt: str | None) -> Task:
+def _build_task(name: str, system_prompt: str | None, user_prompt: str | None, feedback_docs: int = 0) -> Task:
     if not isinstance(name, str):
         raise TypeError(f"task={name!r}: pass a built-in task name (a str) so that the component serializes")
+    if not isinstance(feedback_docs, int) or isinstance(feedback_docs, bool) or feedback_docs < 0:
+        raise ValueError(f"feedback_docs={feedback_docs!r} must be an integer >= 0 (0: query-only prompt)")
     task = get_task(name)
     changes = {key: value for key, value in (("system", system_prompt), ("user", user_prompt)) if value is not None}
+    if feedback_docs:
+        from deepretrieval_trainer.feedback import with_feedback
+
+        # the feedback template is added to the built-in one, as training does, and then a user_prompt may replace it
+        task = with_feedback(task, feedback_docs)
+        if "user" in changes and "{feedback}" not in changes["user"]:
+            raise ValueError(f"user_prompt={user_prompt!r}: with feedback_docs the template must contain "
+                             "'{feedback}' (where the first-pass results go)")
     return dataclasses.replace(task, **changes) if changes else task
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, Optional
 
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.base import BaseEvent
 
 from deepretrieval_trainer.rewriters import Rewriter, RewriteError, RewriteResult
+from deepretrieval_trainer.search import DocumentHit
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)
@@ -66,12 +68,18 @@ def _emit(result: RewriteResult, original: str, mode: str, latency: float) -> Re
     return result
 
 
+def _hits(hits: Optional[Sequence[DocumentHit]]) -> dict[str, Any]:
+    return {} if hits is None else {"hits": [list(hits)]}
+
+
 @dispatcher.span
-def rewrite_query(rewriter: Rewriter, original: str, mode: str) -> RewriteResult:
-    """Rewrite one query; never raises except :class:`RewriteError` from a rewriter built with ``strict=True``."""
+def rewrite_query(rewriter: Rewriter, original: str, mode: str,
+                  hits: Optional[Sequence[DocumentHit]] = None) -> RewriteResult:
+    """Rewrite one query (``hits``: its first-pass documents, for a feedback task); never raises except
+    :class:`RewriteError` from a rewriter built with ``strict=True``."""
     start = time.perf_counter()
     try:
-        result = _checked(rewriter.rewrite([original]), original)
+        result = _checked(rewriter.rewrite([original], **_hits(hits)), original)
     except RewriteError:
         raise
     except Exception as exc:  # noqa: BLE001 - the host pipeline must get its query back, whatever broke
@@ -80,11 +88,12 @@ def rewrite_query(rewriter: Rewriter, original: str, mode: str) -> RewriteResult
 
 
 @dispatcher.span
-async def arewrite_query(rewriter: Rewriter, original: str, mode: str) -> RewriteResult:
+async def arewrite_query(rewriter: Rewriter, original: str, mode: str,
+                         hits: Optional[Sequence[DocumentHit]] = None) -> RewriteResult:
     """The async form of :func:`rewrite_query`: awaits ``rewriter.arewrite``."""
     start = time.perf_counter()
     try:
-        result = _checked(await rewriter.arewrite([original]), original)
+        result = _checked(await rewriter.arewrite([original], **_hits(hits)), original)
     except RewriteError:
         raise
     except Exception as exc:  # noqa: BLE001 - see rewrite_query

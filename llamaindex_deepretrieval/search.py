@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
@@ -72,17 +72,7 @@ class LlamaIndexSearch:
 
     def hits(self, nodes: Sequence[NodeWithScore], k: int) -> list[DocumentHit]:
         """Like :meth:`ranking`, as documents with their text (each document's best chunk) and score."""
-        found: dict[str, DocumentHit] = {}
-        for node in nodes:
-            doc_id = self.doc_id(node.node)
-            if doc_id not in found:
-                title = node.node.metadata.get(self.title_key) if self.title_key else None
-                found[doc_id] = DocumentHit.from_content(
-                    doc_id, node.node.get_content(metadata_mode=MetadataMode.NONE),
-                    title=str(title) if title is not None else "", score=node.score)
-                if len(found) == k:
-                    break
-        return list(found.values())
+        return node_hits(nodes, k, doc_id=self.doc_id, title_key=self.title_key)
 
     def search(self, queries: Sequence[str], k: int) -> list[list[str]]:
         check_k(k)
@@ -184,6 +174,23 @@ class LlamaIndexSearch:
                 "pass a folder written by one of them"
             )
         return cls(retriever, id_key=id_key, max_concurrency=max_concurrency)
+
+
+def node_hits(nodes: Sequence[NodeWithScore], k: int, *, doc_id: Callable[[BaseNode], str] | None = None,
+              title_key: Optional[str] = "title") -> list[DocumentHit]:
+    """Retrieved nodes as core ``DocumentHit`` objects, each document once at its best chunk's rank, at most ``k``:
+    the chunk's text without metadata, the title from ``metadata[title_key]``. ``doc_id``: a node's document id
+    (default ``ref_doc_id``, else ``node_id``)."""
+    found: dict[str, DocumentHit] = {}
+    for node in nodes:
+        key = doc_id(node.node) if doc_id is not None else (node.node.ref_doc_id or node.node.node_id)
+        if key not in found:
+            title = node.node.metadata.get(title_key) if title_key else None
+            found[key] = DocumentHit.from_content(key, node.node.get_content(metadata_mode=MetadataMode.NONE),
+                                                  title=str(title) if title is not None else "", score=node.score)
+            if len(found) == k:
+                break
+    return list(found.values())
 
 
 def _load_index(root: Path, index_id: Optional[str], embed_model: Any):

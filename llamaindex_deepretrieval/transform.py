@@ -8,12 +8,17 @@ Modes decide where the rewrite goes in the :class:`QueryBundle`:
   whose downstream synthesis should still see the user's words.
 
 On any failure the original bundle comes back unchanged and a warning says why (see :mod:`.events`).
+
+A task whose prompt shows the query's first-pass results (``task.feedback``, see
+:mod:`deepretrieval_trainer.feedback`) needs them in ``metadata["first_pass"]`` (``DocumentHit`` objects, or the
+``NodeWithScore`` list a retriever returned): :class:`~llamaindex_deepretrieval.retriever.DeepRetrievalRetriever`
+passes them from the retriever it wraps.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Literal, Optional, get_args
+from typing import Any, Dict, List, Literal, Optional, get_args
 
 from llama_index.core.indices.query.query_transform.base import BaseQueryTransform
 from llama_index.core.prompts import PromptTemplate
@@ -21,6 +26,7 @@ from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.schema import QueryBundle, QueryType
 
 from deepretrieval_trainer.rewriters import Rewriter, RewriteResult
+from deepretrieval_trainer.search import DocumentHit
 from deepretrieval_trainer.tasks import Task, get_task
 
 from .events import arewrite_query, rewrite_query
@@ -71,12 +77,27 @@ class DeepRetrievalQueryTransform(BaseQueryTransform):
             self.rewriter.task = dataclasses.replace(self.task, **changes)
 
     def _run(self, query_bundle: QueryBundle, metadata: Dict) -> QueryBundle:
-        return self._apply(query_bundle, rewrite_query(self.rewriter, query_bundle.query_str, self.mode))
+        hits = self._first_pass(metadata)
+        return self._apply(query_bundle, rewrite_query(self.rewriter, query_bundle.query_str, self.mode, hits))
 
     async def arun(self, query_bundle_or_str: QueryType, metadata: Optional[Dict] = None) -> QueryBundle:
         """The async form of :meth:`run`: the rewrite awaits the rewriter's ``arewrite``."""
         query_bundle = _bundle(query_bundle_or_str)
-        return self._apply(query_bundle, await arewrite_query(self.rewriter, query_bundle.query_str, self.mode))
+        hits = self._first_pass(metadata or {})
+        return self._apply(query_bundle, await arewrite_query(self.rewriter, query_bundle.query_str, self.mode, hits))
+
+    def _first_pass(self, metadata: Dict) -> Optional[List[DocumentHit]]:
+        if self.task.feedback is None:
+            return None
+        found = metadata.get("first_pass")
+        if found is None:
+            raise ValueError(f"task {self.task.name!r} shows the query's first-pass results: pass them as "
+                             "metadata={'first_pass': retriever.retrieve(query)}, or use DeepRetrievalRetriever")
+        if all(isinstance(hit, DocumentHit) for hit in found):
+            return list(found)
+        from .search import node_hits
+
+        return node_hits(found, self.task.feedback.docs)
 
     def _apply(self, query_bundle: QueryBundle, result: RewriteResult) -> QueryBundle:
         if result.fell_back:

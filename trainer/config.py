@@ -160,6 +160,10 @@ class TrainConfig:
     format_invalid: float | None = None
     framing: str = "replace"
     search_cache_size: int = 200_000
+    # feedback-conditioned prompts: show the model the titles (or leading sentences) of the raw query's top
+    # feedback_docs first-pass documents from the same retriever (deepretrieval_trainer.feedback); 0 = the paper's
+    # query-only prompt
+    feedback_docs: int = 0
     search_batch_size: int = 64
     search_concurrency: int = 1
     # hardware
@@ -208,6 +212,8 @@ class TrainConfig:
         if self.torch_threads is not None and (not isinstance(self.torch_threads, int) or self.torch_threads < 1):
             raise ConfigError(f"torch_threads={self.torch_threads!r} must be a positive integer (or null for torch's default)")
         if self.max_queries is not None and (not isinstance(self.max_queries, int) or self.max_queries < 1):
+        if not isinstance(self.feedback_docs, int) or isinstance(self.feedback_docs, bool) or self.feedback_docs < 0:
+            raise ConfigError(f"feedback_docs={self.feedback_docs!r} must be an integer >= 0 (0: query-only prompt)")
             raise ConfigError(f"max_queries={self.max_queries!r} must be a positive integer (or null for all)")
         if self.use_vllm and self.vllm_mode == "server" and not self.vllm_server_base_url:
             logger.info("use_vllm with vllm_mode='server' and no vllm_server_base_url: TRL connects to 0.0.0.0:8000")
@@ -224,7 +230,12 @@ class TrainConfig:
         for name in ("reward_scale", "format_valid", "format_invalid"):
             if getattr(self, name) is not None:
                 changes[name] = float(getattr(self, name))
-        return dataclasses.replace(task, **changes) if changes else task
+        task = dataclasses.replace(task, **changes) if changes else task
+        if self.feedback_docs:
+            from .feedback import with_feedback
+
+            task = with_feedback(task, self.feedback_docs)
+        return task
 
     def _tiers(self, task: Task) -> Tiers:
         base = task.tiers

@@ -9,6 +9,7 @@ ranking with :mod:`deepretrieval_trainer.metrics`. :mod:`deepretrieval_trainer.r
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -165,7 +166,7 @@ def evaluate(
     cache = Path(out_dir) / "rewrites" if out_dir is not None else None
     results = []
     for source in sources:
-        rewrites = _rewrites(source, queries, cache, batch_size, progress)
+        rewrites = _rewrites(source, queries, cache, batch_size, progress, search)
         results.append(_score(source, queries, rewrites, collection, search, progress))
     raw = next(r for r in results if r.name == RAW)
     for result in results:
@@ -178,9 +179,14 @@ def evaluate(
 
 
 def _rewrites(source: Source, queries: dict[str, str], cache: Path | None, batch_size: int,
-              progress: bool) -> dict[str, RewriteResult]:
+              progress: bool, search: SearchBackend | None = None) -> dict[str, RewriteResult]:
     if source.rewriter is None:
         return {qid: RewriteResult(text, text, False) for qid, text in queries.items()}
+    hits = _first_pass(source, queries, search)
+    if hits:  # the prompts show these first-pass documents: cached rewrites are valid for the same ones only
+        shown = json.dumps([[h.doc_id for h in hits[qid]] for qid in queries]).encode()
+        source = dataclasses.replace(source, identity=source.identity and
+                                     f"{source.identity}|first_pass={hashlib.sha256(shown).hexdigest()[:16]}")
     cached = _read_cache(cache, source) if cache is not None else {}
     results = {qid: cached[qid] for qid, text in queries.items() if qid in cached and cached[qid].original == text}
     todo = [(qid, text) for qid, text in queries.items() if qid not in results]
@@ -190,7 +196,9 @@ def _rewrites(source: Source, queries: dict[str, str], cache: Path | None, batch
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         begun = time.perf_counter()
-        rewritten = source.rewriter.rewrite([text for _, text in batch])
+        texts = [text for _, text in batch]
+        rewritten = source.rewriter.rewrite(texts, [hits[qid] for qid, _ in batch]) if hits else \
+            source.rewriter.rewrite(texts)
         per_query = (time.perf_counter() - begun) / len(batch)
         for (qid, _), result in zip(batch, rewritten, strict=True):
             results[qid] = RewriteResult(result.original, result.query, result.fell_back, result.reason,
@@ -200,6 +208,18 @@ def _rewrites(source: Source, queries: dict[str, str], cache: Path | None, batch
         bar.update(len(batch))
     bar.close()
     return results
+
+
+def _first_pass(source: Source, queries: dict[str, str], search: SearchBackend | None) -> dict[str, list]:
+    """Each query's first-pass documents when the source's task shows them (``task.feedback``), else nothing."""
+    from .feedback import first_pass
+
+    task = getattr(source.rewriter, "task", None)
+    if getattr(task, "feedback", None) is None:
+        return {}
+    if search is None:
+        raise ValueError(f"source {source.name!r}: its prompt shows first-pass results; pass the search backend")
+    return dict(zip(queries, first_pass(search, list(queries.values()), task), strict=True))
 
 
 def _score(source: Source, queries: dict[str, str], rewrites: dict[str, RewriteResult], collection: Collection,

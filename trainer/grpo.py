@@ -21,7 +21,8 @@ from .config import ConfigError, TrainConfig
 from .data import Collection, DataError
 from .rewards import build_rewards
 from .run_dir import RunDir, checkpoint_step
-from .search import SearchBackend
+from .feedback import first_pass
+from .search import DocumentHit, SearchBackend, document_search
 from .tasks import QueryInput, Task
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,8 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
     rows = select_rows(training_rows(dataset), config)
     check_batch(config)
     check_search(search_backend, rows, task.reward_k)
+    if task.feedback is not None:
+        document_search(search_backend, purpose=f"feedback_docs={task.feedback.docs}")
     run = RunDir(config.run_dir)
     data_fingerprint = fingerprint(dataset, rows)
     checkpoint = run.prepare(config, data_fingerprint)
@@ -199,11 +202,7 @@ def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequen
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    prompts = HFDataset.from_list([
-        {"prompt": prompt_text(tokenizer, task, r.query), "query": r.query_text, "qrels": json.dumps(r.qrels),
-         "query_id": r.query_id, "pub_date": r.pub_date}
-        for r in rows
-    ])
+    prompts = HFDataset.from_list(prompt_rows(tokenizer, task, rows, search_backend))
     rewards = build_rewards(search_backend, task, framing=config.framing, cache_size=config.search_cache_size,
                             batch_size=config.search_batch_size, concurrency=config.search_concurrency)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
@@ -257,9 +256,19 @@ def grpo_args(config: TrainConfig, run: RunDir):
     )
 
 
-def prompt_text(tokenizer, task: Task, query: QueryInput) -> str:
-    """The plain-text prompt (chat template + the task's prefill), so TRL treats it as non-conversational text."""
-    text = tokenizer.apply_chat_template(task.messages(query), add_generation_prompt=True, tokenize=False)
+def prompt_rows(tokenizer, task: Task, rows: Sequence[TrainingRow], search_backend: SearchBackend) -> list[dict]:
+    """The training dataset rows: the prompt, and the columns the rewards read. A feedback task's prompt shows each
+    raw query's first-pass results from ``search_backend``, searched once here (deepretrieval_trainer.feedback)."""
+    first = first_pass(search_backend, [r.query_text for r in rows], task) if task.feedback else [None] * len(rows)
+    return [{"prompt": prompt_text(tokenizer, task, r.query, hits), "query": r.query_text,
+             "qrels": json.dumps(r.qrels), "query_id": r.query_id, "pub_date": r.pub_date}
+            for r, hits in zip(rows, first, strict=True)]
+
+
+def prompt_text(tokenizer, task: Task, query: QueryInput, hits: Sequence[DocumentHit] | None = None) -> str:
+    """The plain-text prompt (chat template + the task's prefill), so TRL treats it as non-conversational text;
+    ``hits``: the query's first-pass documents, for a feedback task."""
+    text = tokenizer.apply_chat_template(task.messages(query, hits), add_generation_prompt=True, tokenize=False)
     return text + task.prefill
 
 

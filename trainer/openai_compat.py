@@ -26,6 +26,7 @@ import httpx
 
 from .answer import MAX_QUERY_CHARS, parse_answer
 from .fields import check_fields
+from .redaction import redact, register_secret
 from .rewriters import BaseRewriter
 from .tasks import Task
 
@@ -40,6 +41,9 @@ MAX_BACKOFF_S = 8.0
 
 class ServerError(RuntimeError):
     """The server answered, but not with usable completions (an HTTP error after retries, or a malformed body)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))  # a server may echo the request, Authorization header included
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,7 @@ class OpenAIRewriter(BaseRewriter):
             max_concurrency=max_concurrency, max_tokens=max_tokens, temperature=temperature, n=n, choice=choice,
         )
         self._api_key = resolve_api_key(api_key)
+        register_secret(self._api_key)
         self._client: httpx.Client | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._async: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient, asyncio.Semaphore] | None = None

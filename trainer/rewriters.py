@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .answer import MAX_QUERY_CHARS, parse_answer
+from .search import DocumentHit
 from .tasks import QueryInput, Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -46,11 +47,15 @@ class RewriteResult:
 
 @runtime_checkable
 class Rewriter(Protocol):
+    """``hits``: each query's first-pass documents, for a task whose prompt shows them (``task.feedback``)."""
+
     task: Task
 
-    def rewrite(self, queries: Sequence[QueryInput]) -> list[RewriteResult]: ...
+    def rewrite(self, queries: Sequence[QueryInput], hits: Sequence[Sequence[DocumentHit]] | None = None
+                ) -> list[RewriteResult]: ...
 
-    async def arewrite(self, queries: Sequence[QueryInput]) -> list[RewriteResult]: ...
+    async def arewrite(self, queries: Sequence[QueryInput], hits: Sequence[Sequence[DocumentHit]] | None = None
+                       ) -> list[RewriteResult]: ...
 
 
 def _original_text(query: QueryInput) -> str:
@@ -76,24 +81,37 @@ class BaseRewriter(ABC):
     async def _acomplete(self, conversations: list[list[dict[str, str]]]) -> list[str | Exception]:
         return await asyncio.to_thread(self._complete, conversations)
 
-    def rewrite(self, queries: Sequence[QueryInput]) -> list[RewriteResult]:
-        """Rewrite a batch of queries. Never raises on model or backend failure unless ``strict``."""
+    def rewrite(self, queries: Sequence[QueryInput], hits: Sequence[Sequence[DocumentHit]] | None = None
+                ) -> list[RewriteResult]:
+        """Rewrite a batch of queries (``hits``: their first-pass documents, for a feedback task). Never raises on
+        model or backend failure unless ``strict``."""
         queries = _check_queries(queries)
         start = time.perf_counter()
         try:
-            completions = self._complete([self.task.messages(q) for q in queries])
+            completions = self._complete(self._conversations(queries, hits))
         except Exception as exc:  # noqa: BLE001 - any backend failure must fall back, not break the host pipeline
             return self._backend_failed(queries, exc, time.perf_counter() - start)
         return self._results(queries, completions, time.perf_counter() - start)
 
-    async def arewrite(self, queries: Sequence[QueryInput]) -> list[RewriteResult]:
+    async def arewrite(self, queries: Sequence[QueryInput], hits: Sequence[Sequence[DocumentHit]] | None = None
+                       ) -> list[RewriteResult]:
         queries = _check_queries(queries)
         start = time.perf_counter()
         try:
-            completions = await self._acomplete([self.task.messages(q) for q in queries])
+            completions = await self._acomplete(self._conversations(queries, hits))
         except Exception as exc:  # noqa: BLE001 - see rewrite()
             return self._backend_failed(queries, exc, time.perf_counter() - start)
         return self._results(queries, completions, time.perf_counter() - start)
+
+    def _conversations(self, queries: Sequence[QueryInput], hits: Sequence[Sequence[DocumentHit]] | None
+                       ) -> list[list[dict[str, str]]]:
+        """The chat messages of each query (one ranking of ``hits`` per query, when given)."""
+        if hits is None:
+            return [self.task.messages(q) for q in queries]
+        hits = list(hits)
+        if len(hits) != len(queries):
+            raise ValueError(f"{len(hits)} first-pass rankings for {len(queries)} queries: give one per query")
+        return [self.task.messages(q, h) for q, h in zip(queries, hits, strict=True)]
 
     def _backend_failed(self, queries: Sequence[QueryInput], exc: Exception, latency: float) -> list[RewriteResult]:
         if self.strict:

@@ -44,7 +44,8 @@ class Source:
 
 
 def parse_source(spec: str, *, model: str | None = None, task: str | Task = "retrieval", framing: str = "replace",
-                 max_new_tokens: int = 128, batch_size: int = 8, search: SearchBackend | None = None) -> Source:
+                 max_new_tokens: int = 128, batch_size: int = 8, search: SearchBackend | None = None,
+                 feedback_docs: int = 0) -> Source:
     """A :class:`Source` from its command-line form, optionally named: ``[NAME=]SPEC``.
 
     SPEC is ``raw``; ``prf[:SETTINGS]`` (RM3 pseudo-relevance feedback through ``search``, SETTINGS as
@@ -52,7 +53,8 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
     (the untrained ``model``); ``hyde`` (the same model prompted to write a passage, searched together with the
     query); ``adapter:PATH`` (a peft adapter folder or a training run folder, whose ``config.yaml`` framing wins over
     ``framing``); ``server:URL#MODEL`` (an OpenAI-compatible server such as vLLM, the adapter chosen by MODEL).
-    ``framing="expand"`` searches query + rewrite, as the trainer does.
+    ``framing="expand"`` searches query + rewrite, as the trainer does. ``feedback_docs`` > 0 shows model sources
+    the first-pass results of the query (``TrainConfig.feedback_docs``; an adapter's run config wins here too).
     """
     name, _, body = spec.partition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
     kind, _, arg = body.partition(":")
@@ -68,7 +70,7 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
         settings = RM3.parse(arg)
         return prf_source(search, settings, name=name or ("prf" if not arg else f"prf:{settings.label()}"))
     if kind == "base" and not arg:
-        return _local_source(name or kind, None, task, include_original=expand, **local)
+        return _local_source(name or kind, None, _with_feedback(task, feedback_docs), include_original=expand, **local)
     if kind == "hyde" and not arg:
         from .tasks import HYDE_TASK
 
@@ -76,13 +78,15 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
     if kind == "adapter" and arg:
         adapter = _adapter_folder(Path(arg).expanduser())
         label = adapter.parent.name if adapter.name == "adapter" else adapter.name
-        expand = _run_framing(adapter.parent, framing) == "expand"
+        expand = _run_setting(adapter.parent, "framing", framing) == "expand"
+        task = _with_feedback(task, _run_setting(adapter.parent, "feedback_docs", feedback_docs))
         return _local_source(name or f"adapter:{_safe(label)}", adapter, task, include_original=expand, **local)
     if kind == "server" and "#" in arg:
         url, _, served = arg.rpartition("#")
         from .openai_compat import OpenAIRewriter
 
-        rewriter = OpenAIRewriter(served, base_url=url, task=task, max_tokens=max_new_tokens)
+        rewriter = OpenAIRewriter(served, base_url=url, task=_with_feedback(task, feedback_docs),
+                                  max_tokens=max_new_tokens)
         identity = f"server|{url}|{served}|{_task_id(rewriter.task)}|max_new_tokens={max_new_tokens}|greedy"
         return Source(name or f"server:{_safe(served)}", rewriter, include_original=expand, identity=identity)
     raise ValueError(
@@ -127,20 +131,26 @@ def _adapter_folder(path: Path) -> Path:
                             "folder or a training run folder (deepretrieval train --run-dir)")
 
 
-def _run_framing(run_dir: Path, default: str) -> str:
-    """The framing the adapter was trained with (its run's config.yaml), else ``default``."""
+def _with_feedback(task: str | Task, feedback_docs: int) -> str | Task:
+    from .feedback import with_feedback
+
+    return with_feedback(task, feedback_docs) if feedback_docs else task
+
+
+def _run_setting(run_dir: Path, key: str, default):
+    """A setting the adapter was trained with (its run's config.yaml: framing, feedback_docs), else ``default``."""
     config = run_dir / "config.yaml"
     if not config.is_file():
         return default
     import yaml
 
     try:
-        framing = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("framing", default)
+        value = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get(key, default)
     except (yaml.YAMLError, AttributeError):
         return default
-    if framing != default:
-        logger.info("%s was trained with framing=%r: evaluating it the same way", run_dir, framing)
-    return framing
+    if value != default:
+        logger.info("%s was trained with %s=%r: evaluating it the same way", run_dir, key, value)
+    return value
 
 
 def _adapter_fingerprint(adapter: Path) -> str:

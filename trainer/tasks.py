@@ -7,9 +7,12 @@ A task turns a user query (or, for literature search, PICO fields) into chat mes
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Union
+
+from .feedback import NO_RESULTS, Feedback
+from .search import DocumentHit
 
 QueryInput = Union[str, Mapping[str, str]]
 Metric = Literal["recall", "ndcg", "hit_rank", "execution"]
@@ -102,10 +105,17 @@ class Task:
     # generation stops after the first of these (nothing after the answer is parsed); the same in training,
     # in-process rewriting and served requests
     stop: tuple[str, ...] = ("</answer>",)
+    # feedback-conditioned prompts (deepretrieval_trainer.feedback.with_feedback): the user template's {feedback}
+    # shows the query's first-pass results in this format; example_feedback is what each worked example shows
+    feedback: Feedback | None = None
+    example_feedback: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if "{query}" not in self.user:
             raise ValueError(f"task {self.name!r}: the user template {self.user!r} must contain '{{query}}'")
+        if (self.feedback is not None) != ("{feedback}" in self.user):
+            raise ValueError(f"task {self.name!r}: a user template with '{{feedback}}' goes with a Feedback format and "
+                             f"back (feedback={self.feedback!r}, user={self.user!r}); build it with with_feedback()")
         if self.k < 1:
             raise ValueError(f"task {self.name!r}: k={self.k} must be >= 1")
 
@@ -114,24 +124,34 @@ class Task:
         """The cutoff used for the reward in training (``train_k``, else ``k``)."""
         return self.train_k or self.k
 
-    def user_text(self, query: QueryInput) -> str:
+    def user_text(self, query: QueryInput, feedback: str | None = None) -> str:
+        """The user turn; ``feedback`` is the first-pass text (:meth:`Feedback.text`) a feedback task requires."""
         if isinstance(query, Mapping):
             query = format_pico(query)
         if not isinstance(query, str) or not query.strip():
             raise ValueError(f"task {self.name!r}: the query must be non-empty text, got {query!r}")
-        return self.user.format(query=query.strip(), **self.extra)
+        values = dict(self.extra)
+        if self.feedback is not None:
+            if feedback is None:
+                raise ValueError(f"task {self.name!r} shows the query's first-pass results: pass them (hits=...), "
+                                 "as deepretrieval_trainer.feedback.first_pass returns them")
+            values["feedback"] = feedback
+        return self.user.format(query=query.strip(), **values)
 
-    def messages(self, query: QueryInput) -> list[dict[str, str]]:
-        """Chat messages for one query: system prompt, the worked examples as earlier turns, then the query.
+    def messages(self, query: QueryInput, hits: Sequence[DocumentHit] | None = None) -> list[dict[str, str]]:
+        """Chat messages for one query: system prompt, the worked examples as earlier turns, then the query (with
+        its first-pass ``hits`` as :meth:`Feedback.text` writes them, for a feedback task; ignored otherwise).
 
         The assistant turn is not included; backends start it with :attr:`prefill` (``<think>`` by default),
         and the completion is parsed as ``prefill + completion`` (see :meth:`completion_text`).
         """
+        feedback = self.feedback.text(hits) if self.feedback is not None and hits is not None else None
         messages = [{"role": "system", "content": self.system}]
-        for example_query, example_answer in self.examples:
-            messages.append({"role": "user", "content": self.user_text(example_query)})
+        for index, (example_query, example_answer) in enumerate(self.examples):
+            shown = self.example_feedback[index] if index < len(self.example_feedback) else NO_RESULTS
+            messages.append({"role": "user", "content": self.user_text(example_query, shown)})
             messages.append({"role": "assistant", "content": example_answer})
-        messages.append({"role": "user", "content": self.user_text(query)})
+        messages.append({"role": "user", "content": self.user_text(query, feedback)})
         return messages
 
     def completion_text(self, completion: str) -> str:

@@ -81,6 +81,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send(step[1], {"error": {"message": f"scripted {step[1]}"}}, step[2] if len(step) > 2 else {})
         elif kind == "raw":
             self.send(200, step[1])
+        elif kind == "echo":  # a misconfigured proxy repeating the request's headers in its error body
+            self.send(step[1], {"error": {"message": f"bad credentials: {self.headers.get('Authorization')}"}})
 
     def send(self, status, payload, headers=None):
         data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()

@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", help="prompt kind of the rewriters (default: the config's, else retrieval)")
     parser.add_argument("--framing", choices=("replace", "expand"),
                         help="search the rewrite alone or appended to the query (default: the config's, else replace)")
+    parser.add_argument("--feedback-docs", type=int,
+                        help="show model sources the top N first-pass results of the raw query in the prompt "
+                             "(default: the config's, else 0 = query-only; an adapter's run config wins)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N judged queries of the split "
                                                   "(in queries.jsonl order); default: all")
     parser.add_argument("--out", help="output folder (default: runs/eval/<collection>-<split>); rewrites are "
@@ -69,7 +72,7 @@ def _config(args: argparse.Namespace):
         from ..beir_download import resolve_collection
 
         overrides["data"]["path"] = str(resolve_collection(args.data))
-    for flag in ("model", "task", "framing"):
+    for flag in ("model", "task", "framing", "feedback_docs"):
         if getattr(args, flag, None):
             overrides[flag] = getattr(args, flag)
     if args.config:
@@ -96,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
                 config.retriever.path or config.data.path)
     search = config.retriever.build(config.data.path)
     sources = [parse_source(spec, model=config.model, task=config.task, max_new_tokens=args.max_new_tokens,
-                            batch_size=args.batch_size, framing=config.framing, search=search) for spec in specs]
+                            batch_size=args.batch_size, framing=config.framing, search=search,
+                            feedback_docs=config.feedback_docs) for spec in specs]
     return report_evaluation(collection, search, sources, out, retriever=_describe(config.retriever),
                              limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress)
 

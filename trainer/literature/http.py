@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..fields import check_fields
+from ..redaction import redact
 from ..search import check_k
 from .boolean import BooleanQueryError
 from .dates import DateRange
@@ -31,6 +32,9 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 class SearchServiceError(RuntimeError):
     """A search service failed (after the retries, or with an answer that retrying cannot fix)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))  # a server may echo the request, key included
 
 
 @dataclass(frozen=True)

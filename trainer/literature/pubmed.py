@@ -12,6 +12,7 @@ import os
 from collections.abc import Generator
 
 from .dates import DateRange
+from ..redaction import register_secret
 from .http import HttpPolicy, JsonService, PagedSearch, SearchServiceError
 
 EUTILS_URL = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/"
@@ -40,6 +41,7 @@ class PubMedSearch(PagedSearch):
                  date_range: DateRange | None = None) -> None:
         self.date_range = date_range
         self.api_key = os.environ.get("NCBI_API_KEY", "") if api_key is None else api_key
+        register_secret(self.api_key)  # httpx logs each request URL, which carries api_key=...
         self.email = os.environ.get("NCBI_EMAIL", "") if email is None else email
         if not 1 <= page_size <= MAX_RESULTS:
             raise ValueError(f"page_size={page_size} must be within 1..{MAX_RESULTS} (esearch's retmax limit)")

@@ -205,6 +205,8 @@ class TrainConfig:
             raise ConfigError(f"top_p={self.top_p} must be in (0, 1]")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
+        if not isinstance(self.feedback_docs, int) or isinstance(self.feedback_docs, bool) or self.feedback_docs < 0:
+            raise ConfigError(f"feedback_docs={self.feedback_docs!r} must be an integer >= 0 (0: query-only prompt)")
         if self.reward_k is not None and (not isinstance(self.reward_k, int) or self.reward_k < 1):
             raise ConfigError(f"reward_k={self.reward_k!r} must be a positive integer (or null for the task's train k)")
         if self.max_minutes is not None:
@@ -212,8 +214,6 @@ class TrainConfig:
         if self.torch_threads is not None and (not isinstance(self.torch_threads, int) or self.torch_threads < 1):
             raise ConfigError(f"torch_threads={self.torch_threads!r} must be a positive integer (or null for torch's default)")
         if self.max_queries is not None and (not isinstance(self.max_queries, int) or self.max_queries < 1):
-        if not isinstance(self.feedback_docs, int) or isinstance(self.feedback_docs, bool) or self.feedback_docs < 0:
-            raise ConfigError(f"feedback_docs={self.feedback_docs!r} must be an integer >= 0 (0: query-only prompt)")
             raise ConfigError(f"max_queries={self.max_queries!r} must be a positive integer (or null for all)")
         if self.use_vllm and self.vllm_mode == "server" and not self.vllm_server_base_url:
             logger.info("use_vllm with vllm_mode='server' and no vllm_server_base_url: TRL connects to 0.0.0.0:8000")

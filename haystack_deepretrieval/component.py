@@ -28,6 +28,7 @@ from haystack.core.serialization import allow_deserialization_module
 from haystack.utils import Secret, deserialize_secrets_inplace
 
 from deepretrieval_trainer.fields import check_arguments
+from deepretrieval_trainer.precision import check_dtype
 from deepretrieval_trainer.rewriters import Rewriter, RewriteResult
 from deepretrieval_trainer.tasks import Task, get_task
 
@@ -66,6 +67,7 @@ class DeepRetrievalQueryRewriter:
         max_tokens: int = 128,
         temperature: float = 0.0,
         device: str = "cpu",
+        dtype: str = "auto",
         strict: bool = False,
         feedback_docs: int = 0,
     ) -> None:
@@ -86,6 +88,8 @@ class DeepRetrievalQueryRewriter:
         :param max_tokens: the most tokens to generate.
         :param temperature: 0 is greedy.
         :param device: local only: the torch device.
+        :param dtype: local only: ``auto`` (bfloat16 where the device has bf16 units, else float32), ``float32``
+            or ``bfloat16``. A served model's precision is the server's (``deepretrieval serve --dtype``).
         :param strict: raise ``RewriteError`` instead of falling back (for tests and debugging).
         :param feedback_docs: show the model the top N documents of the ``documents`` input (the raw query's
             first-pass results), as the adapter was trained (``TrainConfig.feedback_docs``); 0: query-only prompt.
@@ -101,6 +105,7 @@ class DeepRetrievalQueryRewriter:
                 f"adapter={adapter!r} is for backend='local'; for 'openai' serve the adapter "
                 "(vllm serve ... --lora-modules NAME=PATH) and pass model='NAME'"
             )
+        check_dtype(dtype)
         if backend == "local" and base_url is not None:
             raise ValueError(f"base_url={base_url!r} is for backend='openai'; drop it or set backend='openai'")
         if max_tokens < 1:
@@ -125,6 +130,7 @@ class DeepRetrievalQueryRewriter:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.device = device
+        self.dtype = dtype
         self.strict = strict
         self.feedback_docs = feedback_docs
         self._task = _build_task(task, system_prompt, user_prompt, feedback_docs)  # validates them now
@@ -187,7 +193,7 @@ class DeepRetrievalQueryRewriter:
             from deepretrieval_trainer.rewriters import LocalRewriter
 
             rewriter = LocalRewriter(
-                self.model, adapter=self.adapter, task=self._task, device=self.device,
+                self.model, adapter=self.adapter, task=self._task, device=self.device, dtype=self.dtype,
                 max_new_tokens=self.max_tokens, temperature=self.temperature, strict=self.strict,
             )
             rewriter.load()
@@ -266,7 +272,8 @@ class DeepRetrievalQueryRewriter:
             api_key=self.api_key.to_dict() if self.api_key is not None else None, task=self.task,
             system_prompt=self.system_prompt, user_prompt=self.user_prompt, include_original=self.include_original,
             timeout=self.timeout, max_retries=self.max_retries, max_tokens=self.max_tokens,
-            temperature=self.temperature, device=self.device, strict=self.strict, feedback_docs=self.feedback_docs,
+            temperature=self.temperature, device=self.device, dtype=self.dtype, strict=self.strict,
+            feedback_docs=self.feedback_docs,
         )
 
     @classmethod

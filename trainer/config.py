@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args
 
 from .fields import check_fields
+from .precision import DTYPES
 from .tasks import TASKS, Task, Tiers, get_task
 
 logger = logging.getLogger(__name__)
@@ -159,15 +160,21 @@ class TrainConfig:
     format_valid: float | None = None
     format_invalid: float | None = None
     framing: str = "replace"
-    search_cache_size: int = 200_000
     # feedback-conditioned prompts: show the model the titles (or leading sentences) of the raw query's top
     # feedback_docs first-pass documents from the same retriever (deepretrieval_trainer.feedback); 0 = the paper's
     # query-only prompt
     feedback_docs: int = 0
+    search_cache_size: int = 200_000
     search_batch_size: int = 64
     search_concurrency: int = 1
-    # hardware
-    bf16: bool = False
+    # hardware: one dtype for the policy's forward/backward and generation (precision.py). "auto" is bfloat16 where the
+    # machine has bf16 units (this CPU's AMX), float32 elsewhere; LoRA weights and optimizer state stay float32.
+    dtype: str = "auto"
+    # "merged": sample from an adapter-free copy of the policy with the LoRA delta merged in, refreshed each step
+    # (generation.py; no per-layer adapter work per token); "trl": TRL's own sampling through the peft model.
+    sampler: str = "merged"
+    # score each distinct prompt once per group of samples, not once per sample (prompt_sharing.py): same numbers
+    share_prompts: bool = True
     torch_threads: int | None = None  # 1 on a busy shared CPU: oversubscribed threads measured >10x slower
     gradient_checkpointing: bool = False
     use_vllm: bool = False
@@ -188,6 +195,8 @@ class TrainConfig:
         _choice("loss_type", self.loss_type, get_args(LossType))
         _choice("vllm_mode", self.vllm_mode, get_args(VllmMode))
         _choice("framing", self.framing, get_args(Framing))
+        _choice("dtype", self.dtype, DTYPES)
+        _choice("sampler", self.sampler, ("merged", "trl"))
         _choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
         for name in ("max_steps", "save_steps", "save_total_limit", "prompts_per_step", "gradient_accumulation_steps",
                      "max_completion_length", "lora_r", "lora_alpha", "search_batch_size", "search_concurrency"):
@@ -257,6 +266,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a plain dict (e.g. parsed YAML); unknown keys are warned about and ignored."""
+        if isinstance(values, dict) and "bf16" in values:  # the field before `dtype` (configs written before 2026-12)
+            values = dict(values)
+            old = values.pop("bf16")
+            values.setdefault("dtype", "bfloat16" if old is True else "float32" if old is False else old)
+            logger.warning("config key bf16 is replaced by dtype (auto | float32 | bfloat16): read bf16=%r as "
+                           "dtype=%r", old, values["dtype"])
         return _build(cls, values, "")
 
     @classmethod

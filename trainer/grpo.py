@@ -161,16 +161,21 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
         torch.set_num_threads(config.torch_threads)
 
     from .models import resolve_model
+    from .precision import describe, resolve_dtype
 
     base_model = resolve_model(config.model)
+    device = training_device()
+    dtype = resolve_dtype(config.dtype, device)  # the one precision decision of this run
     main = is_main_process()
     if main:
         run.path.mkdir(parents=True, exist_ok=True)
         config.to_yaml(run.path / "config.yaml")
         run.write_info(base_model=base_model, model=config.model, task=task.name, status="running",
                        retriever=type(search_backend).__name__, dataset=_dataset_info(dataset, rows, data_fingerprint),
-                       versions=_versions())
-    trainer, callback = build_trainer(config, task, base_model, rows, search_backend, run)
+                       versions=_versions(),
+                       precision={"dtype": dtype, "setting": config.dtype, "device": device, "why": describe(device),
+                                  "lora_weights": "float32"})
+    trainer, callback = build_trainer(config, task, base_model, rows, search_backend, run, dtype=dtype)
     start = time.perf_counter()
     status = "completed"
     try:
@@ -185,13 +190,13 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
         trainer.processing_class.save_pretrained(str(run.adapter))
         run.write_info(status=status, steps=trainer.state.global_step, wall_s=round(time.perf_counter() - start, 1))
         callback._plot()
-        run.write_readme(base_model=base_model, task=task.name, framing=config.framing)
+        run.write_readme(base_model=base_model, task=task.name, framing=config.framing, dtype=dtype)
         logger.info("%s after %d steps: adapter in %s", status, trainer.state.global_step, run.adapter)
     return run.adapter
 
 
 def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequence[TrainingRow],
-                  search_backend: SearchBackend, run: RunDir):
+                  search_backend: SearchBackend, run: RunDir, *, dtype: str | None = None):
     from datasets import Dataset as HFDataset
     from peft import LoraConfig
     from transformers import AutoTokenizer
@@ -208,16 +213,29 @@ def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequen
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
     callback = RunCallback(run, max_minutes=config.max_minutes)
-    trainer = TimedGRPOTrainer(model=base_model, reward_funcs=rewards, args=grpo_args(config, run),
+    trainer = TimedGRPOTrainer(model=base_model, reward_funcs=rewards, args=grpo_args(config, run, dtype),
                                train_dataset=prompts, processing_class=tokenizer, peft_config=lora,
-                               callbacks=[callback])
+                               callbacks=[callback], stop=task.stop, merged_sampling=config.sampler == "merged",
+                               share_prompts=config.share_prompts)
     for unwanted in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(unwanted)
     return trainer, callback
 
 
-def grpo_args(config: TrainConfig, run: RunDir):
+def training_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def grpo_args(config: TrainConfig, run: RunDir, dtype: str | None = None):
+    """TRL's GRPOConfig for ``config``; ``dtype`` is the resolved precision (default: resolved from the machine)."""
     from trl import GRPOConfig
+
+    from .precision import resolve_dtype
+
+    device = training_device()
+    dtype = dtype or resolve_dtype(config.dtype, device)
 
     vllm: dict[str, Any] = {}
     if config.use_vllm:
@@ -241,9 +259,12 @@ def grpo_args(config: TrainConfig, run: RunDir):
         beta=config.beta,
         loss_type=config.loss_type,
         scale_rewards=config.scale_rewards,
-        bf16=config.bf16,
+        # Mixed precision: the frozen base weights are stored in `dtype` and autocast runs the matmuls in it, while
+        # peft keeps the LoRA weights (and so the AdamW state and the update) in float32 (autocast_adapter_dtype).
+        bf16=dtype == "bfloat16",
+        use_cpu=device == "cpu",  # HF's Trainer refuses bf16 on CPU unless told the run is CPU-only
         gradient_checkpointing=config.gradient_checkpointing,
-        model_init_kwargs={"dtype": "bfloat16" if config.bf16 else "float32"},
+        model_init_kwargs={"dtype": dtype},
         seed=config.seed,
         data_seed=config.seed,
         logging_steps=1,

@@ -172,10 +172,14 @@ class LocalRewriter(BaseRewriter):
         temperature: float = 0.0,
         top_p: float = 1.0,
         batch_size: int = 8,
+        dtype: str = "auto",
         strict: bool = False,
         max_query_chars: int = MAX_QUERY_CHARS,
     ):
         super().__init__(task=task, strict=strict, max_query_chars=max_query_chars)
+        from .precision import check_dtype
+
+        check_dtype(dtype)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
         if temperature < 0:
@@ -193,6 +197,8 @@ class LocalRewriter(BaseRewriter):
         self.temperature = temperature
         self.top_p = top_p
         self.batch_size = batch_size
+        self.dtype = dtype
+        self.resolved_dtype: str | None = None  # what the model runs in, once loaded (``dtype`` resolved)
         self._model = None
         self._tokenizer = None
         self._lock = threading.Lock()
@@ -211,13 +217,18 @@ class LocalRewriter(BaseRewriter):
             tokenizer.padding_side = "left"
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            model = AutoModelForCausalLM.from_pretrained(name)
+            from .precision import resolve_dtype, torch_dtype
+
+            dtype = resolve_dtype(self.dtype, self.device)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype(dtype))
             if self.adapter is not None:
                 from peft import PeftModel
 
-                model = PeftModel.from_pretrained(model, str(self.adapter))
+                # merged into the base weights: the same function with no per-layer LoRA work at each token
+                model = PeftModel.from_pretrained(model, str(self.adapter)).merge_and_unload()
             self._model = model.to(self.device).eval()
             self._tokenizer = tokenizer
+            self.resolved_dtype = dtype
 
     def prompt_text(self, conversation: list[dict[str, str]]) -> str:
         """The chat-templated prompt, ending with the task's prefill."""
@@ -243,6 +254,8 @@ class LocalRewriter(BaseRewriter):
                     top_p=self.top_p if sampling else None,
                     top_k=None,
                     pad_token_id=self._tokenizer.pad_token_id,
+                    stop_strings=list(self.task.stop),  # nothing after the answer is read: stop generating there
+                    tokenizer=self._tokenizer,
                 )
             new_tokens = generated[:, encoded["input_ids"].shape[1] :]
             outputs.extend(self._tokenizer.batch_decode(new_tokens, skip_special_tokens=True))

@@ -119,13 +119,15 @@ class RunDir:
             return None
         return plot_curves({self.path.name: rows}, self.curve)
 
-    def write_readme(self, *, base_model: str, task: str, framing: str = "replace", name: str = "deepretrieval") -> None:
+    def write_readme(self, *, base_model: str, task: str, framing: str = "replace", name: str = "deepretrieval",
+                     dtype: str = "float32") -> None:
         searched = ("the original query followed by the rewrite (deploy it the same way: the LlamaIndex transform's "
                     '`mode="expand"`)' if framing == "expand" else "the rewrite alone")
         text = f"""# DeepRetrieval run: {self.path.name}
 
 LoRA adapter trained with GRPO (TRL) against your retriever, task `{task}`, base model `{base_model}`.
 Framing `{framing}`: the reward searched {searched}.
+Precision: the base model ran in `{dtype}` (LoRA weights and optimizer state in float32); run.json says why.
 
 - `adapter/` - the peft adapter (also inside every `checkpoints/checkpoint-N/`)
 - `config.yaml` - the training config; `run.json` - base model, dataset fingerprint, status

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from .models import EMBEDDED_NAME, cache_dir, resolve_model
+from .precision import check_dtype, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     vllm: str | Path | None = None
-    dtype: str | None = None
+    dtype: str = "auto"  # precision.py: auto = bfloat16 where the machine has bf16 units, else float32
     max_model_len: int = 2048
     max_loras: int = 2
     kv_cache_gib: int = 2
@@ -137,6 +138,12 @@ class ServerConfig:
             raise ValueError(f"max_model_len={self.max_model_len} is too small for the prompts; use >= 1024")
         if isinstance(self.extra_args, str):
             self.extra_args = shlex.split(self.extra_args)
+        check_dtype(self.dtype or "auto", field="dtype")
+
+    @property
+    def resolved_dtype(self) -> str:
+        """The ``--dtype`` vLLM is started with: the setting, or for ``auto`` what this machine computes natively."""
+        return resolve_dtype(self.dtype or "auto", "cuda" if has_gpu() else "cpu")
 
     @property
     def base_url(self) -> str:
@@ -147,7 +154,7 @@ class ServerConfig:
         first = next(iter(self.adapters.values()))
         base = base_model_for(first, self.base)
         rank = max(lora_rank(a) for a in self.adapters.values())
-        dtype = self.dtype or ("auto" if has_gpu() else "float32")
+        dtype = self.resolved_dtype
         modules = [f"{name}={path}" for name, path in self.adapters.items()]
         return [
             str(vllm), "serve", base, "--host", self.host, "--port", str(self.port),

@@ -45,7 +45,7 @@ class Source:
 
 def parse_source(spec: str, *, model: str | None = None, task: str | Task = "retrieval", framing: str = "replace",
                  max_new_tokens: int = 128, batch_size: int = 8, search: SearchBackend | None = None,
-                 feedback_docs: int = 0) -> Source:
+                 feedback_docs: int = 0, dtype: str = "auto") -> Source:
     """A :class:`Source` from its command-line form, optionally named: ``[NAME=]SPEC``.
 
     SPEC is ``raw``; ``prf[:SETTINGS]`` (RM3 pseudo-relevance feedback through ``search``, SETTINGS as
@@ -55,11 +55,12 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
     ``framing``); ``server:URL#MODEL`` (an OpenAI-compatible server such as vLLM, the adapter chosen by MODEL).
     ``framing="expand"`` searches query + rewrite, as the trainer does. ``feedback_docs`` > 0 shows model sources
     the first-pass results of the query (``TrainConfig.feedback_docs``; an adapter's run config wins here too).
+    ``dtype`` is the in-process model's precision (precision.py; rewrites are cached per resolved dtype).
     """
     name, _, body = spec.partition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
     kind, _, arg = body.partition(":")
     expand = framing == "expand"
-    local = {"model": model, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    local = {"model": model, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "dtype": dtype}
     if kind == RAW and not arg:
         return Source(name or RAW)
     if kind == "prf":
@@ -112,14 +113,16 @@ def _safe(text: str) -> str:
 
 
 def _local_source(name: str, adapter: Path | None, task: str | Task, *, model: str | None, max_new_tokens: int,
-                  batch_size: int, include_original: bool = False) -> Source:
+                  batch_size: int, include_original: bool = False, dtype: str = "auto") -> Source:
     from .models import resolve_model
+    from .precision import resolve_dtype
     from .rewriters import LocalRewriter
 
-    rewriter = LocalRewriter(model, adapter=adapter, task=task, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    rewriter = LocalRewriter(model, adapter=adapter, task=task, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                             dtype=dtype)
     weights = _adapter_fingerprint(adapter) if adapter else "none"
     identity = (f"local|{resolve_model(model)}|adapter={adapter}:{weights}|{_task_id(rewriter.task)}"
-                f"|max_new_tokens={max_new_tokens}|greedy")
+                f"|max_new_tokens={max_new_tokens}|greedy|dtype={resolve_dtype(dtype, rewriter.device)}")
     return Source(name, rewriter, include_original=include_original, identity=identity)
 
 

@@ -36,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", help="run folder (default: <cache>/runs/demo-<collection>); re-running resumes")
     parser.add_argument("--model", help="base model id or path (default: the embedded SmolLM2-135M)")
     add_retriever_arguments(parser)
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"),
+                        help="model precision (default: auto = bfloat16 where the CPU/GPU has bf16 "
+                             "units, float32 elsewhere)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                  "path": args.retriever_path or ""}
     config = TrainConfig.from_dict({
         "model": args.model, "run_dir": str(run_dir), "resume": (run_dir / "checkpoints").is_dir(),
-        "max_steps": args.steps, "max_minutes": args.minutes, "save_steps": 10,
+        "max_steps": args.steps, "max_minutes": args.minutes, "save_steps": 10, "dtype": args.dtype or "auto",
         # original query + rewrite: a small model's rewrite then adds terms instead of replacing the user's
         # (measured on SciFact dev: base-model nDCG@10 0.695 expand vs 0.597 replace, raw 0.70; docs/benchmarks.md)
         "framing": "expand",
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     search = config.retriever.build(str(path))
     adapter = train(search, load_beir(path, train_split), config)
     collection = load_beir(path, eval_split)
-    sources = [parse_source(spec, model=args.model, framing=config.framing)
+    sources = [parse_source(spec, model=args.model, framing=config.framing, dtype=config.dtype)
                for spec in ("raw", "base", f"trained=adapter:{adapter}")]
     retriever_text = f"{config.retriever.framework} {config.retriever.kind}"
     code = report_evaluation(collection, search, sources, run_dir / "eval", retriever=retriever_text,

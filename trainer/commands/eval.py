@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feedback-docs", type=int,
                         help="show model sources the top N first-pass results of the raw query in the prompt "
                              "(default: the config's, else 0 = query-only; an adapter's run config wins)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"),
+                        help="model precision (default: the config's, else auto = bfloat16 where the CPU/GPU has bf16 "
+                             "units, float32 elsewhere)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N judged queries of the split "
                                                   "(in queries.jsonl order); default: all")
     parser.add_argument("--out", help="output folder (default: runs/eval/<collection>-<split>); rewrites are "
@@ -72,7 +75,7 @@ def _config(args: argparse.Namespace):
         from ..beir_download import resolve_collection
 
         overrides["data"]["path"] = str(resolve_collection(args.data))
-    for flag in ("model", "task", "framing", "feedback_docs"):
+    for flag in ("model", "task", "framing", "feedback_docs", "dtype"):
         if getattr(args, flag, None):
             overrides[flag] = getattr(args, flag)
     if args.config:
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     search = config.retriever.build(config.data.path)
     sources = [parse_source(spec, model=config.model, task=config.task, max_new_tokens=args.max_new_tokens,
                             batch_size=args.batch_size, framing=config.framing, search=search,
-                            feedback_docs=config.feedback_docs) for spec in specs]
+                            feedback_docs=config.feedback_docs, dtype=config.dtype) for spec in specs]
     return report_evaluation(collection, search, sources, out, retriever=_describe(config.retriever),
                              limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress)
 

@@ -15,6 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="a transformers model id or path (default: the embedded SmolLM2)")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="generation budget (default: 128)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"),
+                        help="model precision (default: auto = bfloat16 where the CPU/GPU has bf16 "
+                             "units, float32 elsewhere)")
     parser.add_argument("--show-completion", action="store_true", help="also print the raw model text")
 
 
@@ -23,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     rewriter = LocalRewriter(
         args.model, adapter=args.adapter, task=args.task, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
+        temperature=args.temperature, dtype=args.dtype or "auto",
     )
     for result in rewriter.rewrite(args.queries):
         print(f"original:  {result.original}")

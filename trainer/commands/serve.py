@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, loopback only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     parser.add_argument("--vllm", metavar="PATH", help="the vllm executable (default: scripts/setup-vllm.sh's venv)")
-    parser.add_argument("--dtype", help="vLLM --dtype (default: float32 on CPU, auto on GPU)")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="precision (default auto: bfloat16 where the CPU/GPU has bf16 units, else float32)")
     parser.add_argument("--max-model-len", type=int, default=2048, help="context length (default: 2048)")
     parser.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for health (default 900)")
     parser.add_argument("--vllm-args", default="", help='extra `vllm serve` arguments, e.g. "--max-num-seqs 64"')

@@ -6,6 +6,7 @@ Imported only when training starts (it imports torch, transformers and trl).
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from typing import Any
 
@@ -25,8 +26,56 @@ class TimedGRPOTrainer(GRPOTrainer):
     ``time/backward_s`` = step - generation - rewards (log-probs, loss, backward and the optimizer update).
     """
 
+    def __init__(self, *args, stop: tuple[str, ...] = (), merged_sampling: bool = True, share_prompts: bool = True,
+                 **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop = tuple(stop)
+        self.merged_sampling = merged_sampling
+        self.share_prompts = share_prompts
+        self._twin = None
+
     def _mode(self) -> str:
         return "train" if self.model.training else "eval"
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
+        """Each prompt once per group (deepretrieval_trainer.prompt_sharing); TRL's full-sequence path otherwise."""
+        plain = not any(v is not None for v in multimodal.values()) and not compute_aux_loss
+        if not (self.share_prompts and plain and not self.args.gradient_checkpointing):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
+        from .prompt_sharing import shared_prompt_logps
+
+        logps, entropies = shared_prompt_logps(model, input_ids, attention_mask, logits_to_keep,
+                                               autocast=self.accelerator.autocast, compute_entropy=compute_entropy)
+        return logps, entropies, None
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        """Sample from the merged twin of the policy (deepretrieval_trainer.generation), stopping at the task's stop
+        strings; TRL's own path for vLLM, continuous batching, images, or ``merged_sampling=False``."""
+        plain_text = not multimodal_fields and not (images and any(i is not None for i in images))
+        if self.use_vllm or self.use_transformers_continuous_batching or not plain_text or not self.merged_sampling:
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)
+        import torch
+        from trl.trainer.utils import pad
+
+        from .generation import MergedTwin, StopRecorder, cut_completions
+
+        if self._twin is None:
+            self._twin = MergedTwin(self.accelerator.unwrap_model(self.model))
+        self._twin.refresh(self.state.global_step)
+        prompts = [torch.tensor(ids) for ids in prompt_ids]
+        input_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left")
+        attention_mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left")
+        device = self.accelerator.device
+        stopping = [StopRecorder(self._tokenizer, self.stop, input_ids.shape[1], len(prompts))] if self.stop else []
+        with torch.no_grad():
+            generated = self._twin.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                                  generation_config=self.generation_config, stopping_criteria=stopping)
+        lengths = stopping[0].lengths if stopping else [None] * len(prompts)
+        return cut_completions(generated[:, input_ids.shape[1]:], self.eos_token_ids, lengths), None
 
     def _generate(self, prompts: list):
         start = time.perf_counter()
@@ -81,6 +130,7 @@ class RunCallback(TrainerCallback):
             if all(isinstance(p, float) for p in parts):
                 row["time/backward_s"] = max(self.clock.last_s - sum(parts), 0.0)
         row["wall_s"] = time.perf_counter() - self.started
+        row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # so far, this process
         self.run_dir.append_metrics(row)
         if self.bar is not None:
             self.bar.n = state.global_step

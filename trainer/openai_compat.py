@@ -3,9 +3,15 @@
 The adapter is chosen by the model name (``vllm serve BASE --enable-lora --lora-modules NAME=ADAPTER``; see
 ``deepretrieval serve``). Each query is one ``POST /v1/chat/completions`` whose last message is the assistant turn
 started with the task's prefill (``<think>``); vLLM continues it (``continue_final_message``), so the model sees the
-same prompt as in training. Requests run concurrently (a thread pool, or asyncio with a semaphore) over one
-connection pool, with a per-request timeout and bounded retries with exponential backoff on 429, 5xx and
-connection errors. A failed request makes its query fall back to the original text with the reason logged.
+same prompt as in training. Requests run concurrently (asyncio with a semaphore; sync calls on a private event loop)
+over one connection pool. ``timeout`` is a deadline for the whole request, however slowly the bytes arrive, and
+retries with exponential backoff on 429, 5xx and connection errors stop when ``max_retries`` or the query's overall
+budget ``total_timeout`` runs out. A failed request makes its query fall back to the original text with the reason
+logged.
+
+We keep our own client over httpx instead of the ``openai`` package: vLLM's ``continue_final_message`` and the
+per-query fallback need the raw request and answer, and the ``openai`` client's timeout and retries are per read and
+per attempt, without the whole-request deadline and overall budget asked for here.
 """
 
 from __future__ import annotations
@@ -15,16 +21,15 @@ import logging
 import os
 import random
 import threading
-import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 
 from .answer import MAX_QUERY_CHARS, parse_answer
+from .deadline import DeadlineExceeded, LoopThread, RetryBudget, within
 from .fields import check_fields
 from .redaction import redact, register_secret
 from .rewriters import BaseRewriter
@@ -60,6 +65,7 @@ class EndpointConfig:
     temperature: float = 0.0
     n: int = 1
     choice: Choice = "first_valid"
+    total_timeout: float | None = None  # one query's attempts and waits; None: timeout * (max_retries + 1) + 8 s
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -69,6 +75,8 @@ class EndpointConfig:
             raise ValueError(f"base_url={self.base_url!r} is not an http(s) URL; use e.g. {DEFAULT_BASE_URL}")
         checks = [
             (self.timeout > 0, f"timeout={self.timeout} must be > 0 seconds"),
+            (self.total_timeout is None or self.total_timeout > 0,
+             f"total_timeout={self.total_timeout} must be > 0 seconds (or None for timeout * (max_retries + 1) + 8)"),
             (self.max_retries >= 0, f"max_retries={self.max_retries} must be >= 0 (0 = no retry)"),
             (self.retry_backoff >= 0, f"retry_backoff={self.retry_backoff} must be >= 0 seconds"),
             (self.max_concurrency >= 1, f"max_concurrency={self.max_concurrency} must be >= 1"),
@@ -82,6 +90,13 @@ class EndpointConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @property
+    def budget_s(self) -> float:
+        """Seconds one query may spend on all its attempts and backoff waits together."""
+        if self.total_timeout is not None:
+            return self.total_timeout
+        return self.timeout * (self.max_retries + 1) + MAX_BACKOFF_S
 
     @property
     def chat_url(self) -> str:
@@ -129,6 +144,7 @@ class OpenAIRewriter(BaseRewriter):
         api_key: str | None = None,
         task: str | Task = "retrieval",
         timeout: float = 30.0,
+        total_timeout: float | None = None,
         max_retries: int = 2,
         retry_backoff: float = 0.5,
         max_concurrency: int = 8,
@@ -141,14 +157,14 @@ class OpenAIRewriter(BaseRewriter):
     ):
         super().__init__(task=task, strict=strict, max_query_chars=max_query_chars)
         self.config = EndpointConfig(
-            model=model, base_url=base_url, timeout=timeout, max_retries=max_retries, retry_backoff=retry_backoff,
+            model=model, base_url=base_url, timeout=timeout, total_timeout=total_timeout, max_retries=max_retries,
+            retry_backoff=retry_backoff,
             max_concurrency=max_concurrency, max_tokens=max_tokens, temperature=temperature, n=n, choice=choice,
         )
         self._api_key = resolve_api_key(api_key)
         register_secret(self._api_key)
-        self._client: httpx.Client | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._async: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient, asyncio.Semaphore] | None = None
+        self._clients: dict[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, asyncio.Semaphore]] = {}
+        self._runner: LoopThread | None = None
         self._lock = threading.Lock()
 
     @property
@@ -199,6 +215,9 @@ class OpenAIRewriter(BaseRewriter):
     def _give_up(self, attempt: int, response: httpx.Response | None, error: Exception | None) -> Exception:
         where = f"{self.config.chat_url} (model {self.config.model!r})"
         tries = f"after {attempt + 1} attempt(s)"
+        if isinstance(error, DeadlineExceeded):
+            return ServerError(f"no complete answer from {where} {tries}: {error}; the server is too slow or "
+                               f"stalled: raise timeout (now {self.config.timeout:g}s) or check the server")
         if response is None:
             return ServerError(
                 f"cannot reach {where} {tries}: {type(error).__name__}: {error}; is the server running "
@@ -226,9 +245,10 @@ class OpenAIRewriter(BaseRewriter):
             return False
         return response is None or response.status_code in RETRY_STATUS
 
-    # -- sync --------------------------------------------------------------------------------------------------
+    # -- the requests: one coroutine per query, on the caller's loop or (sync callers) on a private one ---------
 
-    def _settle(self, attempt: int, response: httpx.Response | None, error: Exception | None) -> tuple[bool, Any]:
+    def _settle(self, attempt: int, response: httpx.Response | None, error: Exception | None,
+                budget: RetryBudget) -> tuple[bool, Any]:
         """After one attempt: ``(True, completion or exception)`` when done, else ``(False, seconds to wait)``."""
         if response is not None and response.status_code == 200:
             try:
@@ -238,48 +258,25 @@ class OpenAIRewriter(BaseRewriter):
         if not self._should_retry(attempt, response):
             return True, self._give_up(attempt, response, error)
         delay = self._backoff(attempt, response)
+        if not budget.allows(delay):
+            spent = ServerError(f"{self._give_up(attempt, response, error)}; the retry budget "
+                                f"(total_timeout={budget.total_s:g}s) is spent")
+            return True, spent
         logger.debug("retrying %s in %.2fs (%s)", self.config.chat_url, delay, error or response.status_code)
         return False, delay
 
-    def _post(self, client: httpx.Client, conversation: list[dict[str, str]]) -> str | Exception:
-        body = self.payload(conversation)
-        for attempt in range(self.config.max_retries + 1):
-            response, error = None, None
-            try:
-                response = client.post(self.config.chat_url, json=body, headers=self._headers())
-            except httpx.TransportError as exc:  # connection refused/reset, timeouts, protocol errors
-                error = exc
-            done, value = self._settle(attempt, response, error)
-            if done:
-                return value
-            time.sleep(value)
-        raise AssertionError("unreachable: the last attempt always settles")
-
-    def _sync_client(self) -> tuple[httpx.Client, ThreadPoolExecutor]:
-        with self._lock:
-            if self._client is None:
-                self._client = httpx.Client(timeout=self.config.timeout, limits=self._limits())
-                self._pool = ThreadPoolExecutor(self.config.max_concurrency, thread_name_prefix="deepretrieval-http")
-            return self._client, self._pool
-
-    def _complete(self, conversations: list[list[dict[str, str]]]) -> list[str | Exception]:
-        client, pool = self._sync_client()
-        if len(conversations) == 1:
-            return [self._post(client, conversations[0])]
-        return list(pool.map(lambda c: self._post(client, c), conversations))
-
-    # -- async -------------------------------------------------------------------------------------------------
-
     async def _apost(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, conversation) -> str | Exception:
         body = self.payload(conversation)
+        budget = RetryBudget(self.config.timeout, self.config.budget_s)
         for attempt in range(self.config.max_retries + 1):
             response, error = None, None
             try:
-                async with gate:
-                    response = await client.post(self.config.chat_url, json=body, headers=self._headers())
-            except httpx.TransportError as exc:
+                async with gate:  # waiting for a free connection is not part of the request's deadline
+                    response = await within(client.post(self.config.chat_url, json=body, headers=self._headers()),
+                                            budget.attempt_timeout(), f"POST {self.config.chat_url}")
+            except (httpx.TransportError, DeadlineExceeded) as exc:  # refused/reset, timeouts, protocol errors
                 error = exc
-            done, value = self._settle(attempt, response, error)
+            done, value = self._settle(attempt, response, error, budget)
             if done:
                 return value
             await asyncio.sleep(value)
@@ -288,36 +285,45 @@ class OpenAIRewriter(BaseRewriter):
     def _async_client(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
         """One AsyncClient and semaphore per event loop (an AsyncClient cannot move between loops)."""
         loop = asyncio.get_running_loop()
-        if self._async is None or self._async[0] is not loop:
-            client = httpx.AsyncClient(timeout=self.config.timeout, limits=self._limits())
-            self._async = (loop, client, asyncio.Semaphore(self.config.max_concurrency))
-        return self._async[1], self._async[2]
+        with self._lock:
+            if loop not in self._clients:
+                client = httpx.AsyncClient(timeout=self.config.timeout, limits=self._limits())
+                self._clients[loop] = (client, asyncio.Semaphore(self.config.max_concurrency))
+            return self._clients[loop]
 
     async def _acomplete(self, conversations: list[list[dict[str, str]]]) -> list[str | Exception]:
         client, gate = self._async_client()
         return list(await asyncio.gather(*(self._apost(client, gate, c) for c in conversations)))
 
+    def _complete(self, conversations: list[list[dict[str, str]]]) -> list[str | Exception]:
+        with self._lock:
+            if self._runner is None:
+                self._runner = LoopThread("deepretrieval-http")
+            runner = self._runner
+        return runner.run(self._acomplete(conversations))
+
     # -- lifetime ----------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the sync connection pool and threads (the async pool too when its loop is not running)."""
+        """Close the connection pools (of loops that are not running) and the sync callers' private loop."""
         with self._lock:
-            client, pool, self._client, self._pool = self._client, self._pool, None, None
-        if client is not None:
-            client.close()
-        if pool is not None:
-            pool.shutdown(wait=False)
-        if self._async is not None:
-            loop, async_client, _ = self._async
-            self._async = None
-            if not loop.is_closed() and not loop.is_running():
-                loop.run_until_complete(async_client.aclose())
+            runner, self._runner = self._runner, None
+            clients, self._clients = self._clients, {}
+        for loop, (client, _) in clients.items():
+            if runner is not None and loop is runner.loop:
+                runner.close(client.aclose())
+                runner = None
+            elif not loop.is_closed() and not loop.is_running():
+                loop.run_until_complete(client.aclose())
+        if runner is not None:
+            runner.close()
 
     async def aclose(self) -> None:
-        if self._async is not None and self._async[0] is asyncio.get_running_loop():
-            await self._async[1].aclose()
-            self._async = None
-        self.close()
+        with self._lock:
+            own = self._clients.pop(asyncio.get_running_loop(), None)
+        if own is not None:
+            await own[0].aclose()
+        await asyncio.to_thread(self.close)
 
     def __enter__(self) -> OpenAIRewriter:
         return self

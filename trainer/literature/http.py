@@ -1,9 +1,12 @@
 """The request discipline shared by the PubMed and ClinicalTrials.gov engines (httpx, sync and async).
 
 Every request waits its turn at a rate limiter shared by all engines talking to the same service with the same
-rate, has a timeout, and is retried with exponential backoff on transport errors, timeouts, 429 (honouring
-``Retry-After``), 5xx and malformed JSON. Other 4xx answers fail at once. Secret parameters (the NCBI API key) never
-appear in logs or error messages.
+rate, has a deadline for the whole request (``timeout_s``, however slowly the bytes arrive), and is retried with
+exponential backoff on transport errors, timeouts, 429 (honouring ``Retry-After``), 5xx and malformed JSON while the
+call's overall budget (``total_timeout_s``) lasts. Other 4xx answers fail at once. Secret parameters (the NCBI API
+key) never appear in logs or error messages. Sync calls run the async request on a private event loop, so both
+paths keep the same deadlines (httpx's own timeouts are per socket operation; tenacity's stop_after_delay cannot
+cut an attempt in flight, so the retry loop stays ours).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ..deadline import DeadlineExceeded, LoopThread, RetryBudget, within
 from ..fields import check_fields
 from ..redaction import redact
 from ..search import check_k
@@ -43,7 +47,8 @@ class HttpPolicy:
 
     ``requests_per_second``: the service's documented limit (PubMed: 3 without an API key, 10 with one).
     Backoff after the n-th failed attempt is ``backoff_s * 2**n`` (capped at ``max_backoff_s``), or the server's
-    ``Retry-After`` when it sends one.
+    ``Retry-After`` when it sends one. ``timeout_s`` is the deadline of one request; ``total_timeout_s`` bounds one
+    call's attempts, rate-limit waits and backoffs together (None: ``timeout_s * (max_retries + 1) + max_backoff_s``).
     """
 
     requests_per_second: float = 3.0
@@ -51,6 +56,7 @@ class HttpPolicy:
     max_retries: int = 4
     backoff_s: float = 1.0
     max_backoff_s: float = 60.0
+    total_timeout_s: float | None = None
     user_agent: str = "deepretrieval (https://pypi.org/project/deepretrieval/)"
 
     def __post_init__(self) -> None:
@@ -60,9 +66,17 @@ class HttpPolicy:
                 raise ValueError(f"HttpPolicy.{name}={getattr(self, name)!r} must be > 0")
         if self.max_retries < 0:
             raise ValueError(f"HttpPolicy.max_retries={self.max_retries!r} must be >= 0 (0 disables retries)")
+        if self.total_timeout_s is not None and not self.total_timeout_s > 0:
+            raise ValueError(f"HttpPolicy.total_timeout_s={self.total_timeout_s!r} must be > 0 (or None)")
         if self.backoff_s < 0 or self.max_backoff_s < self.backoff_s:
             raise ValueError(f"HttpPolicy backoff_s={self.backoff_s!r}, max_backoff_s={self.max_backoff_s!r}: "
                              "need 0 <= backoff_s <= max_backoff_s")
+
+    @property
+    def budget_s(self) -> float:
+        if self.total_timeout_s is not None:
+            return self.total_timeout_s
+        return self.timeout_s * (self.max_retries + 1) + self.max_backoff_s
 
 
 class RateLimiter:
@@ -117,31 +131,22 @@ class JsonService:
         self.name, self.base_url, self.policy = name, base_url.rstrip("/") + "/", policy
         self.secret_params = secret_params
         self.limiter = shared_limiter(self.base_url, policy.requests_per_second)
-        self._client = None
+        self._client = None  # the AsyncClient of the private loop (sync callers)
+        self._runner: LoopThread | None = None
         self._client_lock = threading.Lock()
 
-    def _sync_client(self):
-        import httpx
-
-        with self._client_lock:
-            if self._client is None:
-                self._client = httpx.Client(timeout=self.policy.timeout_s, headers={"User-Agent": self.policy.user_agent})
-            return self._client
-
     def get(self, path: str, params: Mapping[str, Any]) -> dict:
-        import httpx
+        """The decoded JSON answer; sync callers run :meth:`aget` on the service's private event loop."""
+        with self._client_lock:
+            if self._runner is None:
+                self._runner = LoopThread(f"deepretrieval-{self.name}")
+            runner = self._runner
+        return runner.run(self._aget_on_own_loop(path, params))
 
-        client = self._sync_client()
-        for attempt in range(self.policy.max_retries + 1):
-            self.limiter.wait()
-            try:
-                outcome = self._judge(client.get(self.base_url + path, params=dict(params)), path, params, attempt)
-            except httpx.TransportError as exc:  # connect/read errors and timeouts
-                outcome = self._judge_failure(exc, path, params, attempt)
-            if not isinstance(outcome, _Retry):
-                return outcome
-            time.sleep(outcome.delay)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+    async def _aget_on_own_loop(self, path: str, params: Mapping[str, Any]) -> dict:
+        if self._client is None:
+            self._client = self.async_client()
+        return await self.aget(path, params, self._client)
 
     async def aget(self, path: str, params: Mapping[str, Any], client=None) -> dict:
         """The async form of :meth:`get`; pass an open ``httpx.AsyncClient`` to reuse its connections."""
@@ -150,12 +155,15 @@ class JsonService:
         if client is None:
             async with self.async_client() as own:
                 return await self.aget(path, params, own)
+        budget = RetryBudget(self.policy.timeout_s, self.policy.budget_s)
         for attempt in range(self.policy.max_retries + 1):
             await self.limiter.await_turn()
             try:
-                outcome = self._judge(await client.get(self.base_url + path, params=dict(params)), path, params, attempt)
-            except httpx.TransportError as exc:
-                outcome = self._judge_failure(exc, path, params, attempt)
+                response = await within(client.get(self.base_url + path, params=dict(params)),
+                                        budget.attempt_timeout(), self.describe(path, params))
+                outcome = self._judge(response, path, params, attempt, budget)
+            except (httpx.TransportError, DeadlineExceeded) as exc:  # connect/read errors, timeouts, the deadline
+                outcome = self._retry_or_raise(f"{type(exc).__name__}: {exc}", path, params, attempt, None, budget)
             if not isinstance(outcome, _Retry):
                 return outcome
             await asyncio.sleep(outcome.delay)
@@ -168,36 +176,35 @@ class JsonService:
 
     def close(self) -> None:
         with self._client_lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            runner, client, self._runner, self._client = self._runner, self._client, None, None
+        if runner is not None:
+            runner.close(client.aclose() if client is not None else None)
 
     def describe(self, path: str, params: Mapping[str, Any]) -> str:
         """The request as text with secret parameters masked."""
         shown = {key: ("***" if key in self.secret_params else value) for key, value in params.items()}
         return f"{self.name} GET {self.base_url}{path} {shown}"
 
-    def _judge(self, response, path: str, params: Mapping[str, Any], attempt: int) -> dict | _Retry:
+    def _judge(self, response, path: str, params: Mapping[str, Any], attempt: int, budget: RetryBudget) -> dict | _Retry:
         status = response.status_code
         if status in RETRY_STATUSES:
             retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-            return self._retry_or_raise(f"HTTP {status}: {_excerpt(response.text)}", path, params, attempt, retry_after)
+            return self._retry_or_raise(f"HTTP {status}: {_excerpt(response.text)}", path, params, attempt, retry_after,
+                                        budget)
         if status >= 400:
             raise SearchServiceError(f"{self.describe(path, params)} failed with HTTP {status}: {_excerpt(response.text)}"
                                      "; check the query and the parameters (this is not retried)")
         try:
             payload = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return self._retry_or_raise(f"malformed JSON: {_excerpt(response.text)}", path, params, attempt, None)
+            return self._retry_or_raise(f"malformed JSON: {_excerpt(response.text)}", path, params, attempt, None, budget)
         if not isinstance(payload, dict):
-            return self._retry_or_raise(f"expected a JSON object, got {type(payload).__name__}", path, params, attempt, None)
+            return self._retry_or_raise(f"expected a JSON object, got {type(payload).__name__}", path, params, attempt,
+                                        None, budget)
         return payload
 
-    def _judge_failure(self, exc: Exception, path: str, params: Mapping[str, Any], attempt: int) -> _Retry:
-        return self._retry_or_raise(f"{type(exc).__name__}: {exc}", path, params, attempt, None)
-
     def _retry_or_raise(self, problem: str, path: str, params: Mapping[str, Any], attempt: int,
-                        retry_after: float | None) -> _Retry:
+                        retry_after: float | None, budget: RetryBudget) -> _Retry:
         if attempt >= self.policy.max_retries:
             raise SearchServiceError(f"{self.describe(path, params)} failed after {attempt + 1} attempt(s): {problem}; "
                                      "the service may be down or rate-limiting: retry later or raise "
@@ -205,6 +212,11 @@ class JsonService:
         delay = min(self.policy.backoff_s * 2 ** attempt, self.policy.max_backoff_s)
         if retry_after is not None:
             delay = min(max(delay, retry_after), self.policy.max_backoff_s)
+        if not budget.allows(delay):
+            raise SearchServiceError(f"{self.describe(path, params)} failed after {attempt + 1} attempt(s): {problem}; "
+                                     f"its retry budget (HttpPolicy.total_timeout_s={budget.total_s:g}s) is spent: "
+                                     "retry later or raise total_timeout_s")
+        if retry_after is not None:
             self.limiter.hold(delay)
         logger.warning("%s: %s; retrying in %.2fs (attempt %d of %d)", self.name, problem, delay, attempt + 1,
                        self.policy.max_retries + 1)

@@ -30,6 +30,7 @@ class Answer:
     status: int = 200
     body: object = None  # dict/list -> JSON; str -> sent as is
     headers: dict | None = None
+    trickle_s: float | None = None  # send the body one byte every trickle_s seconds (a stalled server)
 
 
 class Loopback:
@@ -37,6 +38,7 @@ class Loopback:
         self.service = service  # (path, params) -> Answer
         self.script: deque[Answer] = deque()
         self.requests: list[Request] = []
+        self.trickled: list[tuple[int, int]] = []  # (body bytes sent before the client hung up, body length)
         self._lock = threading.Lock()
         owner = self
 
@@ -56,7 +58,10 @@ class Loopback:
                 for key, value in (answer.headers or {}).items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(data)
+                if answer.trickle_s is None:
+                    self.wfile.write(data)
+                else:
+                    owner.trickled.append((trickle(self.wfile, data, answer.trickle_s), len(data)))
 
             def log_message(self, *args):
                 pass
@@ -75,6 +80,20 @@ class Loopback:
 
     def queue(self, *answers: Answer) -> None:
         self.script.extend(answers)
+
+
+def trickle(stream, data: bytes, seconds: float) -> int:
+    """Write ``data`` one byte every ``seconds``; return how many bytes went out before the reader hung up."""
+    sent = 0
+    try:
+        for byte in data:
+            stream.write(bytes([byte]))
+            stream.flush()
+            sent += 1
+            time.sleep(seconds)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return sent
 
 
 def pubmed_ids(n: int) -> list[str]:

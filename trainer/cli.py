@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from .run_dir import TrainingError
+
 # name -> (module holding add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-model": ("deepretrieval_trainer.commands.prepare_model", "convert the embedded model into a plain checkpoint"),
@@ -51,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except TrainingError as exc:  # the message names the cause and the checkpoint --resume continues from
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

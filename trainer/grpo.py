@@ -20,7 +20,7 @@ from typing import Any, Union
 from .config import ConfigError, TrainConfig
 from .data import Collection, DataError
 from .rewards import build_rewards
-from .run_dir import RunDir, checkpoint_step
+from .run_dir import RunDir, TrainingError, checkpoint_step
 from .feedback import first_pass
 from .search import DocumentHit, SearchBackend, document_search
 from .tasks import QueryInput, Task
@@ -154,6 +154,8 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
     if checkpoint is not None and checkpoint_step(checkpoint) >= config.max_steps:
         # The HF trainer would run one more step past max_steps when resumed from the final checkpoint.
         return run.finished_adapter(checkpoint, write=is_main_process())
+    if is_main_process():
+        run.check_writable()  # a read-only or full disk fails now, not at the first checkpoint
     _import_training_stack()
     if config.torch_threads is not None:
         import torch
@@ -168,14 +170,15 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
     dtype = resolve_dtype(config.dtype, device)  # the one precision decision of this run
     main = is_main_process()
     if main:
-        run.path.mkdir(parents=True, exist_ok=True)
-        config.to_yaml(run.path / "config.yaml")
+        run.write_config(config)
         run.write_info(base_model=base_model, model=config.model, task=task.name, status="running",
                        retriever=type(search_backend).__name__, dataset=_dataset_info(dataset, rows, data_fingerprint),
                        versions=_versions(),
                        precision={"dtype": dtype, "setting": config.dtype, "device": device, "why": describe(device),
                                   "lora_weights": "float32"})
     trainer, callback = build_trainer(config, task, base_model, rows, search_backend, run, dtype=dtype)
+    if main:
+        run.check_writable(checkpoint_bytes(trainer) * (config.save_total_limit + 1))
     start = time.perf_counter()
     status = "completed"
     try:
@@ -183,6 +186,8 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
     except KeyboardInterrupt:
         status = "interrupted"
         logger.warning("interrupted at step %d: saving the adapter reached so far", trainer.state.global_step)
+    except Exception as exc:
+        raise training_failed(exc, search_backend, run, trainer.state.global_step) from exc
     finally:
         callback.close()
     trainer.save_model(str(run.adapter))
@@ -193,6 +198,44 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
         run.write_readme(base_model=base_model, task=task.name, framing=config.framing, dtype=dtype)
         logger.info("%s after %d steps: adapter in %s", status, trainer.state.global_step, run.adapter)
     return run.adapter
+
+
+def checkpoint_bytes(trainer) -> int:
+    """About how much one checkpoint takes: the trainable weights, Adam's two moments, the small state files."""
+    trainable = sum(p.numel() * p.element_size() for p in trainer.model.parameters() if p.requires_grad)
+    return 3 * trainable + (1 << 20)
+
+
+def training_failed(exc: Exception, search_backend: SearchBackend, run: RunDir, step: int) -> TrainingError:
+    """The error to raise when a training step fails, recorded in run.json; it names the retriever when it raised."""
+    from .redaction import redact
+
+    retriever = type(search_backend).__name__
+    by_retriever = _raised_by(exc, search_backend)
+    checkpoint = run.last_checkpoint()
+    kept = (f"the run folder keeps {checkpoint} (step {checkpoint_step(checkpoint)})" if checkpoint
+            else "no checkpoint was saved yet")
+    cause = redact(f"{type(exc).__name__}: {exc}")
+    if is_main_process():
+        run.write_info(status="failed", failed_step=step + 1, error=cause[:2000], failed_in=retriever if by_retriever
+                       else None)
+    what = f"the retriever {retriever} failed" if by_retriever else "training failed"
+    fix = "the retriever is back (or fixed)" if by_retriever else "the cause is fixed"
+    return TrainingError(f"{what} in training step {step + 1}: {cause}; {kept}: once {fix}, run the same "
+                         "command with --resume (resume=True) to continue from it")
+
+
+def _raised_by(exc: BaseException, search_backend: SearchBackend) -> bool:
+    """Whether ``exc`` (or an exception it chains) passed through a method of ``search_backend``."""
+    import traceback
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if any(frame.f_locals.get("self") is search_backend for frame, _ in traceback.walk_tb(exc.__traceback__)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequence[TrainingRow],

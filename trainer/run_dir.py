@@ -10,13 +10,22 @@ RUN_DIR/
   adapter/           the final peft LoRA adapter (also written on Ctrl-C)
   README.md          how to serve the adapter
 ```
+
+The folder survives a ``kill -9`` at any moment: run.json and config.yaml are replaced atomically, a metrics line
+cut short is skipped when read, and a checkpoint whose ``trainer_state.json`` (the file transformers writes last) is
+missing or unreadable is incomplete: resume moves it aside and continues from the last complete one, so at most
+``save_steps`` steps are lost. :meth:`RunDir.check_writable` fails before any model loads when the folder's
+file system is read-only or full.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,9 +39,45 @@ CURVE_KEYS = ("reward", "format/valid_rate", "step_s")
 _TRAINER_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin"}
 
 
+_ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+PROBE_BYTES = 1 << 20  # written and removed by check_writable: a full disk fails here, not at the first checkpoint
+
+
 def checkpoint_step(checkpoint: Path) -> int:
     """The optimizer step a ``checkpoint-N`` folder was saved at."""
     return int(checkpoint.name.split("-")[-1])
+
+
+def checkpoint_complete(checkpoint: Path) -> bool:
+    """Whether a checkpoint was fully written: its trainer_state.json (saved after the adapter, optimizer and RNG
+    state) parses and names the folder's step, and the adapter weights are there."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(state, dict) or state.get("global_step") != checkpoint_step(checkpoint):
+        return False
+    return any((checkpoint / name).is_file() and (checkpoint / name).stat().st_size > 0 for name in _ADAPTER_FILES)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that a reader, or a kill, never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.unlink(staging)
+
+
+class TrainingError(RuntimeError):
+    """Training stopped on an error; the message names the cause (the retriever, when it raised) and the checkpoint
+    that ``resume`` continues from."""
 
 
 class RunDir:
@@ -44,22 +89,59 @@ class RunDir:
         self.info = self.path / "run.json"
         self.curve = self.path / "reward_curve.png"
 
-    def last_checkpoint(self) -> Path | None:
+    def checkpoint_folders(self) -> list[Path]:
         found = [p for p in self.checkpoints.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-        return max(found, key=checkpoint_step, default=None)
+        return sorted(found, key=checkpoint_step)
+
+    def last_checkpoint(self) -> Path | None:
+        """The latest completely written checkpoint (see :func:`checkpoint_complete`)."""
+        return next((p for p in reversed(self.checkpoint_folders()) if checkpoint_complete(p)), None)
+
+    def set_aside_incomplete(self) -> list[Path]:
+        """Move checkpoints newer than the last complete one out of the trainer's way (``.incomplete-...``)."""
+        last = self.last_checkpoint()
+        moved = []
+        for folder in self.checkpoint_folders():
+            if (last is None or checkpoint_step(folder) > checkpoint_step(last)) and not checkpoint_complete(folder):
+                target = folder.with_name(f".incomplete-{folder.name}-{int(time.time())}")
+                folder.rename(target)
+                logger.warning("%s was not completely written (a crash while saving?): moved to %s; resuming from %s",
+                               folder, target.name, last or "step 0")
+                moved.append(target)
+        return moved
+
+    def check_writable(self, free_bytes: int = PROBE_BYTES) -> None:
+        """Fail now, with the fix, if the run folder cannot be created or written, or its disk is (nearly) full."""
+        probe = self.path / ".write-probe"
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            with probe.open("wb") as out:
+                out.write(b"\0" * PROBE_BYTES)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as exc:
+            raise ConfigError(_unwritable(self.path, exc)) from None
+        finally:
+            probe.unlink(missing_ok=True)
+        free = shutil.disk_usage(self.path).free
+        if free < free_bytes:
+            raise ConfigError(f"run_dir={str(self.path)!r} has {free / 2**20:.1f} MiB free, and the run needs about "
+                              f"{free_bytes / 2**20:.1f} MiB for its checkpoints: free space or choose another run_dir")
 
     def prepare(self, config: TrainConfig, fingerprint: str) -> Path | None:
         """Check the folder against ``resume``; return the checkpoint to resume from (None: start fresh)."""
-        checkpoint = self.last_checkpoint()
         if not config.resume:
-            if checkpoint is not None or self.adapter.exists():
+            found = self.checkpoint_folders()
+            if found or self.adapter.exists():
                 raise ConfigError(
-                    f"run_dir={str(self.path)!r} already holds a run ({checkpoint or self.adapter}): pass resume=True "
-                    "(--resume) to continue it, or choose a new run_dir"
+                    f"run_dir={str(self.path)!r} already holds a run ({found[-1] if found else self.adapter}): pass "
+                    "resume=True (--resume) to continue it, or choose a new run_dir"
                 )
             return None
+        self.set_aside_incomplete()
+        checkpoint = self.last_checkpoint()
         if checkpoint is None:
-            logger.warning("resume=True but %s has no checkpoint yet: starting from step 0", self.checkpoints)
+            logger.warning("resume=True but %s has no complete checkpoint yet: starting from step 0", self.checkpoints)
             return None
         previous = self.read_info().get("dataset", {}).get("fingerprint")
         if previous and previous != fingerprint:
@@ -85,6 +167,11 @@ class RunDir:
                        self.path, checkpoint.name)
         return self.adapter
 
+    def write_config(self, config: TrainConfig) -> None:
+        import yaml
+
+        write_atomically(self.path / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+
     def read_info(self) -> dict[str, Any]:
         try:
             return json.loads(self.info.read_text(encoding="utf-8"))
@@ -94,8 +181,7 @@ class RunDir:
     def write_info(self, **facts: Any) -> None:
         info = self.read_info()
         info.update(facts)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.info.write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+        write_atomically(self.info, json.dumps(info, indent=2, default=str) + "\n")
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with self.metrics.open("a", encoding="utf-8") as handle:
@@ -106,10 +192,13 @@ class RunDir:
         if not self.metrics.is_file():
             return []
         rows: dict[int, dict[str, Any]] = {}
-        for line in self.metrics.read_text(encoding="utf-8").splitlines():
+        for number, line in enumerate(self.metrics.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
             if line.strip():
-                row = json.loads(line)
-                rows[int(row["step"])] = row
+                try:
+                    row = json.loads(line)
+                    rows[int(row["step"])] = row
+                except (ValueError, KeyError, TypeError):  # a line cut short by a kill: that step is re-run anyway
+                    logger.warning("%s:%d is not a complete metrics row; skipped", self.metrics, number)
         return [rows[s] for s in sorted(rows)]
 
     def plot(self) -> Path | None:
@@ -155,6 +244,14 @@ then point the LlamaIndex transform / Haystack component at that server with mod
     deepretrieval train --config {self.path / 'config.yaml'} --resume
 """
         (self.path / "README.md").write_text(text, encoding="utf-8")
+
+
+def _unwritable(path: Path, exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"run_dir={str(path)!r}: no space left on its device ({exc.strerror}); free space or choose a "
+                "run_dir on another disk")
+    return (f"run_dir={str(path)!r} cannot be written ({exc.strerror}): choose a writable run_dir (or fix the "
+            "folder's permissions / remount it read-write)")
 
 
 def plot_curves(runs: dict[str, list[dict[str, Any]]], out: str | Path, *, window: int = 10) -> Path:

@@ -1,0 +1,230 @@
+"""Faults the training loop survives (issue 16): a retriever that fails mid-step, kill -9, a half-written
+checkpoint, a read-only or full disk. Real components throughout: the embedded model, a Haystack pipeline, a
+loopback PubMed server, real file systems (tmpfs mounts where this machine allows them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from deepretrieval_trainer.config import ConfigError, TrainConfig
+from deepretrieval_trainer.grpo import train
+from deepretrieval_trainer.run_dir import RunDir, TrainingError, checkpoint_complete
+
+NO_MODEL = "/nonexistent/model"  # loading this would raise OSError: seeing our error proves nothing loaded
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny(run_dir, **values) -> TrainConfig:
+    base = dict(run_dir=str(run_dir), max_steps=4, save_steps=1, prompts_per_step=1, num_generations=2,
+                max_completion_length=16, max_queries=4, torch_threads=1, learning_rate=1e-4)
+    return TrainConfig(**{**base, **values})
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """mount(options) -> a fresh tmpfs folder with those mount options (root only); unmounted afterwards."""
+    mounted = []
+
+    def make(options: str) -> Path:
+        target = tmp_path / f"mnt{len(mounted)}"
+        target.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()}): needs root")
+        mounted.append(target)
+        return target
+
+    yield make
+    for target in mounted:
+        subprocess.run(["umount", str(target)], check=False)
+
+
+def _bm25(data_dir):
+    from deepretrieval_trainer.bm25 import BM25Search
+    from deepretrieval_trainer.data import load_corpus
+
+    return BM25Search(load_corpus(data_dir / "adi"))
+
+
+def test_a_read_only_run_folder_fails_before_the_model_loads(tmp_path, mount, adi_test, data_dir):
+    if os.geteuid() == 0:
+        parent = mount("ro,size=1m")
+    else:  # permissions bind a non-root user
+        parent = tmp_path / "ro"
+        parent.mkdir(mode=0o555)
+    with pytest.raises(ConfigError, match=r"run_dir=.* cannot be written \(Read-only file system|Permission denied"):
+        train(_bm25(data_dir), adi_test, tiny(parent / "run", model=NO_MODEL))
+
+
+def test_a_full_disk_fails_before_the_model_loads(mount, adi_test, data_dir):
+    disk = mount("size=256k")
+    with pytest.raises(ConfigError, match=r"run_dir=.*: no space left on its device"):
+        train(_bm25(data_dir), adi_test, tiny(disk / "run", model=NO_MODEL))
+    assert not (disk / "run" / ".write-probe").exists()
+
+
+def _checkpoint(run_dir: Path, step: int, *, complete: bool = True) -> Path:
+    folder = run_dir / "checkpoints" / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    state = json.dumps({"global_step": step})
+    (folder / "trainer_state.json").write_text(state if complete else state[:7], encoding="utf-8")
+    return folder
+
+
+def test_a_half_written_checkpoint_is_set_aside_and_resume_takes_the_last_complete_one(tmp_path):
+    run = RunDir(tmp_path / "run")
+    _checkpoint(run.path, 1)
+    _checkpoint(run.path, 2)
+    _checkpoint(run.path, 3, complete=False)  # killed between the adapter and trainer_state.json
+    assert run.last_checkpoint().name == "checkpoint-2"
+    resumed = run.prepare(tiny(run.path, resume=True), fingerprint="x")
+    assert resumed.name == "checkpoint-2" and checkpoint_complete(resumed)
+    assert not (run.checkpoints / "checkpoint-3").exists()
+    assert len(list(run.checkpoints.glob(".incomplete-checkpoint-3-*"))) == 1
+    other = tmp_path / "other"
+    _checkpoint(other, 1, complete=False)
+    with pytest.raises(ConfigError, match="already holds a run"):  # an incomplete checkpoint still means a run
+        RunDir(other).prepare(tiny(other), "x")
+
+
+def test_a_metrics_line_cut_by_a_kill_does_not_make_the_folder_unreadable(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.write_info(status="running")
+    run.append_metrics({"step": 1, "reward": 0.5})
+    with run.metrics.open("a", encoding="utf-8") as handle:
+        handle.write('{"step": 2, "rew')
+    assert run.read_metrics() == [{"step": 1, "reward": 0.5}]
+    run.write_info(status="failed")
+    assert run.read_info() == {"status": "failed"} and not list(run.path.glob(".run.json-*"))
+
+
+# -- real training runs (slow) ---------------------------------------------------------------------------------
+
+
+def _flaky_pipeline(data_dir, switch: dict):
+    """A real Haystack pipeline around a BM25 retriever that raises while ``switch["broken"]()`` is true."""
+    from haystack import Document, Pipeline, component
+
+    from haystack_deepretrieval import HaystackSearch
+
+    inner = HaystackSearch.from_beir(data_dir / "adi").retriever
+
+    @component
+    class FlakyRetriever:
+        @component.output_types(documents=list[Document])
+        def run(self, query: str, top_k: int | None = None):
+            if switch["broken"]():
+                raise ConnectionError("the document store went away")
+            return inner.run(query=query, top_k=top_k)
+
+    pipeline = Pipeline()
+    pipeline.add_component("retriever", FlakyRetriever())
+    return HaystackSearch(pipeline=pipeline)
+
+
+def _steps(run_dir: Path) -> list[int]:
+    return [row["step"] for row in RunDir(run_dir).read_metrics()]
+
+
+@pytest.mark.slow
+def test_a_retriever_failing_mid_step_keeps_the_checkpoint_and_resume_continues(tmp_path, adi_test, data_dir):
+    run_dir = tmp_path / "run"
+    healed = threading.Event()
+    switch = {"broken": lambda: (run_dir / "checkpoints" / "checkpoint-2").is_dir() and not healed.is_set()}
+    search = _flaky_pipeline(data_dir, switch)
+    with pytest.raises(TrainingError) as caught:
+        train(search, adi_test, tiny(run_dir))
+    message = str(caught.value)
+    assert "the retriever HaystackSearch failed in training step 3" in message
+    assert "the document store went away" in message and "checkpoint-2 (step 2)" in message and "--resume" in message
+    info = RunDir(run_dir).read_info()
+    assert info["status"] == "failed" and info["failed_step"] == 3 and info["failed_in"] == "HaystackSearch"
+    assert checkpoint_complete(run_dir / "checkpoints" / "checkpoint-2") and _steps(run_dir) == [1, 2]
+
+    healed.set()  # the retriever is back
+    train(search, adi_test, tiny(run_dir, resume=True))
+    assert _steps(run_dir) == [1, 2, 3, 4] and RunDir(run_dir).read_info()["status"] == "completed"
+    assert checkpoint_complete(run_dir / "checkpoints" / "checkpoint-4")
+
+
+@pytest.mark.slow
+def test_a_search_server_that_goes_away_fails_the_step_naming_the_engine(tmp_path, adi_test):
+    from deepretrieval_trainer.literature.http import HttpPolicy
+    from deepretrieval_trainer.literature.pubmed import PubMedSearch
+    from tests.trainer.literature.loopback import Loopback, fake_esearch
+
+    ids = list(adi_test.corpus)[:50]
+    run_dir = tmp_path / "run"
+    server = Loopback(fake_esearch(ids)).__enter__()
+
+    def take_it_away():
+        while not (run_dir / "checkpoints" / "checkpoint-1").is_dir():
+            time.sleep(0.05)
+        server.__exit__()  # the port now refuses connections
+
+    threading.Thread(target=take_it_away, daemon=True).start()
+    engine = PubMedSearch(base_url=server.url, api_key="", page_size=50,
+                          policy=HttpPolicy(requests_per_second=100, timeout_s=2.0, max_retries=1, backoff_s=0.01))
+    with pytest.raises(TrainingError, match=r"the retriever PubMedSearch failed in training step \d+: SearchServiceError"):
+        train(engine, adi_test, tiny(run_dir, max_steps=3))
+    assert checkpoint_complete(run_dir / "checkpoints" / "checkpoint-1")
+
+
+KILLED_RUN = """
+import sys
+from deepretrieval_trainer.bm25 import BM25Search
+from deepretrieval_trainer.config import TrainConfig
+from deepretrieval_trainer.data import load_beir, load_corpus
+from deepretrieval_trainer.grpo import train
+
+data, run_dir = sys.argv[1], sys.argv[2]
+train(BM25Search(load_corpus(data)), load_beir(data, "test"),
+      TrainConfig(run_dir=run_dir, max_steps=50, save_steps=1, prompts_per_step=1, num_generations=2,
+                  max_completion_length=16, max_queries=4, torch_threads=1, learning_rate=1e-4))
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_loses_at_most_save_steps_and_a_half_written_checkpoint_is_skipped(tmp_path, adi_test, data_dir):
+    run_dir = tmp_path / "run"
+    script = tmp_path / "run_training.py"
+    script.write_text(textwrap.dedent(KILLED_RUN), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, str(script), str(data_dir / "adi"), str(run_dir)], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        while not (run_dir / "checkpoints" / "checkpoint-3").is_dir():  # wait for a few steps, then kill -9
+            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    run = RunDir(run_dir)
+    done = max(_steps(run_dir))  # steps the killed process finished (the folder stays readable)
+    assert run.read_info()["status"] == "running"
+    last = run.last_checkpoint()
+    # a save cut short, as a kill inside trainer._save_checkpoint leaves it: weights written, state not yet
+    half = run.checkpoints / f"checkpoint-{int(last.name.split('-')[1]) + 1}"
+    if not half.exists():
+        shutil.copytree(last, half)
+    (half / "trainer_state.json").write_text('{"global_st', encoding="utf-8")
+    resumed_from = int(run.last_checkpoint().name.split("-")[1])
+    assert done - resumed_from <= 1  # save_steps
+
+    train(_bm25(data_dir), adi_test, tiny(run_dir, max_steps=resumed_from + 2, resume=True))
+    assert _steps(run_dir) == list(range(1, resumed_from + 3))
+    assert list(run.checkpoints.glob(f".incomplete-{half.name}-*"))
+    assert checkpoint_complete(run.checkpoints / f"checkpoint-{resumed_from + 2}")
+    assert run.read_info()["status"] == "completed"

@@ -41,7 +41,7 @@ def _batch():
     return torch.tensor(ids), torch.tensor(mask), width_c
 
 
-def _scores(policy, shared: bool):
+def _scores(policy, shared: bool, chunk_rows: int = 4):
     """Completion log-probs, entropies and the gradient of their masked sum, by either path."""
     from deepretrieval_trainer.prompt_sharing import shared_prompt_logps
 
@@ -50,7 +50,8 @@ def _scores(policy, shared: bool):
     policy.zero_grad()
     if shared:
         logps, entropy = shared_prompt_logps(policy, input_ids, attention_mask, keep,
-                                             autocast=contextlib.nullcontext, compute_entropy=True)
+                                             autocast=contextlib.nullcontext, compute_entropy=True,
+                                             chunk_rows=chunk_rows)
     else:  # TRL's full-sequence scoring (GRPOTrainer._get_per_token_logps_and_entropies)
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         labels[:, :-keep] = -100
@@ -71,10 +72,11 @@ def test_prompt_groups_follow_identical_prompts():
 def test_shared_prompt_scoring_is_full_sequence_scoring():
     """float32: the same numbers and gradient; bfloat16: no further from float32 than TRL's own bf16 scoring is."""
     reference = _scores(_policy(torch.float32), shared=False)
-    shared = _scores(_policy(torch.float32), shared=True)
-    assert torch.allclose(shared[0], reference[0], atol=2e-4)
-    assert torch.allclose(shared[1], reference[1], atol=2e-3)
-    assert ((shared[2] - reference[2]).norm() / reference[2].norm()).item() < 1e-4
+    for chunk_rows in (4, 2):  # one chunk per group; length-sorted chunks, each cut to its longest completion
+        shared = _scores(_policy(torch.float32), shared=True, chunk_rows=chunk_rows)
+        assert torch.allclose(shared[0], reference[0], atol=2e-4)
+        assert torch.allclose(shared[1], reference[1], atol=2e-3)
+        assert ((shared[2] - reference[2]).norm() / reference[2].norm()).item() < 1e-4
 
     bf16 = _policy(torch.bfloat16)
     full, mine = _scores(bf16, shared=False), _scores(bf16, shared=True)

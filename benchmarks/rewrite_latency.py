@@ -87,50 +87,78 @@ def parse_args() -> argparse.Namespace:
                         help="queries per concurrency level (default: 8 at C=1, 64 at C=32)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--backends", nargs="+", default=["vllm", "local"], choices=["vllm", "local"])
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"], choices=["bfloat16", "float32"],
+                        help="precisions to compare, each on both backends (default: bfloat16 float32)")
+    parser.add_argument("--binds", nargs="+", default=["all"],
+                        help="vLLM CPU core binding(s) to compare: 'all' (every core for the engine, what "
+                             "deepretrieval serve sets) or 'auto' (vLLM's own: one core reserved for its scheduler)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "adi"))
     parser.add_argument("--json", help="write the figures to this file")
     return parser.parse_args()
 
 
+def run_vllm(args, adapter: Path, pool: list[str], dtype: str, bind: str) -> list[dict]:
+    from deepretrieval_trainer.openai_compat import OpenAIRewriter
+    from deepretrieval_trainer.serve import ServerConfig, VLLMServer
+
+    rows, server, base_url = [], None, args.base_url
+    if base_url is None:
+        if bind == "all":
+            os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)  # deepretrieval serve's default: every allowed core
+        else:
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
+        server = VLLMServer(ServerConfig(adapters={args.name: adapter}, port=8077, dtype=dtype)).start()
+        print(f"vLLM ({dtype}, bind {bind}) started in {server.startup_s:.0f} s", file=sys.stderr)
+        base_url = server.base_url
+    try:
+        for concurrency, count in zip(args.concurrency, args.queries, strict=True):
+            queries = (pool * (count // len(pool) + 1))[:count]
+            rewriter = OpenAIRewriter(args.name, base_url=base_url, max_tokens=args.max_tokens,
+                                      max_concurrency=concurrency, timeout=600)
+            asyncio.run(run_served(rewriter, queries[:2], concurrency))  # warm-up (first request is slow)
+            row = summary(f"vllm {dtype} bind={bind}", concurrency,
+                          *asyncio.run(run_served(rewriter, queries, concurrency)))
+            rows.append(row)
+            print(row, file=sys.stderr)
+    finally:
+        if server is not None:
+            server.stop()
+    return rows
+
+
+def run_in_process(args, adapter: Path, pool: list[str], dtype: str) -> list[dict]:
+    from deepretrieval_trainer.rewriters import LocalRewriter
+
+    rows = []
+    local = LocalRewriter(adapter=adapter, max_new_tokens=args.max_tokens, batch_size=max(args.concurrency),
+                          dtype=dtype)
+    local.load()
+    local.rewrite(pool[:2])  # warm-up
+    for concurrency, count in zip(args.concurrency, args.queries, strict=True):
+        local.batch_size = concurrency
+        queries = (pool * (count // len(pool) + 1))[:count]
+        rows.append(summary(f"in-process {dtype}", concurrency, *run_local(local, queries, concurrency)))
+        print(rows[-1], file=sys.stderr)
+    return rows
+
+
 def main() -> int:
     args = parse_args()
     from deepretrieval_trainer.data import load_beir
-    from deepretrieval_trainer.openai_compat import OpenAIRewriter
-    from deepretrieval_trainer.rewriters import LocalRewriter
-    from deepretrieval_trainer.serve import ServerConfig, VLLMServer, find_adapter
+    from deepretrieval_trainer.serve import find_adapter
 
     if len(args.queries) != len(args.concurrency):
         raise SystemExit("give one --queries count per --concurrency level")
     pool = list(load_beir(args.data, "test").queries.values())
     adapter = find_adapter(args.adapter) if args.adapter else make_adapter(Path(tempfile.mkdtemp()) / "adapter")
     rows = []
-    server = None
-    if "vllm" in args.backends:
-        base_url = args.base_url
-        if base_url is None:
-            server = VLLMServer(ServerConfig(adapters={args.name: adapter}, port=8077)).start()
-            print(f"vLLM started in {server.startup_s:.0f} s", file=sys.stderr)
-            base_url = server.base_url
-        try:
-            for concurrency, count in zip(args.concurrency, args.queries, strict=True):
-                queries = (pool * (count // len(pool) + 1))[:count]
-                rewriter = OpenAIRewriter(args.name, base_url=base_url, max_tokens=args.max_tokens,
-                                          max_concurrency=concurrency, timeout=600)
-                asyncio.run(run_served(rewriter, queries[:2], concurrency))  # warm-up (first request is slow)
-                rows.append(summary("vllm", concurrency, *asyncio.run(run_served(rewriter, queries, concurrency))))
-                print(rows[-1], file=sys.stderr)
-        finally:
-            if server is not None:
-                server.stop()
-    if "local" in args.backends:
-        local = LocalRewriter(adapter=adapter, max_new_tokens=args.max_tokens, batch_size=max(args.concurrency))
-        local.load()
-        local.rewrite(pool[:2])  # warm-up
-        for concurrency, count in zip(args.concurrency, args.queries, strict=True):
-            local.batch_size = concurrency
-            queries = (pool * (count // len(pool) + 1))[:count]
-            rows.append(summary("in-process", concurrency, *run_local(local, queries, concurrency)))
-            print(rows[-1], file=sys.stderr)
+    for dtype in args.dtypes:
+        if "vllm" in args.backends:
+            for bind in args.binds:
+                rows += run_vllm(args, adapter, pool, dtype, bind)
+        if "local" in args.backends:
+            rows += run_in_process(args, adapter, pool, dtype)
+    print(f"load {os.getloadavg()}")
     print(f"| backend | concurrency | queries | rewrites/s | p50 s | p95 s | fell back |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -167,8 +167,17 @@ class ServerConfig:
         env = dict(os.environ)
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # hot-swap through /v1/load_lora_adapter
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))  # GiB; vLLM CPU's default is 0 = guess
+        if not has_gpu():
+            # vLLM CPU's "auto" binding reserves a core for its scheduler process: on a 2-core machine the engine then
+            # computes on one core. Give the engine every core this process may use (docs/serving.md has the figures).
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_list())
         env.setdefault("HF_HUB_OFFLINE", "1")
         return env
+
+
+def cpu_list() -> str:
+    """The cores this process may run on, as vLLM's ``VLLM_CPU_OMP_THREADS_BIND`` list (e.g. ``0,1``)."""
+    return ",".join(str(core) for core in sorted(os.sched_getaffinity(0)))
 
 
 class VLLMServer:

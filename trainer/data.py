@@ -69,8 +69,22 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
         yield number, row
 
 
+def _text_cell(path: Path, number: int, row: dict, key: str) -> str:
+    """A text field of a JSONL row: a string, or absent/null (empty); anything else is an error naming it."""
+    value = row.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"{path}:{number}: {key!r} is {type(value).__name__} {str(value)[:60]!r}; it must be text "
+                        "(a JSON string)")
+    return value
+
+
 def _require_id(path: Path, number: int, row: dict, seen: set[str]) -> str:
     doc_id = row.get("_id")
+    if isinstance(doc_id, (dict, list, bool, float)):
+        raise DataError(f"{path}:{number}: '_id' is {type(doc_id).__name__} {str(doc_id)[:60]!r}; it must be a "
+                        "string (or an integer)")
     if doc_id is None or str(doc_id).strip() == "":
         raise DataError(f"{path}:{number}: missing '_id'; every line needs a non-empty '_id'")
     doc_id = str(doc_id)
@@ -98,7 +112,7 @@ def load_corpus(path: str | Path) -> dict[str, dict[str, str]]:
     seen: set[str] = set()
     for number, row in _jsonl(file):
         doc_id = _require_id(file, number, row, seen)
-        title, text = str(row.get("title") or ""), str(row.get("text") or "")
+        title, text = _text_cell(file, number, row, "title"), _text_cell(file, number, row, "text")
         if not (title.strip() or text.strip()):
             raise DataError(f"{file}:{number}: document {doc_id!r} has an empty title and text; remove it or fill it")
         corpus[doc_id] = {"title": title, "text": text}
@@ -115,7 +129,7 @@ def load_queries(path: str | Path) -> dict[str, str]:
     seen: set[str] = set()
     for number, row in _jsonl(file):
         qid = _require_id(file, number, row, seen)
-        text = str(row.get("text") or "").strip()
+        text = _text_cell(file, number, row, "text").strip()
         if not text:
             raise DataError(f"{file}:{number}: query {qid!r} has empty 'text'")
         queries[qid] = text

@@ -133,6 +133,17 @@ def test_non_utf8_bytes_name_the_file_and_line(tmp_path, part):
         load_beir(root, "test")
 
 
+@pytest.mark.parametrize(("part", "line", "message"), [
+    ("corpus", b'{"_id": "d1", "text": ["a", "list"]}\n', r"corpus\.jsonl:1: 'text' is list"),
+    ("corpus", b'{"_id": "d1", "title": 3, "text": "x"}\n', r"corpus\.jsonl:1: 'title' is int"),
+    ("queries", b'{"_id": "q1", "text": {"nested": 1}}\n', r"queries\.jsonl:1: 'text' is dict"),
+    ("queries", b'{"_id": 1.5, "text": "x"}\n', r"queries\.jsonl:1: '_id' is float"),
+])
+def test_json_cells_must_have_their_types(tmp_path, part, line, message):
+    with pytest.raises(DataError, match=message):
+        load_beir(_collection(tmp_path, **{part: line}), "test")
+
+
 def test_non_utf8_literature_and_config_files(tmp_path):
     literature = tmp_path / "lit.jsonl"
     literature.write_bytes(json.dumps({"id": "1", "topic": "x", "relevant": ["2"]}).encode() + b"\n\xff\n")

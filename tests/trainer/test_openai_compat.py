@@ -293,7 +293,7 @@ def test_real_vllm_continues_after_the_think_prefill(vllm_server, served_adapter
     queries = ["computer indexing of documents", "cost of library automation"]
     with OpenAIRewriter(SERVED_NAME, base_url=vllm_server.base_url, max_tokens=48) as client:
         served = client.rewrite(queries)
-    local = LocalRewriter(adapter=served_adapter, max_new_tokens=48)
+    local = LocalRewriter(adapter=served_adapter, max_new_tokens=48, dtype=vllm_server.config.dtype)
     in_process = [local._complete([local.task.messages(q)])[0] for q in queries]
     for result, text in zip(served, in_process, strict=True):
         assert result.completion is not None and not result.completion.startswith("<think>")

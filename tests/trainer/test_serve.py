@@ -115,3 +115,37 @@ def test_stop_ends_the_whole_process_group(tmp_path):
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)
     server.stop()  # idempotent
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_served_dtype_is_the_one_asked_for(served_adapter, tmp_path):
+    """A real vLLM CPU server started with dtype auto runs in what auto resolves to here (bfloat16 on a CPU with
+    bf16 units) on every core, and rewrites through the same client."""
+    from deepretrieval_trainer.openai_compat import OpenAIRewriter
+    from deepretrieval_trainer.precision import resolve_dtype
+    from tests.vllm_fixtures import free_port
+
+    config = ServerConfig(adapters={"bf": served_adapter}, port=free_port(), log_file=tmp_path / "vllm.log")
+    expected = resolve_dtype("auto")
+    assert config.resolved_dtype == expected
+    with VLLMServer(config) as server:
+        with OpenAIRewriter("bf", base_url=server.base_url, max_tokens=48) as client:
+            result = client.rewrite(["computer indexing of documents"])[0]
+    log = (tmp_path / "vllm.log").read_text()
+    assert f"dtype=torch.{expected}" in log
+    assert result.completion is not None  # the server answered (a rewrite, or a parse fallback with the text)
+
+
+def test_cpu_engine_gets_every_allowed_core(tmp_path, monkeypatch):
+    """vLLM CPU's auto binding reserves a core for its scheduler (the engine got 1 of our 2); serve binds them all,
+    unless the user set the variable."""
+    from deepretrieval_trainer import serve
+
+    monkeypatch.setattr(serve, "has_gpu", lambda: False)
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    config = ServerConfig(adapters={"a": fake_adapter(tmp_path / "a", base="m/x")})
+    cores = sorted(os.sched_getaffinity(0))
+    assert config.environment()["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, cores))
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    assert config.environment()["VLLM_CPU_OMP_THREADS_BIND"] == "auto"

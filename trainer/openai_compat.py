@@ -189,6 +189,8 @@ class OpenAIRewriter(BaseRewriter):
             "temperature": self.config.temperature,
             "n": self.config.n,
         }
+        if self.task.stop:  # as in training and in-process: nothing after the answer is read (the server drops it)
+            body["stop"] = list(self.task.stop)
         if self.task.prefill:
             body["messages"].append({"role": "assistant", "content": self.task.prefill})
             body.update(continue_final_message=True, add_generation_prompt=False)

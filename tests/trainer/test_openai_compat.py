@@ -313,3 +313,10 @@ async def test_real_vllm_sync_async_n_samples_and_unknown_model(vllm_server):
     with OpenAIRewriter("not-served", base_url=vllm_server.base_url) as client:
         result = client.rewrite(["automatic indexing"])[0]
     assert result.fell_back and "HTTP 404" in result.reason and "not-served" in result.reason
+
+
+def test_requests_stop_where_training_and_in_process_rewriting_stop():
+    """The served completion ends at the task's stop string, as the trainer's samples and LocalRewriter's do."""
+    rewriter = OpenAIRewriter("m", base_url="http://127.0.0.1:9/v1")
+    body = rewriter.payload(rewriter.task.messages("a query"))
+    assert body["stop"] == ["</answer>"] == list(get_task("retrieval").stop)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import warnings
 
 from .run_dir import TrainingError
 
@@ -23,6 +25,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("deepretrieval_trainer.commands.train", "train a query rewriter (LoRA, GRPO) against your retriever"),
     "demo": ("deepretrieval_trainer.commands.demo", "index a collection, train an adapter for a bounded time, compare before/after"),
 }
+
+
+# Library notices a user of the command cannot act on, hidden for the command's duration (never at import, so library
+# users still see them): the deprecation FutureWarnings transformers, TRL and peft raise about arguments they pass
+# among themselves (TRL's GRPOConfig sets transformers' deprecated `gradient_checkpointing`), and torch's note that
+# pinned memory is unused on a machine without an accelerator (the HF trainer's DataLoader asks for it). Every other
+# warning still shows.
+QUIET_WARNINGS: tuple[dict, ...] = (
+    {"category": FutureWarning, "module": r"(transformers|trl|peft|accelerate)(\.|$)"},
+    {"category": UserWarning, "message": r"'pin_memory' argument is set as true but no accelerator is found"},
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,11 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    level = logging.DEBUG if args.verbose else logging.INFO
+    handler = logging.StreamHandler()
+    handler.setLevel(level)  # bm25s sets its own logger to DEBUG at import: its debug lines show only with -v
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", handlers=[handler])
+    if not args.verbose:
+        # transformers' per-model "Loading weights" bars (read when transformers is imported, which happens later)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            for rule in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", **rule)
+            return int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -51,3 +51,26 @@ def test_rewrite_command_with_the_embedded_model():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "original:  does vitamin D reduce fractures in older women" in result.stdout
     assert "rewritten: " in result.stdout
+
+
+def test_library_deprecation_warnings_are_hidden_for_the_command_only(monkeypatch, tmp_path):
+    import warnings
+
+    import torch
+    from transformers import TrainingArguments
+
+    from deepretrieval_trainer import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "noisy", ("tests.trainer.noisy_command", "triggers library warnings"))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert cli.main(["noisy", "--out", str(tmp_path)]) == 0
+        assert [str(w.message) for w in seen] == ["a warning of our own still shows"]
+        # outside the command the library's warnings are untouched: the filter was not installed at import
+        TrainingArguments(output_dir=str(tmp_path), gradient_checkpointing=False, report_to="none")
+        if not torch.accelerator.is_available():
+            list(torch.utils.data.DataLoader([1, 2], pin_memory=True))
+    later = [(w.category, str(w.message)) for w in seen[1:]]
+    assert any(c is FutureWarning and "`gradient_checkpointing` is deprecated" in m for c, m in later)
+    if not torch.accelerator.is_available():
+        assert any(c is UserWarning and "'pin_memory' argument" in m for c, m in later)

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, TrainConfig
-from ..grpo import _import_training_stack, _versions, check_batch, grpo_args, is_main_process, prompt_text
+from ..grpo import (
+    _import_training_stack, _versions, check_batch, grpo_args, is_main_process, prompt_text, training_device,
+)
 from ..run_dir import RunDir, checkpoint_step
 from ..tasks import Task
 from .rewards import build_sql_rewards
@@ -60,16 +62,21 @@ def train_sql(collection: SQLCollection, config: TrainConfig | None = None, *, s
 
         torch.set_num_threads(config.torch_threads)
     from ..models import resolve_model
+    from ..precision import describe as describe_precision
+    from ..precision import resolve_dtype
 
     base_model = resolve_model(config.model)
+    device = training_device()
+    dtype = resolve_dtype(config.dtype, device)  # the one precision decision of this run, as grpo.train makes it
     main = is_main_process()
     if main:
         run.path.mkdir(parents=True, exist_ok=True)
         config.to_yaml(run.path / "config.yaml")
         run.write_info(base_model=base_model, model=config.model, task=task.name, status="running",
                        retriever="sql:" + ",".join(sorted(collection.databases)), dataset=_dataset_info(collection, rows),
-                       versions=_versions())
-    trainer, callback = build_sql_trainer(config, task, base_model, rows, collection, run)
+                       versions=_versions(), precision={"dtype": dtype, "setting": config.dtype, "device": device,
+                                                        "why": describe_precision(device), "lora_weights": "float32"})
+    trainer, callback = build_sql_trainer(config, task, base_model, rows, collection, run, dtype=dtype)
     start = time.perf_counter()
     status = "completed"
     try:
@@ -84,13 +91,14 @@ def train_sql(collection: SQLCollection, config: TrainConfig | None = None, *, s
         trainer.processing_class.save_pretrained(str(run.adapter))
         run.write_info(status=status, steps=trainer.state.global_step, wall_s=round(time.perf_counter() - start, 1))
         callback._plot()
-        run.write_readme(base_model=base_model, task=task.name)
+        run.write_readme(base_model=base_model, task=task.name, dtype=dtype)
         logger.info("%s after %d steps: adapter in %s", status, trainer.state.global_step, run.adapter)
     return run.adapter
 
 
 def build_sql_trainer(config: TrainConfig, task: Task, base_model: str, rows: list[dict], collection: SQLCollection,
-                      run: RunDir):
+                      run: RunDir, *, dtype: str | None = None):
+    """grpo.build_trainer's trainer (same arguments, stop strings and sampler) on SQL prompts and rewards."""
     from datasets import Dataset as HFDataset
     from peft import LoraConfig
     from transformers import AutoTokenizer
@@ -106,8 +114,9 @@ def build_sql_trainer(config: TrainConfig, task: Task, base_model: str, rows: li
                       target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
     callback = RunCallback(run, max_minutes=config.max_minutes)
     trainer = TimedGRPOTrainer(model=base_model, reward_funcs=build_sql_rewards(collection.databases, task),
-                               args=grpo_args(config, run), train_dataset=prompts, processing_class=tokenizer,
-                               peft_config=lora, callbacks=[callback])
+                               args=grpo_args(config, run, dtype), train_dataset=prompts, processing_class=tokenizer,
+                               peft_config=lora, callbacks=[callback], stop=task.stop,
+                               merged_sampling=config.sampler == "merged")
     for unwanted in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(unwanted)
     return trainer, callback

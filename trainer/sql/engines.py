@@ -32,8 +32,10 @@ def open_database(target: Any, *, timeout_s: float = 2.0, max_rows: int = 10_000
         return target
     engine = getattr(target, "engine", None) if not _is_engine(target) else target
     url = str(engine.url) if engine is not None else str(target)
-    if engine is not None and engine.dialect.name == "sqlite" or url.startswith("sqlite"):
-        path = engine.url.database if engine is not None else url.split(":///", 1)[-1]
+    if engine is not None and engine.dialect.name == "sqlite" or url.startswith("sqlite:"):
+        from sqlalchemy.engine import make_url
+
+        path = (engine.url if engine is not None else make_url(url)).database
         if not path or path == ":memory:":
             raise ValueError(f"{url}: an in-memory SQLite database cannot be opened read-only; use a file")
         return SQLiteDatabase(path, timeout_s=timeout_s, max_rows=max_rows)

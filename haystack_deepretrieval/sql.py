@@ -84,7 +84,8 @@ class DeepRetrievalSQLWriter:
         _check_database(database)
         self.backend, self.model, self.adapter, self.base_url, self.api_key = backend, model, adapter, base_url, api_key
         self.database, self.password, self.dialect, self.sample_values = database, password, dialect, sample_values
-        self.max_tokens, self.temperature, self.timeout, self.max_retries = max_tokens, temperature, timeout, max_retries
+        self.max_tokens, self.temperature = max_tokens, temperature
+        self.timeout, self.max_retries = timeout, max_retries
         self.device, self.strict = device, strict
         self._writer = None
         self._prebuilt = False

@@ -152,7 +152,8 @@ def _answers(source: SQLSource, collection: SQLCollection, schemas: dict[str, st
              batch_size: int, progress: bool) -> dict[str, SQLGeneration]:
     if source.writer is None:
         return {e.id: SQLGeneration(e.question, e.gold_sql, e.gold_sql is not None,
-                                    None if e.gold_sql else "the example gives rows, not SQL") for e in collection.examples}
+                                    None if e.gold_sql else "the example gives rows, not SQL")
+                for e in collection.examples}
     file = cache / f"{source.name.replace(':', '_')}.jsonl" if cache is not None else None
     identity = hashlib.sha256(source.identity.encode()).hexdigest()[:16] if source.identity else ""
     answers = _read_cache(file, identity) if file is not None and identity else {}

@@ -43,7 +43,8 @@ class GoldCache:
             self.misses += 1
             result = database.execute(sql)
             if not result.ok:
-                logger.warning("the gold SQL of %s fails (%s): such examples score nothing: %s", db_id, result.error, sql)
+                logger.warning("the gold SQL of %s fails (%s): such examples score nothing: %s", db_id, result.error,
+                               sql)
             self._results[key] = result
         return self._results[key]
 

@@ -73,7 +73,8 @@ def train_sql(collection: SQLCollection, config: TrainConfig | None = None, *, s
         run.path.mkdir(parents=True, exist_ok=True)
         config.to_yaml(run.path / "config.yaml")
         run.write_info(base_model=base_model, model=config.model, task=task.name, status="running",
-                       retriever="sql:" + ",".join(sorted(collection.databases)), dataset=_dataset_info(collection, rows),
+                       retriever="sql:" + ",".join(sorted(collection.databases)),
+                       dataset=_dataset_info(collection, rows),
                        versions=_versions(), precision={"dtype": dtype, "setting": config.dtype, "device": device,
                                                         "why": describe_precision(device), "lora_weights": "float32"})
     trainer, callback = build_sql_trainer(config, task, base_model, rows, collection, run, dtype=dtype)

@@ -1,7 +1,7 @@
 """Text-to-SQL benchmark: execution accuracy of the untrained embedded model, a GRPO-trained adapter and the gold SQL
 on Spider databases never seen in training, with exact McNemar tests, and the reward's share of the step time.
 
-    python benchmarks/sql_execution.py --out /tmp/sql-bench --max-minutes 45 --torch-threads 1
+    python benchmarks/sql_execution.py --out /tmp/sql-bench --max-minutes 40 --torch-threads 1
 
 Trains on the ``train`` split's databases (``deepretrieval_trainer.sql.spider.TRAIN_DATABASES``), evaluates on the
 ``dev`` split's (``EVAL_DATABASES``). The run folder is OUT/run (re-running resumes or reuses it), the evaluation
@@ -43,11 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder (run/ and eval/ go in it)")
     parser.add_argument("--data", default=str(DATA), help="Spider-layout folder (default: ../shared/data/spider)")
-    parser.add_argument("--max-minutes", type=float, default=45.0, help="training time limit (default 45)")
+    parser.add_argument("--max-minutes", type=float, default=40.0, help="training time limit (default 40)")
     parser.add_argument("--max-steps", type=int, default=400, help="step limit (the time limit usually ends it)")
-    parser.add_argument("--prompts-per-step", type=int, default=4)
-    parser.add_argument("--num-generations", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="training and evaluation budget")
+    parser.add_argument("--prompts-per-step", type=int, default=2)
+    parser.add_argument("--num-generations", type=int, default=8)
+    parser.add_argument("--max-completion-length", type=int, default=96, help="training budget in tokens")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="evaluation budget in tokens")
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--eval-only", action="store_true", help="evaluate OUT/run's adapter without training")
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     run = out / "run"
     config = TrainConfig(task="sql", run_dir=str(run), resume=run.exists(), max_steps=args.max_steps,
                          max_minutes=args.max_minutes, save_steps=10, prompts_per_step=args.prompts_per_step,
-                         num_generations=args.num_generations, max_completion_length=args.max_new_tokens,
+                         num_generations=args.num_generations, max_completion_length=args.max_completion_length,
                          learning_rate=args.learning_rate, torch_threads=args.torch_threads)
     if not args.eval_only and not args.skip_trained:
         train_sql(load_sql_examples(args.data, "train"), config)

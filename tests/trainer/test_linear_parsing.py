@@ -17,6 +17,9 @@ from hypothesis import strategies as st
 from deepretrieval_trainer.answer import MAX_COMPLETION_CHARS, parse_answer
 from deepretrieval_trainer.literature.boolean import MAX_BOOLEAN_CHARS, BooleanQueryError, translate
 from deepretrieval_trainer.literature.dates import normalize_date
+from deepretrieval_trainer.sql.answer import parse_sql_answer
+
+COMPLETION_PARSERS = {"parse_answer": parse_answer, "parse_sql_answer": parse_sql_answer}
 
 FACTOR = 8
 LIMIT = FACTOR * 2.5  # linear: ~8; quadratic: ~64
@@ -91,10 +94,11 @@ def test_the_measure_catches_quadratic_work():
     assert growth(quadratic, "x") > LIMIT
 
 
+@pytest.mark.parametrize("parser", COMPLETION_PARSERS.values(), ids=COMPLETION_PARSERS.keys())
 @pytest.mark.parametrize("pattern", ANSWER_PATTERNS.values(), ids=ANSWER_PATTERNS.keys())
-def test_parse_answer_is_linear(pattern):
+def test_parse_answer_is_linear(pattern, parser):
     prefix, unit, suffix = pattern if isinstance(pattern, tuple) else ("", pattern, "")
-    assert growth(parse_answer, unit, prefix=prefix, suffix=suffix) < LIMIT
+    assert growth(parser, unit, prefix=prefix, suffix=suffix) < LIMIT
 
 
 @pytest.mark.parametrize("unit", BOOLEAN_PATTERNS.values(), ids=BOOLEAN_PATTERNS.keys())
@@ -103,9 +107,10 @@ def test_boolean_translation_is_linear(unit):
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.sampled_from(ANSWER_FRAGMENTS), min_size=1, max_size=6).map("".join))
-def test_parse_answer_is_linear_on_any_repeated_pattern(unit):
-    assert growth(parse_answer, unit) < LIMIT
+@given(st.lists(st.sampled_from(ANSWER_FRAGMENTS + ["sql", "SQL:", "select"]), min_size=1, max_size=6).map("".join),
+       st.sampled_from(sorted(COMPLETION_PARSERS)))
+def test_parse_answer_is_linear_on_any_repeated_pattern(unit, parser):
+    assert growth(COMPLETION_PARSERS[parser], unit) < LIMIT
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -160,26 +160,43 @@ def test_a_retriever_failing_mid_step_keeps_the_checkpoint_and_resume_continues(
 
 
 @pytest.mark.slow
-def test_a_search_server_that_goes_away_fails_the_step_naming_the_engine(tmp_path, adi_test):
+@pytest.mark.parametrize("fault", ["goes away", "hangs"])
+def test_a_search_server_that_goes_away_or_hangs_fails_the_step_naming_the_engine(tmp_path, adi_test, fault):
     from deepretrieval_trainer.literature.http import HttpPolicy
     from deepretrieval_trainer.literature.pubmed import PubMedSearch
     from tests.trainer.literature.loopback import Loopback, fake_esearch
 
     ids = list(adi_test.corpus)[:50]
     run_dir = tmp_path / "run"
-    server = Loopback(fake_esearch(ids)).__enter__()
+    saved = run_dir / "checkpoints" / "checkpoint-1"
+    answer = fake_esearch(ids)
+
+    def service(path, params):  # after the first checkpoint: a valid answer, one byte every 0.5 s
+        found = answer(path, params)
+        if fault == "hangs" and saved.is_dir():
+            found.trickle_s = 0.5
+        return found
+
+    server = Loopback(service).__enter__()
 
     def take_it_away():
-        while not (run_dir / "checkpoints" / "checkpoint-1").is_dir():
+        while not saved.is_dir():
             time.sleep(0.05)
         server.__exit__()  # the port now refuses connections
 
-    threading.Thread(target=take_it_away, daemon=True).start()
+    if fault == "goes away":
+        threading.Thread(target=take_it_away, daemon=True).start()
     engine = PubMedSearch(base_url=server.url, api_key="", page_size=50,
                           policy=HttpPolicy(requests_per_second=100, timeout_s=2.0, max_retries=1, backoff_s=0.01))
-    with pytest.raises(TrainingError, match=r"the retriever PubMedSearch failed in training step \d+: SearchServiceError"):
-        train(engine, adi_test, tiny(run_dir, max_steps=3))
-    assert checkpoint_complete(run_dir / "checkpoints" / "checkpoint-1")
+    try:
+        with pytest.raises(TrainingError, match=r"the retriever PubMedSearch failed in training step \d+: "
+                                                r"SearchServiceError") as caught:
+            train(engine, adi_test, tiny(run_dir, max_steps=3))
+    finally:
+        if fault == "hangs":
+            server.__exit__()
+    assert ("DeadlineExceeded" in str(caught.value)) == (fault == "hangs")
+    assert checkpoint_complete(saved)
 
 
 KILLED_RUN = """

@@ -142,7 +142,19 @@ def _wrong(name: str, value: Any, hint: Any, error: type[Exception]) -> Exceptio
 
 @lru_cache(maxsize=None)
 def _hints(owner: Any) -> dict[str, Any]:
-    return typing.get_type_hints(owner)
+    """The resolved annotations; one that cannot be resolved (a name imported only for type checkers) is not checked."""
+    try:
+        return typing.get_type_hints(owner)
+    except Exception:  # noqa: BLE001 - resolve what can be resolved, one annotation at a time
+        module = __import__(owner.__module__, fromlist=["_"])
+        hints = {}
+        for name, annotation in getattr(owner, "__annotations__", {}).items():
+            try:
+                hints[name] = typing.get_type_hints(type("_", (), {"__annotations__": {name: annotation}}),
+                                                    globalns=vars(module))[name]
+            except Exception:  # noqa: BLE001
+                hints[name] = Any
+        return hints
 
 
 def check_fields(instance: Any, *, prefix: str = "", error: type[Exception] = FieldTypeError) -> None:

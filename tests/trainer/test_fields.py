@@ -153,3 +153,16 @@ def test_non_utf8_literature_and_config_files(tmp_path):
     config.write_bytes(b"task: caf\xe9\n")
     with pytest.raises(ConfigError, match=r"train\.yaml: not UTF-8"):
         TrainConfig.from_yaml(config)
+
+
+def test_an_annotation_only_type_checkers_can_resolve_leaves_the_other_fields_checked():
+    from deepretrieval_trainer.fields import check_fields
+
+    @dataclasses.dataclass
+    class Settings:
+        retries: int = 1
+        client: "NotImportedHere | None" = None  # noqa: F821 - imported under TYPE_CHECKING in real code
+
+    check_fields(Settings(client=object()))
+    with pytest.raises(FieldTypeError, match="retries=2.5 must be a whole number"):
+        check_fields(Settings(retries=2.5))

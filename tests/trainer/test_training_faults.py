@@ -221,9 +221,11 @@ def test_kill_9_loses_at_most_save_steps_and_a_half_written_checkpoint_is_skippe
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, str(script), str(data_dir / "adi"), str(run_dir)], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    give_up = time.monotonic() + 900  # a guard against a stuck child, not a measurement
     try:
         while not (run_dir / "checkpoints" / "checkpoint-3").is_dir():  # wait for a few steps, then kill -9
             assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            assert time.monotonic() < give_up, "the training process made no checkpoint-3 in 15 minutes"
             time.sleep(0.05)
     finally:
         process.send_signal(signal.SIGKILL)

@@ -219,12 +219,14 @@ def test_kill_9_loses_at_most_save_steps_and_a_half_written_checkpoint_is_skippe
     script = tmp_path / "run_training.py"
     script.write_text(textwrap.dedent(KILLED_RUN), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, str(script), str(data_dir / "adi"), str(run_dir)], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe buffer would block the child
+    with log.open("wb") as stderr:
+        process = subprocess.Popen([sys.executable, str(script), str(data_dir / "adi"), str(run_dir)], cwd=ROOT,
+                                   env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     give_up = time.monotonic() + 900  # a guard against a stuck child, not a measurement
     try:
         while not (run_dir / "checkpoints" / "checkpoint-3").is_dir():  # wait for a few steps, then kill -9
-            assert process.poll() is None, process.stderr.read().decode()[-3000:]
+            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
             assert time.monotonic() < give_up, "the training process made no checkpoint-3 in 15 minutes"
             time.sleep(0.05)
     finally:

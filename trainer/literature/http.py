@@ -185,19 +185,21 @@ class JsonService:
         shown = {key: ("***" if key in self.secret_params else value) for key, value in params.items()}
         return f"{self.name} GET {self.base_url}{path} {shown}"
 
-    def _judge(self, response, path: str, params: Mapping[str, Any], attempt: int, budget: RetryBudget) -> dict | _Retry:
+    def _judge(self, response, path: str, params: Mapping[str, Any], attempt: int,
+               budget: RetryBudget) -> dict | _Retry:
         status = response.status_code
         if status in RETRY_STATUSES:
             retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-            return self._retry_or_raise(f"HTTP {status}: {_excerpt(response.text)}", path, params, attempt, retry_after,
-                                        budget)
+            return self._retry_or_raise(f"HTTP {status}: {_excerpt(response.text)}", path, params, attempt,
+                                        retry_after, budget)
         if status >= 400:
             raise SearchServiceError(f"{self.describe(path, params)} failed with HTTP {status}: {_excerpt(response.text)}"
                                      "; check the query and the parameters (this is not retried)")
         try:
             payload = response.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return self._retry_or_raise(f"malformed JSON: {_excerpt(response.text)}", path, params, attempt, None, budget)
+            return self._retry_or_raise(f"malformed JSON: {_excerpt(response.text)}", path, params, attempt, None,
+                                        budget)
         if not isinstance(payload, dict):
             return self._retry_or_raise(f"expected a JSON object, got {type(payload).__name__}", path, params, attempt,
                                         None, budget)

@@ -138,6 +138,7 @@ class ServerConfig:
             raise ValueError(f"max_model_len={self.max_model_len} is too small for the prompts; use >= 1024")
         if isinstance(self.extra_args, str):
             self.extra_args = shlex.split(self.extra_args)
+        register_api_keys(self.extra_args)  # the command line is logged at start
         check_dtype(self.dtype or "auto", field="dtype")
 
     @property
@@ -299,7 +300,21 @@ def unload_adapter(base_url: str, name: str, *, api_key: str | None = None, time
     _lora_request(base_url, "unload_lora_adapter", {"lora_name": name}, api_key, timeout)
 
 
+def register_api_keys(args: list[str]) -> None:
+    """Mask the value of ``--api-key KEY`` / ``--api-key=KEY`` in every log record (trainer/redaction.py)."""
+    from .redaction import register_secret
+
+    for i, arg in enumerate(args):
+        if arg == "--api-key" and i + 1 < len(args):
+            register_secret(args[i + 1])
+        elif arg.startswith("--api-key="):
+            register_secret(arg.split("=", 1)[1])
+
+
 def _lora_request(base_url: str, route: str, body: dict, api_key: str | None, timeout: float) -> None:
+    from .redaction import register_secret
+
+    register_secret(api_key)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = f"{base_url.rstrip('/')}/{route}"
     try:

@@ -101,6 +101,25 @@ def test_a_server_that_dies_at_start_reports_its_log_and_leaves_nothing(tmp_path
         os.killpg(pgid, 0)
 
 
+@pytest.mark.parametrize("flag", [["--api-key", "sk-serve-0123456789"], ["--api-key=sk-serve-9876543210"]])
+def test_the_logged_command_line_masks_the_api_key(tmp_path, caplog, flag):  # one key each: masks are process-wide
+    import logging
+    import shlex
+
+    caplog.set_level(logging.DEBUG)
+    script = tmp_path / "vllm"
+    script.write_text(f"#!{sys.executable}\nimport sys\nsys.exit(3)\n")
+    script.chmod(0o755)
+    config = ServerConfig(adapters={"a": fake_adapter(tmp_path / "a", base="m/x")}, vllm=script, port=8126,
+                          log_file=tmp_path / "log", startup_timeout=30, extra_args=shlex.join(flag))
+    with pytest.raises(ServeError):
+        VLLMServer(config).start()
+    key = flag[-1].removeprefix("--api-key=")
+    assert key in " ".join(config.command(script))  # the server still gets it
+    assert any("starting:" in r.getMessage() and "--api-key" in r.getMessage() for r in caplog.records)
+    assert all(key not in r.getMessage() for r in caplog.records)
+
+
 def test_stop_ends_the_whole_process_group(tmp_path):
     script = tmp_path / "vllm"
     script.write_text(f"#!{sys.executable}\nimport subprocess, time\nsubprocess.Popen(['sleep', '300'])\n"

@@ -166,3 +166,13 @@ def test_an_annotation_only_type_checkers_can_resolve_leaves_the_other_fields_ch
     check_fields(Settings(client=object()))
     with pytest.raises(FieldTypeError, match="retries=2.5 must be a whole number"):
         check_fields(Settings(retries=2.5))
+
+
+def test_the_cli_reports_a_wrong_type_in_one_line_before_anything_loads(tmp_path, capsys, data_dir):
+    from deepretrieval_trainer.cli import main
+
+    config = tmp_path / "train.yaml"
+    config.write_text(f"resume: 'no'\ndata:\n  path: {data_dir / 'adi'}\n  split: test\n", encoding="utf-8")
+    assert main(["train", "--config", str(config), "--model", "/nonexistent/model"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: resume='no' must be true or false; write it without quotes (resume: false)"

@@ -28,6 +28,7 @@ from haystack.core.serialization import allow_deserialization_module
 from haystack.utils import Secret, deserialize_secrets_inplace
 
 from deepretrieval_trainer.fields import check_arguments
+from deepretrieval_trainer.framing import search_text
 from deepretrieval_trainer.precision import check_dtype
 from deepretrieval_trainer.rewriters import Rewriter, RewriteResult
 from deepretrieval_trainer.tasks import Task, get_task
@@ -62,6 +63,7 @@ class DeepRetrievalQueryRewriter:
         system_prompt: str | None = None,
         user_prompt: str | None = None,
         include_original: bool = True,
+        query_weight: int = 1,
         timeout: float = 30.0,
         max_retries: int = 2,
         max_tokens: int = 128,
@@ -82,7 +84,11 @@ class DeepRetrievalQueryRewriter:
         :param task: the built-in task whose prompt the model was trained with (retrieval, dense, qa, literature).
         :param system_prompt: replaces the task's system prompt.
         :param user_prompt: replaces the task's user template; must contain ``{query}``.
-        :param include_original: whether ``queries`` also holds the original query (after the rewrite).
+        :param include_original: whether ``queries`` also holds the original query (after the rewrite), and whether
+            ``search_query`` is the original plus the rewrite (the trainer's ``expand`` framing) or the rewrite alone.
+        :param query_weight: how many times ``search_query`` repeats the original before the rewrite, as the adapter
+            was trained (``TrainConfig.query_weight``). Haystack's in-memory BM25 counts each distinct token once,
+            so the repetition matters for retrievers that count repeated query tokens.
         :param timeout: openai only: seconds per request.
         :param max_retries: openai only: retries per request.
         :param max_tokens: the most tokens to generate.
@@ -114,6 +120,8 @@ class DeepRetrievalQueryRewriter:
             raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
         if timeout <= 0:
             raise ValueError(f"timeout={timeout} must be > 0 seconds")
+        if query_weight < 1:
+            raise ValueError(f"query_weight={query_weight} must be >= 1 (how many times search_query repeats the original)")
         if max_retries < 0:
             raise ValueError(f"max_retries={max_retries} must be >= 0")
         self.backend = backend
@@ -125,6 +133,7 @@ class DeepRetrievalQueryRewriter:
         self.system_prompt = system_prompt
         self.user_prompt = user_prompt
         self.include_original = include_original
+        self.query_weight = query_weight
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_tokens = max_tokens
@@ -212,7 +221,7 @@ class DeepRetrievalQueryRewriter:
             temperature=self.temperature, strict=self.strict, **options,
         )
 
-    @component.output_types(query=str, queries=list[str], meta=dict[str, Any])
+    @component.output_types(query=str, queries=list[str], search_query=str, meta=dict[str, Any])
     def run(self, query: str, include_original: bool | None = None,
             documents: list[Document] | None = None) -> dict[str, Any]:
         """Rewrite ``query``.
@@ -222,13 +231,16 @@ class DeepRetrievalQueryRewriter:
         :param documents: the raw query's first-pass results (a first retriever's output); required when
             ``feedback_docs`` > 0, ignored otherwise.
         :returns: ``query``: the rewrite (the original on fallback); ``queries``: the rewrite, then the original
-            when ``include_original``; ``meta``: ``original``, ``fell_back``, ``reason``, ``latency_s``.
+            when ``include_original``; ``search_query``: what the trainer searched for this rewrite (the original
+            ``query_weight`` times, then the rewrite, when ``include_original``; the original on fallback): connect it
+            to a BM25 retriever's ``query`` for an adapter trained with ``framing: expand``; ``meta``: ``original``,
+            ``fell_back``, ``reason``, ``latency_s``.
         """
         if not _usable(query):
             return self._outputs(_empty_result(query), include_original)
         return self._outputs(self._ready().rewrite([query], **self._hits(documents))[0], include_original)
 
-    @component.output_types(query=str, queries=list[str], meta=dict[str, Any])
+    @component.output_types(query=str, queries=list[str], search_query=str, meta=dict[str, Any])
     async def run_async(self, query: str, include_original: bool | None = None,
                         documents: list[Document] | None = None) -> dict[str, Any]:
         """The async form of :meth:`run` (a server backend sends the request without blocking the loop)."""
@@ -259,7 +271,9 @@ class DeepRetrievalQueryRewriter:
             queries.append(result.original)
         meta = {"original": result.original, "fell_back": result.fell_back, "reason": result.reason,
                 "latency_s": result.latency_s}
-        return {"query": result.query, "queries": queries, "meta": meta}
+        searched = result.query if result.fell_back or not include else search_text(
+            result.original, result.query, "expand", self.query_weight)
+        return {"query": result.query, "queries": queries, "search_query": searched, "meta": meta}
 
     def to_dict(self) -> dict[str, Any]:
         if self._prebuilt:
@@ -271,7 +285,7 @@ class DeepRetrievalQueryRewriter:
             self, backend=self.backend, model=self.model, adapter=self.adapter, base_url=self.base_url,
             api_key=self.api_key.to_dict() if self.api_key is not None else None, task=self.task,
             system_prompt=self.system_prompt, user_prompt=self.user_prompt, include_original=self.include_original,
-            timeout=self.timeout, max_retries=self.max_retries, max_tokens=self.max_tokens,
+            query_weight=self.query_weight, timeout=self.timeout, max_retries=self.max_retries, max_tokens=self.max_tokens,
             temperature=self.temperature, device=self.device, dtype=self.dtype, strict=self.strict,
             feedback_docs=self.feedback_docs,
         )

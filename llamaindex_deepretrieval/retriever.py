@@ -40,6 +40,7 @@ class DeepRetrievalRetriever(BaseRetriever):
         rewriter: Rewriter,
         mode: Mode = "replace",
         task: str | Task | None = None,
+        query_weight: int = 1,
         id_key: Optional[str] = None,
         title_key: Optional[str] = "title",
         callback_manager: Optional[CallbackManager] = None,
@@ -49,7 +50,8 @@ class DeepRetrievalRetriever(BaseRetriever):
         if not isinstance(retriever, BaseRetriever):
             raise TypeError(f"retriever={retriever!r} is not a llama_index BaseRetriever; pass the retriever to wrap")
         self.retriever = retriever
-        self.query_transform = DeepRetrievalQueryTransform(rewriter=rewriter, mode=mode, task=task)
+        self.query_transform = DeepRetrievalQueryTransform(rewriter=rewriter, mode=mode, task=task,
+                                                           query_weight=query_weight)
         self.first_pass = LlamaIndexSearch(retriever, id_key=id_key, title_key=title_key)  # reads nodes, never searches
         feedback = self.query_transform.task.feedback
         top_k = getattr(retriever, "similarity_top_k", None)

@@ -25,6 +25,7 @@ from llama_index.core.prompts import PromptTemplate
 from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.schema import QueryBundle, QueryType
 
+from deepretrieval_trainer.framing import check_framing, search_text
 from deepretrieval_trainer.rewriters import Rewriter, RewriteResult
 from deepretrieval_trainer.search import DocumentHit
 from deepretrieval_trainer.tasks import Task, get_task
@@ -42,13 +43,16 @@ class DeepRetrievalQueryTransform(BaseQueryTransform):
 
     ``task`` (a name or :class:`Task`), when given, becomes the rewriter's task. The task's system and user templates
     are the transform's prompts (``system_prompt``, ``user_prompt``): ``update_prompts`` changes the task the
-    rewriter uses.
+    rewriter uses. ``query_weight`` (``expand`` only): how many times the original query precedes the rewrite in
+    ``query_str``, as the adapter was trained (``TrainConfig.query_weight``; deepretrieval_trainer.framing).
     """
 
-    def __init__(self, *, rewriter: Rewriter, mode: Mode = "replace", task: str | Task | None = None) -> None:
+    def __init__(self, *, rewriter: Rewriter, mode: Mode = "replace", task: str | Task | None = None,
+                 query_weight: int = 1) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: choose one of {MODES} ('replace' for BM25, 'embed' or 'expand' for vectors)")
+        check_framing("expand" if mode == "expand" else "replace", query_weight)
         if not callable(getattr(rewriter, "rewrite", None)) or not callable(getattr(rewriter, "arewrite", None)):
             raise TypeError(
                 f"rewriter={rewriter!r} has no rewrite()/arewrite(); pass a deepretrieval_trainer rewriter "
@@ -58,6 +62,7 @@ class DeepRetrievalQueryTransform(BaseQueryTransform):
             rewriter.task = get_task(task)
         self.rewriter = rewriter
         self.mode = mode
+        self.query_weight = query_weight
 
     @property
     def task(self) -> Task:
@@ -106,7 +111,7 @@ class DeepRetrievalQueryTransform(BaseQueryTransform):
         if self.mode == "replace":
             fields: dict[str, Any] = {"query_str": rewrite, "custom_embedding_strs": [rewrite]}
         elif self.mode == "expand":
-            fields = {"query_str": f"{query_bundle.query_str} {rewrite}",
+            fields = {"query_str": search_text(query_bundle.query_str, rewrite, "expand", self.query_weight),
                       "custom_embedding_strs": [query_bundle.query_str, rewrite]}
         else:
             fields = {"custom_embedding_strs": [rewrite]}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args
 
 from .fields import check_fields
+from .framing import check_framing
 from .precision import DTYPES
 from .tasks import TASKS, Task, Tiers, get_task
 
@@ -160,6 +161,9 @@ class TrainConfig:
     format_valid: float | None = None
     format_invalid: float | None = None
     framing: str = "replace"
+    # expand only: how many times the original query is searched beside the rewrite (framing.py; bm25s-based
+    # retrievers weight a repeated token by its count)
+    query_weight: int = 1
     # feedback-conditioned prompts: show the model the titles (or leading sentences) of the raw query's top
     # feedback_docs first-pass documents from the same retriever (deepretrieval_trainer.feedback); 0 = the paper's
     # query-only prompt
@@ -195,6 +199,10 @@ class TrainConfig:
         _choice("loss_type", self.loss_type, get_args(LossType))
         _choice("vllm_mode", self.vllm_mode, get_args(VllmMode))
         _choice("framing", self.framing, get_args(Framing))
+        try:
+            check_framing(self.framing, self.query_weight)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         _choice("dtype", self.dtype, DTYPES)
         _choice("sampler", self.sampler, ("merged", "trl"))
         _choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))

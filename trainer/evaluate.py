@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .data import Collection
+from .framing import search_text
 from .metrics import mrr, ndcg_at_k, recall_at_k
 from .rewriters import RewriteResult
 from .search import SearchBackend
@@ -246,7 +247,7 @@ def _score(source: Source, queries: dict[str, str], rewrites: dict[str, RewriteR
 
 def _search_query(source: Source, rewrite: RewriteResult) -> str:
     if source.include_original and not rewrite.fell_back:
-        return f"{rewrite.original} {rewrite.query}"
+        return search_text(rewrite.original, rewrite.query, "expand", source.query_weight)
     return rewrite.query
 
 

@@ -251,7 +251,8 @@ def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequen
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     prompts = HFDataset.from_list(prompt_rows(tokenizer, task, rows, search_backend))
-    rewards = build_rewards(search_backend, task, framing=config.framing, cache_size=config.search_cache_size,
+    rewards = build_rewards(search_backend, task, framing=config.framing, query_weight=config.query_weight,
+                            cache_size=config.search_cache_size,
                             batch_size=config.search_batch_size, concurrency=config.search_concurrency)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.lora_target_modules, task_type="CAUSAL_LM")

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .answer import Rewrite, parse_answer
+from .framing import check_framing, search_text
 from .metrics import first_hit_rank, ndcg_at_k, recall_at_k
 from .search import SearchBackend
 from .tasks import Task, get_task
@@ -149,18 +150,18 @@ class RetrievalReward:
     ``ndcg``: ``reward_scale * nDCG@k`` (k = the task's train k); ``recall``: tiers of recall@k;
     ``hit_rank``: tiers of the first relevant rank within k (none: the floor). Unparsable completions score 0
     here (the format reward penalizes them), and so do queries the backend's ``query_error`` rejects.
-    ``framing="expand"`` searches ``original + rewrite`` instead of the rewrite alone; deployment must then do
-    the same.
+    ``framing="expand"`` searches the original query (``query_weight`` times) and the rewrite instead of the rewrite
+    alone (:func:`deepretrieval_trainer.framing.search_text`); deployment must then do the same.
     """
 
     __name__ = "retrieval"
 
     def __init__(self, *, search: SearchBackend, task: str | Task = "retrieval", framing: str = "replace",
-                 cache_size: int = 200_000, batch_size: int = 64, concurrency: int = 1) -> None:
-        if framing not in ("replace", "expand"):
-            raise ValueError(f"framing={framing!r}: choose 'replace' or 'expand'")
+                 query_weight: int = 1, cache_size: int = 200_000, batch_size: int = 64, concurrency: int = 1) -> None:
+        check_framing(framing, query_weight)
         self.task = get_task(task)
         self.framing = framing
+        self.query_weight = query_weight
         self.cache = SearchCache(search, k=self.task.reward_k, max_size=cache_size, batch_size=batch_size,
                                  concurrency=concurrency)
         # A backend that can tell a malformed query (e.g. Boolean syntax) declares query_error(query) -> reason.
@@ -181,7 +182,7 @@ class RetrievalReward:
         return task.reward_scale * value
 
     def search_text(self, original: str, rewrite: str) -> str:
-        return f"{original} {rewrite}" if self.framing == "expand" else rewrite
+        return search_text(original, rewrite, self.framing, self.query_weight)
 
     def __call__(self, completions: Sequence[str], query: Sequence[str], qrels: Sequence[Any],
                  log_metric: MetricLogger | None = None, pub_date: Sequence[str | None] | None = None,
@@ -209,12 +210,13 @@ class RetrievalReward:
         return rewards
 
 
-def build_rewards(search: SearchBackend, task: str | Task, *, framing: str = "replace", cache_size: int = 200_000,
-                  batch_size: int = 64, concurrency: int = 1) -> list[Callable[..., list[float]]]:
+def build_rewards(search: SearchBackend, task: str | Task, *, framing: str = "replace", query_weight: int = 1,
+                  cache_size: int = 200_000, batch_size: int = 64,
+                  concurrency: int = 1) -> list[Callable[..., list[float]]]:
     """The reward functions for :class:`~trl.GRPOTrainer`: format first, then retrieval."""
     task = get_task(task)
     return [
         FormatReward(task=task, query_check=getattr(search, "query_error", None)),
-        RetrievalReward(search=search, task=task, framing=framing, cache_size=cache_size, batch_size=batch_size,
-                        concurrency=concurrency),
+        RetrievalReward(search=search, task=task, framing=framing, query_weight=query_weight, cache_size=cache_size,
+                        batch_size=batch_size, concurrency=concurrency),
     ]

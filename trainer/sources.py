@@ -9,6 +9,7 @@ command-line form.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -29,7 +30,7 @@ class Source:
     """A named query source. ``rewriter=None`` sends the query unchanged (the ``raw`` baseline).
 
     ``include_original`` searches ``query + " " + rewrite`` (HyDE's usual form, and the trainer's ``expand``
-    framing). ``identity`` names everything that determines the rewrites (model, adapter weights, prompt,
+    framing, with the query repeated ``query_weight`` times: :func:`deepretrieval_trainer.framing.search_text`). ``identity`` names everything that determines the rewrites (model, adapter weights, prompt,
     decoding); rewrites are cached in the output folder under it, and an empty identity disables the cache.
     """
 
@@ -37,6 +38,7 @@ class Source:
     rewriter: Rewriter | None = None
     include_original: bool = False
     identity: str = ""
+    query_weight: int = 1
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.:@+\-]+", self.name or ""):
@@ -45,7 +47,7 @@ class Source:
 
 def parse_source(spec: str, *, model: str | None = None, task: str | Task = "retrieval", framing: str = "replace",
                  max_new_tokens: int = 128, batch_size: int = 8, search: SearchBackend | None = None,
-                 feedback_docs: int = 0, dtype: str = "auto") -> Source:
+                 feedback_docs: int = 0, dtype: str = "auto", query_weight: int = 1) -> Source:
     """A :class:`Source` from its command-line form, optionally named: ``[NAME=]SPEC``.
 
     SPEC is ``raw``; ``prf[:SETTINGS]`` (RM3 pseudo-relevance feedback through ``search``, SETTINGS as
@@ -56,6 +58,8 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
     ``framing="expand"`` searches query + rewrite, as the trainer does. ``feedback_docs`` > 0 shows model sources
     the first-pass results of the query (``TrainConfig.feedback_docs``; an adapter's run config wins here too).
     ``dtype`` is the in-process model's precision (precision.py; rewrites are cached per resolved dtype).
+    ``query_weight``: under ``expand``, how many times the query is searched beside the rewrite (an adapter's run
+    config wins).
     """
     name, _, body = spec.partition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
     kind, _, arg = body.partition(":")
@@ -71,7 +75,9 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
         settings = RM3.parse(arg)
         return prf_source(search, settings, name=name or ("prf" if not arg else f"prf:{settings.label()}"))
     if kind == "base" and not arg:
-        return _local_source(name or kind, None, _with_feedback(task, feedback_docs), include_original=expand, **local)
+        source = _local_source(name or kind, None, _with_feedback(task, feedback_docs), include_original=expand,
+                               **local)
+        return dataclasses.replace(source, query_weight=query_weight if expand else 1)
     if kind == "hyde" and not arg:
         from .tasks import HYDE_TASK
 
@@ -81,7 +87,9 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
         label = adapter.parent.name if adapter.name == "adapter" else adapter.name
         expand = _run_setting(adapter.parent, "framing", framing) == "expand"
         task = _with_feedback(task, _run_setting(adapter.parent, "feedback_docs", feedback_docs))
-        return _local_source(name or f"adapter:{_safe(label)}", adapter, task, include_original=expand, **local)
+        source = _local_source(name or f"adapter:{_safe(label)}", adapter, task, include_original=expand, **local)
+        weight = _run_setting(adapter.parent, "query_weight", query_weight) if expand else 1
+        return dataclasses.replace(source, query_weight=weight)
     if kind == "server" and "#" in arg:
         url, _, served = arg.rpartition("#")
         from .openai_compat import OpenAIRewriter
@@ -89,7 +97,8 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
         rewriter = OpenAIRewriter(served, base_url=url, task=_with_feedback(task, feedback_docs),
                                   max_tokens=max_new_tokens)
         identity = f"server|{url}|{served}|{_task_id(rewriter.task)}|max_new_tokens={max_new_tokens}|greedy"
-        return Source(name or f"server:{_safe(served)}", rewriter, include_original=expand, identity=identity)
+        return Source(name or f"server:{_safe(served)}", rewriter, include_original=expand, identity=identity,
+                      query_weight=query_weight if expand else 1)
     raise ValueError(
         f"query source {spec!r} not understood: use raw, prf[:docs=N,terms=N,weight=W], base, hyde, adapter:PATH or "
         "server:URL#MODEL, "

@@ -23,10 +23,11 @@ QUERY = "0-dimensional biomaterials show inductive properties."
 LOCAL = dict(backend="local", model="some/model", adapter="/tmp/adapter", base_url=None, task="dense", system_prompt="Rewrite.",
              user_prompt="Q: {query}", include_original=False, timeout=5.0, max_retries=0, max_tokens=32,
              temperature=0.7, device="cuda:1", strict=True, api_key=Secret.from_env_var("MY_KEY", strict=False),
-             feedback_docs=0)
+             feedback_docs=0, dtype="bfloat16", query_weight=1)
 OPENAI = dict(backend="openai", model="scifact-rewriter", adapter=None, base_url="http://10.0.0.1:9000/v1", api_key=None,
               task="qa", system_prompt=None, user_prompt=None, include_original=True, timeout=3.5, max_retries=5,
-              max_tokens=256, temperature=0.2, device="cpu", strict=False, feedback_docs=3)
+              max_tokens=256, temperature=0.2, device="cpu", strict=False, feedback_docs=3, dtype="auto",
+              query_weight=3)
 
 
 def rewriter_pipeline(rewriter: DeepRetrievalQueryRewriter, store) -> tuple[Pipeline, RecordingBM25Retriever]:

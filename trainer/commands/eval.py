@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", help="prompt kind of the rewriters (default: the config's, else retrieval)")
     parser.add_argument("--framing", choices=("replace", "expand"),
                         help="search the rewrite alone or appended to the query (default: the config's, else replace)")
+    parser.add_argument("--query-weight", type=int,
+                        help="with expand: how many times the query is searched beside the rewrite (default: the "
+                             "config's, else 1; an adapter's run config wins)")
     parser.add_argument("--feedback-docs", type=int,
                         help="show model sources the top N first-pass results of the raw query in the prompt "
                              "(default: the config's, else 0 = query-only; an adapter's run config wins)")
@@ -75,7 +78,7 @@ def _config(args: argparse.Namespace):
         from ..beir_download import resolve_collection
 
         overrides["data"]["path"] = str(resolve_collection(args.data))
-    for flag in ("model", "task", "framing", "feedback_docs", "dtype"):
+    for flag in ("model", "task", "framing", "feedback_docs", "dtype", "query_weight"):
         if getattr(args, flag, None):
             overrides[flag] = getattr(args, flag)
     if args.config:
@@ -103,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     search = config.retriever.build(config.data.path)
     sources = [parse_source(spec, model=config.model, task=config.task, max_new_tokens=args.max_new_tokens,
                             batch_size=args.batch_size, framing=config.framing, search=search,
-                            feedback_docs=config.feedback_docs, dtype=config.dtype) for spec in specs]
+                            feedback_docs=config.feedback_docs, dtype=config.dtype, query_weight=config.query_weight)
+               for spec in specs]
     return report_evaluation(collection, search, sources, out, retriever=_describe(config.retriever),
                              limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress)
 

@@ -30,7 +30,8 @@ class Source:
     """A named query source. ``rewriter=None`` sends the query unchanged (the ``raw`` baseline).
 
     ``include_original`` searches ``query + " " + rewrite`` (HyDE's usual form, and the trainer's ``expand``
-    framing, with the query repeated ``query_weight`` times: :func:`deepretrieval_trainer.framing.search_text`). ``identity`` names everything that determines the rewrites (model, adapter weights, prompt,
+    framing, with the query repeated ``query_weight`` times: :func:`deepretrieval_trainer.framing.search_text`).
+    ``identity`` names everything that determines the rewrites (model, adapter weights, prompt,
     decoding); rewrites are cached in the output folder under it, and an empty identity disables the cache.
     """
 

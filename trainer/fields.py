@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 import types
 import typing
@@ -113,11 +114,11 @@ def _scalar(name: str, value: Any, hint: type, error: type[Exception]) -> Any:
         raise _wrong(name, value, hint, error)
     if isinstance(value, str) and hint is float and _NUMBER.fullmatch(value.strip()):
         value = float(value)  # YAML 1.1 reads 5e-4 (no dot) as text
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy numbers are Real too
         raise _wrong(name, value, hint, error)
     if hint is int:
-        if isinstance(value, int):
-            return value
+        if isinstance(value, numbers.Integral):
+            return value if type(value) is int else int(value)
         raise error(f"{name}={shown(name, value)} must be a whole number, e.g. {max(0, math.floor(value))}"
                     if math.isfinite(value) else f"{name}={shown(name, value)} must be a whole number")
     if not math.isfinite(value):

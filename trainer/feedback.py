@@ -90,7 +90,8 @@ def _cut(text: str, limit: int) -> str:
 
 def with_feedback(task: str | Task, feedback: Feedback | int = 3) -> Task:
     """``task`` with the first-pass results in its prompt: :data:`FEEDBACK_BLOCK` after its user template (unless
-    the template already has ``{feedback}``) and the worked examples shown with :data:`EXAMPLE_FEEDBACK`. ``feedback``: a :class:`Feedback` or a number of documents."""
+    the template already has ``{feedback}``) and the worked examples shown with :data:`EXAMPLE_FEEDBACK`.
+    ``feedback``: a :class:`Feedback` or a number of documents."""
     from .tasks import get_task
 
     task = get_task(task)

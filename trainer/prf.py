@@ -114,7 +114,8 @@ class Analyzer:
         return list(zip(words, keys, strict=True))
 
 
-def feedback_model(analyzer: Analyzer, hits: Sequence[DocumentHit], terms: int) -> tuple[dict[str, float], dict[str, str]]:
+def feedback_model(analyzer: Analyzer, hits: Sequence[DocumentHit],
+                   terms: int) -> tuple[dict[str, float], dict[str, str]]:
     """The L1-normalized feedback model ``{term key: weight}`` of ``hits`` and each key's surface form."""
     vocab: dict[str, int] = {}
     surface: dict[str, dict[str, int]] = {}

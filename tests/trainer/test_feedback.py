@@ -67,7 +67,8 @@ def test_query_only_stays_the_default_and_feedback_is_an_option():
     with pytest.raises(ValueError, match="goes with a Feedback"):
         Task("t", "s", user="{query} {feedback}")
     assert TrainConfig().build_task().feedback is None
-    assert TrainConfig(feedback_docs=4, reward_k=50).build_task() == with_feedback(TrainConfig(reward_k=50).build_task(), 4)
+    expected = with_feedback(TrainConfig(reward_k=50).build_task(), 4)
+    assert TrainConfig(feedback_docs=4, reward_k=50).build_task() == expected
     with pytest.raises(ConfigError, match="feedback_docs=-1"):
         TrainConfig(feedback_docs=-1)
 

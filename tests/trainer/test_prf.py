@@ -38,7 +38,8 @@ def test_stemming_merges_inflections_and_writes_the_commonest_form():
 @pytest.mark.parametrize("weight", [0.3, 0.5, 0.8])
 def test_repetitions_carry_the_interpolated_weights(weight):
     analyzer = Analyzer("english")
-    prf = PseudoRelevanceFeedback(BM25Search({"x": {"title": "", "text": "xylophone music"}}), RM3(terms=4, weight=weight))
+    backend = BM25Search({"x": {"title": "", "text": "xylophone music"}})
+    prf = PseudoRelevanceFeedback(backend, RM3(terms=4, weight=weight))
     query = "vitamin D deficiency fractures"
     hits = [DocumentHit("a", "Bone health", "bone density vitamin fractures calcium bone", 3.0),
             DocumentHit("b", "", "calcium supplements bone loss elderly women", 1.5)]

@@ -152,3 +152,20 @@ def test_eval_caches_feedback_rewrites_per_first_pass(adi_test, tmp_path):
     other = BM25Search({d: doc for d, doc in adi_test.corpus.items() if d not in shown})
     evaluate(adi_test, other, [source], limit=3, out_dir=tmp_path, progress=False)
     assert len(recorder.calls) == 2  # another retriever shows other documents: rewritten again
+
+
+def test_eval_sources_show_feedback_as_configured_or_as_the_run_was_trained(tmp_path):
+    from deepretrieval_trainer.sources import parse_source
+
+    assert parse_source("base").rewriter.task.feedback is None
+    base = parse_source("base", feedback_docs=2)
+    assert base.rewriter.task == with_feedback("retrieval", 2)
+    assert base.identity != parse_source("base").identity  # another prompt, another rewrite cache
+    served = parse_source("server:http://127.0.0.1:9/v1#rw", feedback_docs=4)
+    assert served.rewriter.task.feedback == Feedback(docs=4)
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "config.yaml").write_text("framing: replace\nfeedback_docs: 3\n")
+    assert parse_source(f"adapter:{run}").rewriter.task.feedback == Feedback(docs=3)  # the run's setting wins
+    assert parse_source(f"adapter:{run}", feedback_docs=1).rewriter.task.feedback == Feedback(docs=3)

@@ -82,14 +82,16 @@ def run_one(collection: str, framework: str, args: argparse.Namespace) -> dict:
         run_dir=str(run_dir), resume=True, max_steps=args.steps, max_minutes=args.max_minutes, save_steps=10,
         learning_rate=args.lr, num_generations=args.num_generations, prompts_per_step=args.prompts_per_step,
         max_completion_length=args.max_completion_length, temperature=args.temperature, framing=args.framing,
-        reward_k=args.reward_k, torch_threads=args.torch_threads, seed=0,
+        query_weight=args.query_weight, beta=args.beta, reward_k=args.reward_k, torch_threads=args.torch_threads,
+        seed=0, data={"path": str(path), "split": "train", "drop_unknown_docs": drop},
     )
     start = time.perf_counter()
     adapter = train(search, load_beir(path, "train", drop_unknown_docs=drop), config)
     train_s = time.perf_counter() - start
     dev = load_beir(path, "dev", drop_unknown_docs=drop)
-    sources = [parse_source(s, framing=args.framing, max_new_tokens=args.eval_max_new_tokens)
-               for s in ("raw", "base", f"trained=adapter:{adapter}")]
+    sources = [parse_source(s, framing=args.framing, query_weight=args.query_weight, search=search,
+                            max_new_tokens=args.eval_max_new_tokens)
+               for s in ("raw", "prf", "base", f"trained=adapter:{adapter}")]
     start = time.perf_counter()
     report = evaluate(dev, search, sources, limit=args.eval_queries, out_dir=Path(args.out) / f"eval-{collection}",
                       retriever=f"{framework} bm25", progress=False)
@@ -99,7 +101,7 @@ def run_one(collection: str, framework: str, args: argparse.Namespace) -> dict:
 
     trained = report.source("trained")
     versus = {f"{name} {metric}": dataclasses.asdict(compare(trained, report.source(name), metric))
-              for name in ("raw", "base") for metric in PAIRED_METRICS}
+              for name in ("raw", "prf", "base") for metric in PAIRED_METRICS}
     return {
         "collection": collection, "framework": framework, "adapter": str(adapter), "train_wall_s": train_s,
         "eval_wall_s": eval_s, "eval_queries": report.queries, "training": summarize_training(rows),
@@ -145,6 +147,9 @@ def main() -> None:
     parser.add_argument("--max-completion-length", type=int, default=defaults.max_completion_length)
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
     parser.add_argument("--framing", choices=("replace", "expand"), default=defaults.framing)
+    parser.add_argument("--query-weight", type=int, default=defaults.query_weight,
+                        help="expand: times the query is searched beside the rewrite")
+    parser.add_argument("--beta", type=float, default=defaults.beta, help="KL coefficient (0: no reference model)")
     parser.add_argument("--reward-k", type=int, default=None)
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch threads (default: torch's own; 1 when other work shares the cores)")

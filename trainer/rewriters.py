@@ -254,8 +254,8 @@ class LocalRewriter(BaseRewriter):
                     top_p=self.top_p if sampling else None,
                     top_k=None,
                     pad_token_id=self._tokenizer.pad_token_id,
-                    stop_strings=list(self.task.stop),  # nothing after the answer is read: stop generating there
-                    tokenizer=self._tokenizer,
+                    # nothing after the answer is read: stop generating there (a task may have no stop strings)
+                    **({"stop_strings": list(self.task.stop), "tokenizer": self._tokenizer} if self.task.stop else {}),
                 )
             new_tokens = generated[:, encoded["input_ids"].shape[1] :]
             outputs.extend(self._tokenizer.batch_decode(new_tokens, skip_special_tokens=True))

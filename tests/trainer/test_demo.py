@@ -1,4 +1,5 @@
 import json
+import re
 import zipfile
 
 import pytest
@@ -54,15 +55,20 @@ def test_tiny_demo_trains_evaluates_and_resumes(data_dir, tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "train on 'test', evaluate on 'test'" in out
-    for name in ("raw", "base", "trained", "nDCG@10", str(run_dir / "adapter"), "results.png"):
+    for name in ("raw", "prf", "base", "trained", "nDCG@10", str(run_dir / "adapter"), "results.png"):
         assert name in out, name
+    # the verdict against each baseline, in plain words, with the paired figures
+    assert re.search(r"trained (beat|did NOT beat|was above, not significantly,) raw: nDCG@10 [+-]\d\.\d{4} over 3 "
+                     r"queries \(wins/ties/losses \d/\d/\d, paired t-test p=", out)
+    assert "prf: nDCG@10" in out and "base: nDCG@10" in out
     results = json.loads((run_dir / "eval" / "results.json").read_text())
-    assert [s["name"] for s in results["summary"]] == ["raw", "base", "trained"]
+    assert [s["name"] for s in results["summary"]] == ["raw", "prf", "base", "trained"]
     assert all(s["queries"] == 3 for s in results["summary"])
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     assert (run_dir / "eval" / "results.png").is_file()
     # trained and evaluated with the original query + rewrite, and the run's README says how to deploy it so
     assert "framing: expand" in (run_dir / "config.yaml").read_text()
+    assert "query_weight: 3" in (run_dir / "config.yaml").read_text()
     assert 'mode="expand"' in (run_dir / "README.md").read_text()
     # re-running resumes the same run: one more step, and the cached base rewrites are reused
     assert main([*argv[:4], "2", *argv[5:]]) == 0

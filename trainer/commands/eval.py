@@ -108,8 +108,9 @@ def run(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, framing=config.framing, search=search,
                             feedback_docs=config.feedback_docs, dtype=config.dtype, query_weight=config.query_weight)
                for spec in specs]
-    return report_evaluation(collection, search, sources, out, retriever=_describe(config.retriever),
-                             limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress)
+    report_evaluation(collection, search, sources, out, retriever=_describe(config.retriever),
+                      limit=args.limit, batch_size=args.batch_size, progress=not args.no_progress)
+    return 0
 
 
 def _task(args: argparse.Namespace) -> str | None:
@@ -125,8 +126,8 @@ def _describe(retriever) -> str:
 
 
 def report_evaluation(collection, search, sources, out: Path, *, retriever: str, limit: int | None,
-                      batch_size: int, progress: bool) -> int:
-    """Evaluate, write the outputs and print the table and where they are."""
+                      batch_size: int, progress: bool):
+    """Evaluate, write the outputs, print the table and where they are; return the report."""
     from ..evaluate import evaluate
     from ..report import format_table, write_outputs
 
@@ -135,4 +136,4 @@ def report_evaluation(collection, search, sources, out: Path, *, retriever: str,
     paths = write_outputs(report, out)
     print(format_table(report))
     print(f"\nresults: {paths['markdown']}  {paths['json']}\nchart:   {paths['chart']}")
-    return 0
+    return report

@@ -171,6 +171,9 @@ class TrainConfig:
     search_cache_size: int = 200_000
     search_batch_size: int = 64
     search_concurrency: int = 1
+    # seconds one reward search batch may take (None: no limit). A retriever that hangs then fails the step with a
+    # TrainingError naming it, and --resume continues from the last checkpoint (HTTP engines have their own deadline)
+    search_timeout: float | None = None
     # hardware: one dtype for the policy's forward/backward and generation (precision.py). "auto" is bfloat16 where the
     # machine has bf16 units (this CPU's AMX), float32 elsewhere; LoRA weights and optimizer state stay float32.
     dtype: str = "auto"
@@ -228,6 +231,8 @@ class TrainConfig:
             raise ConfigError(f"reward_k={self.reward_k!r} must be a positive integer (or null for the task's train k)")
         if self.max_minutes is not None:
             _positive("max_minutes", self.max_minutes)
+        if self.search_timeout is not None:
+            _positive("search_timeout", self.search_timeout)
         if self.torch_threads is not None and (not isinstance(self.torch_threads, int) or self.torch_threads < 1):
             raise ConfigError(f"torch_threads={self.torch_threads!r} must be a positive integer (or null for torch's default)")
         if self.max_queries is not None and (not isinstance(self.max_queries, int) or self.max_queries < 1):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -50,6 +50,30 @@ async def within(awaitable: Awaitable[T], seconds: float, what: str) -> T:
         return await asyncio.wait_for(awaitable, seconds)
     except asyncio.TimeoutError:
         raise DeadlineExceeded(f"{what}: no complete answer within the {seconds:.3g}s deadline") from None
+
+
+def call_within(function: Callable[[], T], seconds: float, what: str) -> T:
+    """``function()`` in a daemon thread, waited for at most ``seconds``; :class:`DeadlineExceeded` after that.
+
+    For blocking code that cannot be cancelled (an in-process retriever): the call is abandoned, not stopped, and
+    its thread ends with the process if it never returns.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="deepretrieval-bounded-call", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise DeadlineExceeded(f"{what} did not return within {seconds:g}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 class LoopThread:

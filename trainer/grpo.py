@@ -232,6 +232,8 @@ def _raised_by(exc: BaseException, search_backend: SearchBackend) -> bool:
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        if getattr(exc, "retriever", None) is search_backend:  # the reward's search deadline (SearchCache.timeout)
+            return True
         if any(frame.f_locals.get("self") is search_backend for frame, _ in traceback.walk_tb(exc.__traceback__)):
             return True
         exc = exc.__cause__ or exc.__context__
@@ -253,7 +255,8 @@ def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequen
     prompts = HFDataset.from_list(prompt_rows(tokenizer, task, rows, search_backend))
     rewards = build_rewards(search_backend, task, framing=config.framing, query_weight=config.query_weight,
                             cache_size=config.search_cache_size,
-                            batch_size=config.search_batch_size, concurrency=config.search_concurrency)
+                            batch_size=config.search_batch_size, concurrency=config.search_concurrency,
+                            search_timeout=config.search_timeout)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
     callback = RunCallback(run, max_minutes=config.max_minutes)

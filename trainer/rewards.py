@@ -78,8 +78,9 @@ class SearchCache:
     """Ranked results by normalized query, bounded (least recently used goes first), searched in batches."""
 
     def __init__(self, search: SearchBackend, *, k: int, max_size: int = 200_000, batch_size: int = 64,
-                 concurrency: int = 1) -> None:
+                 concurrency: int = 1, timeout: float | None = None) -> None:
         self.search_backend = search
+        self.timeout = timeout  # seconds one batch may take; None: as long as the backend takes
         self.k = k
         self.max_size = max_size
         self.batch_size = batch_size
@@ -130,13 +131,26 @@ class SearchCache:
         ranges = [DateRange.before(date) if date else None for _, date in batch]
         return self.search_backend.search_dated(queries, self.k, ranges)
 
+    def _bounded_batch(self, batch: list[tuple[str, str | None]]) -> list[list[str]]:
+        """:meth:`_search_batch` under ``timeout``: a retriever that hangs fails the step instead of stalling it."""
+        if self.timeout is None:
+            return self._search_batch(batch)
+        from .deadline import DeadlineExceeded, call_within
+
+        name = type(self.search_backend).__name__
+        try:
+            return call_within(lambda: self._search_batch(batch), self.timeout, f"{name}.search of {len(batch)} queries")
+        except DeadlineExceeded as exc:
+            exc.retriever = self.search_backend  # the training error names the retriever
+            raise
+
     def _search(self, queries: list[tuple[str, str | None]]) -> list[list[str]]:
         batches = [queries[i : i + self.batch_size] for i in range(0, len(queries), self.batch_size)]
         if self.concurrency == 1 or len(batches) == 1:
-            results = [self._search_batch(batch) for batch in batches]
+            results = [self._bounded_batch(batch) for batch in batches]
         else:
             with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-                results = list(pool.map(self._search_batch, batches))
+                results = list(pool.map(self._bounded_batch, batches))
         flat = [ranking for batch in results for ranking in batch]
         if len(flat) != len(queries):
             raise RuntimeError(f"the search backend returned {len(flat)} rankings for {len(queries)} queries; "
@@ -157,13 +171,14 @@ class RetrievalReward:
     __name__ = "retrieval"
 
     def __init__(self, *, search: SearchBackend, task: str | Task = "retrieval", framing: str = "replace",
-                 query_weight: int = 1, cache_size: int = 200_000, batch_size: int = 64, concurrency: int = 1) -> None:
+                 query_weight: int = 1, cache_size: int = 200_000, batch_size: int = 64, concurrency: int = 1,
+                 search_timeout: float | None = None) -> None:
         check_framing(framing, query_weight)
         self.task = get_task(task)
         self.framing = framing
         self.query_weight = query_weight
         self.cache = SearchCache(search, k=self.task.reward_k, max_size=cache_size, batch_size=batch_size,
-                                 concurrency=concurrency)
+                                 concurrency=concurrency, timeout=search_timeout)
         # A backend that can tell a malformed query (e.g. Boolean syntax) declares query_error(query) -> reason.
         self.query_check: QueryCheck | None = getattr(search, "query_error", None)
 
@@ -211,12 +226,12 @@ class RetrievalReward:
 
 
 def build_rewards(search: SearchBackend, task: str | Task, *, framing: str = "replace", query_weight: int = 1,
-                  cache_size: int = 200_000, batch_size: int = 64,
-                  concurrency: int = 1) -> list[Callable[..., list[float]]]:
+                  cache_size: int = 200_000, batch_size: int = 64, concurrency: int = 1,
+                  search_timeout: float | None = None) -> list[Callable[..., list[float]]]:
     """The reward functions for :class:`~trl.GRPOTrainer`: format first, then retrieval."""
     task = get_task(task)
     return [
         FormatReward(task=task, query_check=getattr(search, "query_error", None)),
         RetrievalReward(search=search, task=task, framing=framing, query_weight=query_weight, cache_size=cache_size,
-                        batch_size=batch_size, concurrency=concurrency),
+                        batch_size=batch_size, concurrency=concurrency, search_timeout=search_timeout),
     ]

@@ -110,3 +110,17 @@ def test_haystack_component_falls_back_at_the_deadline(server):  # noqa: F811
     component.close()
     assert output["query"] == "stalled" and output["meta"]["fell_back"] and "deadline" in output["meta"]["reason"]
     assert _cut_short(server.trickled)
+
+
+def test_call_within_abandons_a_call_that_blocks_and_passes_results_and_errors_through():
+    import threading
+
+    from deepretrieval_trainer.deadline import DeadlineExceeded, call_within
+
+    release = threading.Event()
+    with pytest.raises(DeadlineExceeded, match="the store did not return within 0.2s"):
+        call_within(release.wait, 0.2, "the store")
+    release.set()
+    assert call_within(lambda: [["d1"]], 5, "search") == [["d1"]]
+    with pytest.raises(KeyError, match="gone"):
+        call_within(lambda: {}["gone"], 5, "search")

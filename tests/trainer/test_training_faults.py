@@ -114,7 +114,8 @@ def test_a_metrics_line_cut_by_a_kill_does_not_make_the_folder_unreadable(tmp_pa
 
 
 def _flaky_pipeline(data_dir, switch: dict):
-    """A real Haystack pipeline around a BM25 retriever that raises while ``switch["broken"]()`` is true."""
+    """A real Haystack pipeline around a BM25 retriever that, while ``switch["broken"]()`` is true, raises
+    (``switch["fault"] == "raises"``) or blocks (``"hangs"``, as a store that stops answering)."""
     from haystack import Document, Pipeline, component
 
     from haystack_deepretrieval import HaystackSearch
@@ -125,8 +126,10 @@ def _flaky_pipeline(data_dir, switch: dict):
     class FlakyRetriever:
         @component.output_types(documents=list[Document])
         def run(self, query: str, top_k: int | None = None):
-            if switch["broken"]():
+            if switch["broken"]() and switch["fault"] == "raises":
                 raise ConnectionError("the document store went away")
+            while switch["broken"]():
+                time.sleep(0.05)
             return inner.run(query=query, top_k=top_k)
 
     pipeline = Pipeline()
@@ -139,16 +142,19 @@ def _steps(run_dir: Path) -> list[int]:
 
 
 @pytest.mark.slow
-def test_a_retriever_failing_mid_step_keeps_the_checkpoint_and_resume_continues(tmp_path, adi_test, data_dir):
+@pytest.mark.parametrize("fault", ["raises", "hangs"])
+def test_a_retriever_failing_mid_step_keeps_the_checkpoint_and_resume_continues(tmp_path, adi_test, data_dir, fault):
     run_dir = tmp_path / "run"
     healed = threading.Event()
-    switch = {"broken": lambda: (run_dir / "checkpoints" / "checkpoint-2").is_dir() and not healed.is_set()}
+    switch = {"fault": fault,
+              "broken": lambda: (run_dir / "checkpoints" / "checkpoint-2").is_dir() and not healed.is_set()}
     search = _flaky_pipeline(data_dir, switch)
     with pytest.raises(TrainingError) as caught:
-        train(search, adi_test, tiny(run_dir))
+        train(search, adi_test, tiny(run_dir, search_timeout=5.0))
     message = str(caught.value)
     assert "the retriever HaystackSearch failed in training step 3" in message
-    assert "the document store went away" in message and "checkpoint-2 (step 2)" in message and "--resume" in message
+    cause = "the document store went away" if fault == "raises" else "HaystackSearch.search of"
+    assert cause in message and "checkpoint-2 (step 2)" in message and "--resume" in message
     info = RunDir(run_dir).read_info()
     assert info["status"] == "failed" and info["failed_step"] == 3 and info["failed_in"] == "HaystackSearch"
     assert checkpoint_complete(run_dir / "checkpoints" / "checkpoint-2") and _steps(run_dir) == [1, 2]

@@ -169,3 +169,33 @@ def test_eval_sources_show_feedback_as_configured_or_as_the_run_was_trained(tmp_
     (run / "config.yaml").write_text("framing: replace\nfeedback_docs: 3\n")
     assert parse_source(f"adapter:{run}").rewriter.task.feedback == Feedback(docs=3)  # the run's setting wins
     assert parse_source(f"adapter:{run}", feedback_docs=1).rewriter.task.feedback == Feedback(docs=3)
+
+
+def test_training_refuses_a_backend_without_document_text_before_the_model_loads(adi_test, tmp_path):
+    from deepretrieval_trainer.grpo import train
+
+    class IdsOnly:
+        def search(self, queries, k):
+            return [["1"] for _ in queries]
+
+    with pytest.raises(TypeError, match="feedback_docs=2 needs the text .*IdsOnly cannot return it"):
+        train(IdsOnly(), adi_test, TrainConfig(run_dir=str(tmp_path / "run"), feedback_docs=2))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_feedback_run_trains_and_is_evaluated_with_its_prompt(adi_test, tmp_path):
+    from deepretrieval_trainer.bm25 import BM25Search
+    from deepretrieval_trainer.grpo import train
+    from deepretrieval_trainer.sources import parse_source
+
+    search = BM25Search(adi_test.corpus)
+    config = TrainConfig(run_dir=str(tmp_path / "run"), max_steps=1, save_steps=1, prompts_per_step=1,
+                         num_generations=2, max_completion_length=32, max_queries=2, torch_threads=1,
+                         feedback_docs=2)
+    adapter = train(search, adi_test, config)
+    assert (adapter / "adapter_config.json").is_file()
+    source = parse_source(f"adapter:{adapter.parent}")
+    assert source.rewriter.task == with_feedback("retrieval", 2)
+    report = evaluate(adi_test, search, [source], limit=2, progress=False)
+    assert [o.qid for o in report.source(source.name).outcomes] == list(adi_test.judged_queries)[:2]

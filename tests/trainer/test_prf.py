@@ -106,3 +106,10 @@ def test_eval_command_with_prf_through_llamaindex(data_dir, tmp_path, capsys):
     assert [s["name"] for s in results["summary"]] == ["raw", "prf", "prf:d3:t5:w0.6"]
     assert all(len(r["search_query"]) > len(r["query"]) for r in results["per_query"]["prf"])
     assert not (tmp_path / "rewrites").exists()  # prf depends on the retriever: never cached
+
+
+def test_eval_shows_the_free_baseline_by_default_where_it_can(adi_test):
+    from deepretrieval_trainer.commands.eval import default_sources
+
+    assert default_sources(BM25Search(adi_test.corpus)) == ["raw", "prf", "base"]
+    assert default_sources(IdsOnly()) == ["raw", "base"]

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="dev", help="the qrels split to evaluate on (default: dev)")
     parser.add_argument("--source", action="append", dest="sources", metavar="[NAME=]SPEC",
                         help="a query source, repeatable: raw, prf[:docs=N,terms=N,weight=W,stem=english|none], "
-                             "base, hyde, adapter:PATH, server:URL#MODEL (default: raw and base; raw is always "
+                             "base, hyde, adapter:PATH, server:URL#MODEL (default: raw, prf and base; raw is always "
                              "included as the baseline)")
     add_retriever_arguments(parser)
     parser.add_argument("--model", help="base model id or path for base/hyde/adapter (default: the config's, "
@@ -99,11 +99,11 @@ def run(args: argparse.Namespace) -> int:
     if not config.data.path:
         raise ValueError("no collection: pass --data FOLDER (a BEIR-layout folder) or a --config with data.path")
     collection = load_beir(config.data.path, args.split, drop_unknown_docs=config.data.drop_unknown_docs)
-    specs = args.sources or ["raw", "base"]
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{Path(config.data.path).name}-{args.split}"
     logger.info("building the %s %s retriever over %s", config.retriever.framework, config.retriever.kind,
                 config.retriever.path or config.data.path)
     search = config.retriever.build(config.data.path)
+    specs = args.sources or default_sources(search)
     sources = [parse_source(spec, model=config.model, task=config.task, max_new_tokens=args.max_new_tokens,
                             batch_size=args.batch_size, framing=config.framing, search=search,
                             feedback_docs=config.feedback_docs, dtype=config.dtype, query_weight=config.query_weight)
@@ -119,6 +119,11 @@ def _task(args: argparse.Namespace) -> str | None:
     from ..config import TrainConfig
 
     return TrainConfig.from_yaml(args.config).task
+
+
+def default_sources(search) -> list[str]:
+    """raw, the free baseline (prf, where the retriever can return document text) and the untrained model."""
+    return ["raw", *(["prf"] if callable(getattr(search, "search_documents", None)) else []), "base"]
 
 
 def _describe(retriever) -> str:

@@ -72,8 +72,9 @@ class TimedGRPOTrainer(GRPOTrainer):
         device = self.accelerator.device
         stopping = [StopRecorder(self._tokenizer, self.stop, input_ids.shape[1], len(prompts))] if self.stop else []
         with torch.no_grad():
-            generated = self._twin.model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                                  generation_config=self.generation_config, stopping_criteria=stopping)
+            generated = self._twin.model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                generation_config=self.generation_config, stopping_criteria=stopping)
         lengths = stopping[0].lengths if stopping else [None] * len(prompts)
         return cut_completions(generated[:, input_ids.shape[1]:], self.eos_token_ids, lengths), None
 

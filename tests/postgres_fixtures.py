@@ -1,6 +1,6 @@
 """Session fixture: a real, throwaway PostgreSQL server on loopback (registered in tests/conftest.py).
 
-It uses Debian's ``postgresql`` package (``.ci/run`` installs it when missing): ``initdb`` a cluster in a fresh temp
+It uses Debian's ``postgresql`` package (``scripts/setup-postgres.sh``, in the README's test command, installs it when missing): ``initdb`` a cluster in a fresh temp
 folder, ``pg_ctl start`` it on a free 127.0.0.1 port with its socket in that folder, and stop it (immediate mode)
 at the end of the session. PostgreSQL refuses to run as root, so under root the cluster belongs to the
 ``postgres`` system user. Spider databases are copied into it with :func:`copy_sqlite`.
@@ -59,7 +59,7 @@ def _run_as_owner(command: list[str], owner: str | None) -> None:
 def postgres_server():
     binaries = postgres_bin()
     if binaries is None:
-        pytest.fail("PostgreSQL is not installed: apt-get install postgresql (bash .ci/run installs it)")
+        pytest.fail("PostgreSQL is not installed: run scripts/setup-postgres.sh (apt-get install postgresql)")
     owner = "postgres" if os.geteuid() == 0 else None
     folder = Path(tempfile.mkdtemp(prefix="deepretrieval-pg-"))  # not under pytest's root-only tmp folder
     folder.chmod(0o755)

@@ -1,7 +1,7 @@
 """Session fixture: a real, throwaway PostgreSQL server on loopback (registered in tests/conftest.py).
 
-It uses Debian's ``postgresql`` package (``scripts/setup-postgres.sh``, in the README's test command, installs it when missing): ``initdb`` a cluster in a fresh temp
-folder, ``pg_ctl start`` it on a free 127.0.0.1 port with its socket in that folder, and stop it (immediate mode)
+It uses Debian's ``postgresql`` package (``scripts/setup-postgres.sh``, in the README's test command, installs it
+when missing): ``initdb`` a cluster in a fresh temp folder, ``pg_ctl start`` it on a free 127.0.0.1 port with its socket in that folder, and stop it (immediate mode)
 at the end of the session. PostgreSQL refuses to run as root, so under root the cluster belongs to the
 ``postgres`` system user. Spider databases are copied into it with :func:`copy_sqlite`.
 """

@@ -195,7 +195,8 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
         trainer.processing_class.save_pretrained(str(run.adapter))
         run.write_info(status=status, steps=trainer.state.global_step, wall_s=round(time.perf_counter() - start, 1))
         callback._plot()
-        run.write_readme(base_model=base_model, task=task.name, framing=config.framing, dtype=dtype)
+        run.write_readme(base_model=base_model, task=task.name, framing=config.framing, dtype=dtype,
+                         query_weight=config.query_weight)
         logger.info("%s after %d steps: adapter in %s", status, trainer.state.global_step, run.adapter)
     return run.adapter
 

@@ -209,9 +209,11 @@ class RunDir:
         return plot_curves({self.path.name: rows}, self.curve)
 
     def write_readme(self, *, base_model: str, task: str, framing: str = "replace", name: str = "deepretrieval",
-                     dtype: str = "float32") -> None:
-        searched = ("the original query followed by the rewrite (deploy it the same way: the LlamaIndex transform's "
-                    '`mode="expand"`)' if framing == "expand" else "the rewrite alone")
+                     dtype: str = "float32", query_weight: int = 1) -> None:
+        searched = (f"the original query ({query_weight} times) followed by the rewrite (deploy it the same way: the "
+                    f'LlamaIndex transform\'s `mode="expand", query_weight={query_weight}`, the Haystack component\'s '
+                    f"`search_query` output with `query_weight={query_weight}`)" if framing == "expand"
+                    else "the rewrite alone")
         text = f"""# DeepRetrieval run: {self.path.name}
 
 LoRA adapter trained with GRPO (TRL) against your retriever, task `{task}`, base model `{base_model}`.

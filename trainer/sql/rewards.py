@@ -4,7 +4,7 @@ Both take TRL's ``(completions, **kwargs) -> list[float]``; the dataset columns 
 empty), ``gold_rows`` (JSON rows, or empty) and ``ordered`` arrive as keyword lists, one per completion. The
 execution reward runs the predicted SQL read-only on the example's database and compares its result with the
 gold result (:func:`~.results.results_match`): match -> the task's tier for 1, a result that differs -> the tier
-for 0, a refused/failing/slow/oversized query -> the tier floor. Gold results are computed once and cached.
+for 0, a refused/failing/slow/oversized query or no SQL at all -> the tier floor. Gold results are computed once and cached.
 """
 
 from __future__ import annotations
@@ -132,8 +132,9 @@ class SQLFormatReward:
 
 
 class ExecutionReward:
-    """The task's tiers of the execution outcome (1 match, 0 differs, -1 fails); unparsable answers score 0 here
-    (the format reward penalizes them)."""
+    """The task's tiers of the execution outcome (1 match, 0 differs, -1 fails). A completion without SQL fails too:
+    were it to score 0 here, writing no answer would beat writing a query that errors, and the policy would learn
+    to drop the ``<answer>`` tag (the first 40-minute CPU run did, docs/benchmarks.md)."""
 
     __name__ = "execution"
 
@@ -157,9 +158,6 @@ class ExecutionReward:
         rewards, outcomes = [], []
         for completion, db, gold, rows, order in zip(completions, db_id, gold_sql, gold_rows, ordered, strict=True):
             answer = parse_sql_answer(self.task.completion_text(completion))
-            if not answer.ok:
-                rewards.append(0.0)
-                continue
             outcome, _ = self.scorer.outcome(db, answer.sql, gold or None, _rows(rows), bool(order))
             outcomes.append(outcome)
             rewards.append(self.score(outcome))

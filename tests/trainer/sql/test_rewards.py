@@ -45,7 +45,8 @@ def test_wrong_failing_and_unparsable_answers(dev):
     completions = [_completion("SELECT count(*) FROM singer"), _completion("SELECT count(*) FROM stadium"),
                    _completion("SELECT nope FROM singer"), _completion("DELETE FROM singer"), "no answer at all"]
     floor = get_task("sql").tiers.floor
-    assert reward(completions, **_columns([example] * 5)) == [1.0, 0.0, floor, floor, 0.0]
+    # no SQL at all fails like SQL that errors: never better than attempting an answer
+    assert reward(completions, **_columns([example] * 5)) == [1.0, 0.0, floor, floor, floor]
 
 
 def test_expected_rows_instead_of_gold_sql(dev):

@@ -145,7 +145,8 @@ def test_served_dtype_is_the_one_asked_for(served_adapter, tmp_path):
     from deepretrieval_trainer.precision import resolve_dtype
     from tests.vllm_fixtures import free_port
 
-    config = ServerConfig(adapters={"bf": served_adapter}, port=free_port(), log_file=tmp_path / "vllm.log")
+    config = ServerConfig(adapters={"bf": served_adapter}, port=free_port(), log_file=tmp_path / "vllm.log",
+                          kv_cache_gib=1)  # beside the session's own server: a small KV cache is plenty here
     expected = resolve_dtype("auto")
     assert config.resolved_dtype == expected
     with VLLMServer(config) as server:

@@ -103,16 +103,16 @@ def run(args: argparse.Namespace) -> int:
 
 def verdict(report) -> str:
     """One plain sentence per baseline: did the trained adapter beat it on nDCG@10, paired over the same queries?"""
-    from ..evaluate import HEADLINE, compare
+    from ..evaluate import compare
 
     trained = report.source("trained")
     lines = []
     for name in ("raw", "prf", "base"):
-        c = compare(trained, report.source(name))
+        c = compare(trained, report.source(name), "ndcg@10")
         significant = c.p_value is not None and c.p_value < 0.05
         outcome = ("beat" if c.mean_delta > 0 and significant else "did NOT beat" if c.mean_delta <= 0
                    else "was above, not significantly,")
-        lines.append(f"trained {outcome} {name}: {HEADLINE} {c.mean_delta:+.4f} over {report.queries} queries "
+        lines.append(f"trained {outcome} {name}: nDCG@10 {c.mean_delta:+.4f} over {report.queries} queries "
                      f"(wins/ties/losses {c.wins}/{c.ties}/{c.losses}, paired t-test p="
                      f"{'-' if c.p_value is None else f'{c.p_value:.3f}'})")
     return "\n".join(lines)

@@ -2,6 +2,7 @@ import asyncio
 import logging
 
 import pytest
+import torch
 
 from deepretrieval_trainer.rewriters import LocalRewriter, RewriteError, RewriteResult
 
@@ -90,10 +91,16 @@ def test_local_rewriter_with_adapter_and_sampling(tmp_path, local_rewriter):
     from deepretrieval_trainer.models import resolve_model
 
     base = AutoModelForCausalLM.from_pretrained(resolve_model(None))
-    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    base_q = base.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    # init_lora_weights=False: B is random, not zero, so the adapter really changes the function
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM", init_lora_weights=False)
+    peft_model = get_peft_model(base, config)
     peft_model.save_pretrained(tmp_path / "adapter")
-    rewriter = LocalRewriter(adapter=tmp_path / "adapter", temperature=0.8, max_new_tokens=48)
+    rewriter = LocalRewriter(adapter=tmp_path / "adapter", temperature=0.8, max_new_tokens=48, dtype="float32")
     rewriter.load()
-    assert type(rewriter._model).__name__ == "PeftModelForCausalLM"
+    # The adapter is merged into the base weights (no per-token LoRA work): a plain model whose q_proj moved.
+    assert type(rewriter._model).__name__ == "LlamaForCausalLM"
+    merged_q = rewriter._model.model.layers[0].self_attn.q_proj.weight.detach()
+    assert not torch.allclose(merged_q, base_q)
     [result] = rewriter.rewrite(["statins and muscle pain"])
     assert result.original == "statins and muscle pain" and result.query

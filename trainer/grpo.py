@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -154,6 +154,23 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
     if checkpoint is not None and checkpoint_step(checkpoint) >= config.max_steps:
         # The HF trainer would run one more step past max_steps when resumed from the final checkpoint.
         return run.finished_adapter(checkpoint, write=is_main_process())
+
+    def build(base_model: str, dtype: str):
+        return build_trainer(config, task, base_model, rows, search_backend, run, dtype=dtype)
+
+    return run_training(config, task, run, checkpoint, build, retriever=type(search_backend).__name__,
+                        dataset_info=_dataset_info(dataset, rows, data_fingerprint), search_backend=search_backend,
+                        readme={"framing": config.framing, "query_weight": config.query_weight})
+
+
+def run_training(config: TrainConfig, task: Task, run: RunDir, checkpoint: Path | None,
+                 build: Callable[[str, str], tuple[Any, Any]], *, retriever: str, dataset_info: dict[str, Any],
+                 search_backend: SearchBackend | None = None, readme: Mapping[str, Any] | None = None) -> Path:
+    """The part every task's training shares, once the data and the run folder are checked: load the stack, decide
+    the precision, record the run, ``build(base_model, dtype) -> (trainer, callback)``, train (resuming from
+    ``checkpoint``), and save the adapter. Ctrl-C saves the adapter reached so far; any other failure raises a
+    :class:`TrainingError` that keeps the last checkpoint and says to ``--resume`` (naming ``search_backend`` when it
+    raised)."""
     if is_main_process():
         run.check_writable()  # a read-only or full disk fails now, not at the first checkpoint
     _import_training_stack()
@@ -172,11 +189,10 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
     if main:
         run.write_config(config)
         run.write_info(base_model=base_model, model=config.model, task=task.name, status="running",
-                       retriever=type(search_backend).__name__, dataset=_dataset_info(dataset, rows, data_fingerprint),
-                       versions=_versions(),
+                       retriever=retriever, dataset=dataset_info, versions=_versions(),
                        precision={"dtype": dtype, "setting": config.dtype, "device": device, "why": describe(device),
                                   "lora_weights": "float32"})
-    trainer, callback = build_trainer(config, task, base_model, rows, search_backend, run, dtype=dtype)
+    trainer, callback = build(base_model, dtype)
     if main:
         run.check_writable(checkpoint_bytes(trainer) * (config.save_total_limit + 1))
     start = time.perf_counter()
@@ -195,8 +211,7 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
         trainer.processing_class.save_pretrained(str(run.adapter))
         run.write_info(status=status, steps=trainer.state.global_step, wall_s=round(time.perf_counter() - start, 1))
         callback._plot()
-        run.write_readme(base_model=base_model, task=task.name, framing=config.framing, dtype=dtype,
-                         query_weight=config.query_weight)
+        run.write_readme(base_model=base_model, task=task.name, dtype=dtype, **dict(readme or {}))
         logger.info("%s after %d steps: adapter in %s", status, trainer.state.global_step, run.adapter)
     return run.adapter
 
@@ -207,12 +222,13 @@ def checkpoint_bytes(trainer) -> int:
     return 3 * trainable + (1 << 20)
 
 
-def training_failed(exc: Exception, search_backend: SearchBackend, run: RunDir, step: int) -> TrainingError:
-    """The error to raise when a training step fails, recorded in run.json; it names the retriever when it raised."""
+def training_failed(exc: Exception, search_backend: SearchBackend | None, run: RunDir, step: int) -> TrainingError:
+    """The error to raise when a training step fails, recorded in run.json; it names the retriever when it raised
+    (``search_backend`` None: a task whose reward searches no retriever, e.g. SQL)."""
     from .redaction import redact
 
     retriever = type(search_backend).__name__
-    by_retriever = _raised_by(exc, search_backend)
+    by_retriever = search_backend is not None and _raised_by(exc, search_backend)
     checkpoint = run.last_checkpoint()
     kept = (f"the run folder keeps {checkpoint} (step {checkpoint_step(checkpoint)})" if checkpoint
             else "no checkpoint was saved yet")
@@ -257,7 +273,7 @@ def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequen
     rewards = build_rewards(search_backend, task, framing=config.framing, query_weight=config.query_weight,
                             cache_size=config.search_cache_size,
                             batch_size=config.search_batch_size, concurrency=config.search_concurrency,
-                            search_timeout=config.search_timeout)
+                            search_timeout=config.search_timeout, unusable=config.unusable_reward)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
     callback = RunCallback(run, max_minutes=config.max_minutes)

@@ -255,3 +255,15 @@ def test_kill_9_loses_at_most_save_steps_and_a_half_written_checkpoint_is_skippe
     assert list(run.checkpoints.glob(f".incomplete-{half.name}-*"))
     assert checkpoint_complete(run.checkpoints / f"checkpoint-{resumed_from + 2}")
     assert run.read_info()["status"] == "completed"
+
+
+def test_sql_training_shares_the_fault_handling(mount):
+    """Text-to-SQL runs through the same training loop (grpo.run_training): a full disk fails before the model loads."""
+    from deepretrieval_trainer.sql.spider import load_sql_examples
+    from deepretrieval_trainer.sql.train import train_sql
+    from tests.conftest import collection_path
+
+    disk = mount("size=256k")
+    examples = load_sql_examples(collection_path("spider"), "train")
+    with pytest.raises(ConfigError, match=r"run_dir=.*: no space left on its device"):
+        train_sql(examples, tiny(disk / "run", task="sql", model=NO_MODEL))

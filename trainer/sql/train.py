@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, TrainConfig
-from ..grpo import (
-    _import_training_stack, _versions, check_batch, grpo_args, is_main_process, prompt_text, training_device,
-)
+from ..grpo import check_batch, grpo_args, is_main_process, prompt_text, run_training
 from ..run_dir import RunDir, checkpoint_step
 from ..tasks import Task
 from .rewards import build_sql_rewards
@@ -56,45 +53,14 @@ def train_sql(collection: SQLCollection, config: TrainConfig | None = None, *, s
     checkpoint = run.prepare(config, collection.fingerprint)
     if checkpoint is not None and checkpoint_step(checkpoint) >= config.max_steps:
         return run.finished_adapter(checkpoint, write=is_main_process())
-    _import_training_stack()
-    if config.torch_threads is not None:
-        import torch
 
-        torch.set_num_threads(config.torch_threads)
-    from ..models import resolve_model
-    from ..precision import describe as describe_precision
-    from ..precision import resolve_dtype
+    def build(base_model: str, dtype: str):
+        return build_sql_trainer(config, task, base_model, rows, collection, run, dtype=dtype)
 
-    base_model = resolve_model(config.model)
-    device = training_device()
-    dtype = resolve_dtype(config.dtype, device)  # the one precision decision of this run, as grpo.train makes it
-    main = is_main_process()
-    if main:
-        run.path.mkdir(parents=True, exist_ok=True)
-        config.to_yaml(run.path / "config.yaml")
-        run.write_info(base_model=base_model, model=config.model, task=task.name, status="running",
-                       retriever="sql:" + ",".join(sorted(collection.databases)),
-                       dataset=_dataset_info(collection, rows),
-                       versions=_versions(), precision={"dtype": dtype, "setting": config.dtype, "device": device,
-                                                        "why": describe_precision(device), "lora_weights": "float32"})
-    trainer, callback = build_sql_trainer(config, task, base_model, rows, collection, run, dtype=dtype)
-    start = time.perf_counter()
-    status = "completed"
-    try:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except KeyboardInterrupt:
-        status = "interrupted"
-        logger.warning("interrupted at step %d: saving the adapter reached so far", trainer.state.global_step)
-    finally:
-        callback.close()
-    trainer.save_model(str(run.adapter))
-    if main:
-        trainer.processing_class.save_pretrained(str(run.adapter))
-        run.write_info(status=status, steps=trainer.state.global_step, wall_s=round(time.perf_counter() - start, 1))
-        callback._plot()
-        run.write_readme(base_model=base_model, task=task.name, dtype=dtype)
-        logger.info("%s after %d steps: adapter in %s", status, trainer.state.global_step, run.adapter)
-    return run.adapter
+    # the same loop as retrieval training: precision, run.json, resume, Ctrl-C, failures that say --resume
+    return run_training(config, task, run, checkpoint, build,
+                        retriever="sql:" + ",".join(sorted(collection.databases)),
+                        dataset_info=_dataset_info(collection, rows))
 
 
 def build_sql_trainer(config: TrainConfig, task: Task, base_model: str, rows: list[dict], collection: SQLCollection,

@@ -27,6 +27,7 @@ VllmMode = Literal["colocate", "server"]
 Framework = Literal["llamaindex", "haystack", "bm25s"]
 RetrieverKind = Literal["bm25", "storage", "pipeline"]
 Framing = Literal["replace", "expand"]
+UnusableReward = Literal["zero", "raw"]
 
 # which retriever kinds each framework can build
 FRAMEWORK_KINDS: dict[str, tuple[str, ...]] = {
@@ -164,6 +165,10 @@ class TrainConfig:
     # expand only: how many times the original query is searched beside the rewrite (framing.py; bm25s-based
     # retrievers weight a repeated token by its count)
     query_weight: int = 1
+    # what the retrieval reward gives a completion with no usable query: "zero" (the format reward penalizes it) or
+    # "raw": the raw query's own score, which is what deployment searches when the model's output is unusable (the
+    # components fall back to the raw query), so a sample is rewarded only as far as it beats falling back
+    unusable_reward: str = "zero"
     # feedback-conditioned prompts: show the model the titles (or leading sentences) of the raw query's top
     # feedback_docs first-pass documents from the same retriever (deepretrieval_trainer.feedback); 0 = the paper's
     # query-only prompt
@@ -202,6 +207,7 @@ class TrainConfig:
         _choice("loss_type", self.loss_type, get_args(LossType))
         _choice("vllm_mode", self.vllm_mode, get_args(VllmMode))
         _choice("framing", self.framing, get_args(Framing))
+        _choice("unusable_reward", self.unusable_reward, get_args(UnusableReward))
         try:
             check_framing(self.framing, self.query_weight)
         except ValueError as exc:

@@ -166,14 +166,19 @@ class RetrievalReward:
     here (the format reward penalizes them), and so do queries the backend's ``query_error`` rejects.
     ``framing="expand"`` searches the original query (``query_weight`` times) and the rewrite instead of the rewrite
     alone (:func:`deepretrieval_trainer.framing.search_text`); deployment must then do the same.
+    ``unusable="raw"`` scores a completion without a usable query as the raw query's own ranking (what the deployed
+    components search when they fall back) instead of 0, so the reward measures the gain over falling back.
     """
 
     __name__ = "retrieval"
 
     def __init__(self, *, search: SearchBackend, task: str | Task = "retrieval", framing: str = "replace",
                  query_weight: int = 1, cache_size: int = 200_000, batch_size: int = 64, concurrency: int = 1,
-                 search_timeout: float | None = None) -> None:
+                 search_timeout: float | None = None, unusable: str = "zero") -> None:
         check_framing(framing, query_weight)
+        if unusable not in ("zero", "raw"):
+            raise ValueError(f"unusable={unusable!r}: choose 'zero' or 'raw'")
+        self.unusable = unusable
         self.task = get_task(task)
         self.framing = framing
         self.query_weight = query_weight
@@ -210,11 +215,11 @@ class RetrievalReward:
         texts = [self.search_text(query[i], parsed[i].query) for i in usable]
         dates = list(pub_date) if pub_date is not None else [None] * len(completions)
         rankings = self.cache.rankings(texts + list(query), [dates[i] for i in usable] + dates)
-        rewards = [0.0] * len(completions)
+        raw = [self.score(r, j) for r, j in zip(rankings[len(texts):], judged, strict=True)]
+        rewards = list(raw) if self.unusable == "raw" else [0.0] * len(completions)
         for i, ranking in zip(usable, rankings[: len(texts)], strict=True):
             rewards[i] = self.score(ranking, judged[i])
         if log_metric is not None:
-            raw = [self.score(r, j) for r, j in zip(rankings[len(texts):], judged, strict=True)]
             lookups = (self.cache.hits - hits) + (self.cache.misses - misses)
             log_metric("search/time_s", self.cache.search_seconds - seconds)
             log_metric("search/cache_hit_rate", (self.cache.hits - hits) / max(lookups, 1))
@@ -227,11 +232,12 @@ class RetrievalReward:
 
 def build_rewards(search: SearchBackend, task: str | Task, *, framing: str = "replace", query_weight: int = 1,
                   cache_size: int = 200_000, batch_size: int = 64, concurrency: int = 1,
-                  search_timeout: float | None = None) -> list[Callable[..., list[float]]]:
+                  search_timeout: float | None = None, unusable: str = "zero") -> list[Callable[..., list[float]]]:
     """The reward functions for :class:`~trl.GRPOTrainer`: format first, then retrieval."""
     task = get_task(task)
     return [
         FormatReward(task=task, query_check=getattr(search, "query_error", None)),
         RetrievalReward(search=search, task=task, framing=framing, query_weight=query_weight, cache_size=cache_size,
-                        batch_size=batch_size, concurrency=concurrency, search_timeout=search_timeout),
+                        batch_size=batch_size, concurrency=concurrency, search_timeout=search_timeout,
+                        unusable=unusable),
     ]

@@ -56,6 +56,26 @@ def test_ndcg_reward_for_retrieval_task():
     assert reward.cache.k == 100  # the retrieval task trains with a larger k than its eval k=10
 
 
+def test_unusable_completions_can_score_what_the_fallback_retrieves():
+    """unusable_reward: raw - an unparsable sample scores the raw query's ranking (what the deployed component then
+    searches), so a valid rewrite earns more only by retrieving better than falling back."""
+    search = FixedSearch({"good": ["d2"], "bad": ["d9"], "orig": ["d9", "d2"]})
+    qrels = json.dumps({"d2": 1})
+    completions = [VALID % "good", VALID % "bad", "unparsable", VALID % ""]
+    raw_score = 1 / math.log2(3)  # the raw query finds d2 at rank 2
+    zero = RetrievalReward(search=search, task="retrieval")(completions, query=["orig"] * 4, qrels=[qrels] * 4)
+    fallback = RetrievalReward(search=search, task="retrieval", unusable="raw")(completions, query=["orig"] * 4,
+                                                                                 qrels=[qrels] * 4)
+    assert zero == [1.0, 0.0, 0.0, 0.0]
+    assert fallback == [1.0, 0.0, pytest.approx(raw_score), pytest.approx(raw_score)]
+    with pytest.raises(ValueError, match="unusable='floor'"):
+        RetrievalReward(search=search, unusable="floor")
+    with pytest.raises(Exception, match="unusable_reward"):
+        TrainConfig(unusable_reward="floor")
+    [_, retrieval] = build_rewards(search, "retrieval", unusable="raw")
+    assert retrieval.unusable == "raw"
+
+
 def test_recall_tiers_for_literature():
     relevant = {f"r{i}": 1 for i in range(10)}
     search = FixedSearch({"half": [f"r{i}" for i in range(5)] + ["x"], "none": ["x", "y"], "most": list(relevant)[:7]})

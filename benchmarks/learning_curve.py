@@ -83,7 +83,7 @@ def run_one(collection: str, framework: str, args: argparse.Namespace) -> dict:
         learning_rate=args.lr, num_generations=args.num_generations, prompts_per_step=args.prompts_per_step,
         max_completion_length=args.max_completion_length, temperature=args.temperature, framing=args.framing,
         query_weight=args.query_weight, beta=args.beta, reward_k=args.reward_k, torch_threads=args.torch_threads,
-        seed=0, data={"path": str(path), "split": "train", "drop_unknown_docs": drop},
+        seed=0, data={"path": str(path), "split": "train", "drop_unknown_docs": drop}, **extra_fields(args.set),
     )
     start = time.perf_counter()
     adapter = train(search, load_beir(path, "train", drop_unknown_docs=drop), config)
@@ -109,6 +109,19 @@ def run_one(collection: str, framework: str, args: argparse.Namespace) -> dict:
                           "fallback_rate": s.fallback_rate} for s in report.sources},
         "trained_vs": versus, "config": config.to_dict(), "curve": rows,
     }
+
+
+def extra_fields(items: list[str]) -> dict:
+    """``--set FIELD=VALUE ...`` as TrainConfig keyword arguments (values parsed as YAML)."""
+    import yaml
+
+    fields = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: write FIELD=VALUE, e.g. unusable_reward=raw")
+        fields[key.strip()] = yaml.safe_load(value)
+    return fields
 
 
 def print_result(result: dict) -> None:
@@ -151,6 +164,8 @@ def main() -> None:
                         help="expand: times the query is searched beside the rewrite")
     parser.add_argument("--beta", type=float, default=defaults.beta, help="KL coefficient (0: no reference model)")
     parser.add_argument("--reward-k", type=int, default=None)
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="any other TrainConfig field (YAML value), e.g. unusable_reward=raw format_invalid=0")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch threads (default: torch's own; 1 when other work shares the cores)")
     parser.add_argument("--out", default="/tmp/deepretrieval-learning-curve")

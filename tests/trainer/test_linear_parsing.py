@@ -111,14 +111,14 @@ def test_boolean_translation_is_linear(unit):
     assert growth(translate, unit, small_chars=1_000) < LIMIT
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(ANSWER_FRAGMENTS + ["sql", "SQL:", "select"]), min_size=1, max_size=6).map("".join),
        st.sampled_from(sorted(COMPLETION_PARSERS)))
 def test_parse_answer_is_linear_on_any_repeated_pattern(unit, parser):
     assert growth(COMPLETION_PARSERS[parser], unit) < LIMIT
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.sampled_from(BOOLEAN_FRAGMENTS), min_size=1, max_size=6).map(" ".join))
 def test_boolean_translation_is_linear_on_any_repeated_pattern(unit):
     assert growth(translate, unit, small_chars=1_000) < LIMIT

@@ -18,6 +18,7 @@ from typing import Any, Literal, Union, get_args
 from .fields import check_fields
 from .framing import check_framing
 from .precision import DTYPES
+from .rewards import UNUSABLE_REWARDS
 from .tasks import TASKS, Task, Tiers, get_task
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ VllmMode = Literal["colocate", "server"]
 Framework = Literal["llamaindex", "haystack", "bm25s"]
 RetrieverKind = Literal["bm25", "storage", "pipeline"]
 Framing = Literal["replace", "expand"]
-UnusableReward = Literal["zero", "raw"]
 
 # which retriever kinds each framework can build
 FRAMEWORK_KINDS: dict[str, tuple[str, ...]] = {
@@ -207,7 +207,7 @@ class TrainConfig:
         _choice("loss_type", self.loss_type, get_args(LossType))
         _choice("vllm_mode", self.vllm_mode, get_args(VllmMode))
         _choice("framing", self.framing, get_args(Framing))
-        _choice("unusable_reward", self.unusable_reward, get_args(UnusableReward))
+        _choice("unusable_reward", self.unusable_reward, UNUSABLE_REWARDS)
         try:
             check_framing(self.framing, self.query_weight)
         except ValueError as exc:

@@ -27,6 +27,8 @@ from .tasks import Task, get_task
 logger = logging.getLogger(__name__)
 
 MetricLogger = Callable[[str, float], None]
+# what RetrievalReward gives a completion without a usable query (TrainConfig.unusable_reward)
+UNUSABLE_REWARDS = ("zero", "raw")
 QueryCheck = Callable[[str], "str | None"]
 
 
@@ -176,8 +178,8 @@ class RetrievalReward:
                  query_weight: int = 1, cache_size: int = 200_000, batch_size: int = 64, concurrency: int = 1,
                  search_timeout: float | None = None, unusable: str = "zero") -> None:
         check_framing(framing, query_weight)
-        if unusable not in ("zero", "raw"):
-            raise ValueError(f"unusable={unusable!r}: choose 'zero' or 'raw'")
+        if unusable not in UNUSABLE_REWARDS:
+            raise ValueError(f"unusable={unusable!r}: choose one of {', '.join(map(repr, UNUSABLE_REWARDS))}")
         self.unusable = unusable
         self.task = get_task(task)
         self.framing = framing

@@ -9,7 +9,7 @@ import pickle
 import pytest
 
 from deepretrieval_trainer.bm25 import BM25Search
-from deepretrieval_trainer.config import TrainConfig
+from deepretrieval_trainer.config import ConfigError, TrainConfig
 from deepretrieval_trainer.metrics import recall_at_k
 from deepretrieval_trainer.rewards import FormatReward, RetrievalReward, build_rewards, normalize_query
 from deepretrieval_trainer.tasks import get_task
@@ -70,7 +70,7 @@ def test_unusable_completions_can_score_what_the_fallback_retrieves():
     assert fallback == [1.0, 0.0, pytest.approx(raw_score), pytest.approx(raw_score)]
     with pytest.raises(ValueError, match="unusable='floor'"):
         RetrievalReward(search=search, unusable="floor")
-    with pytest.raises(Exception, match="unusable_reward"):
+    with pytest.raises(ConfigError, match="unusable_reward='floor'"):
         TrainConfig(unusable_reward="floor")
     [_, retrieval] = build_rewards(search, "retrieval", unusable="raw")
     assert retrieval.unusable == "raw"

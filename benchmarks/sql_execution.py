@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="evaluation budget in tokens")
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--max-hardness", choices=("easy", "medium", "hard", "extra"), default=None,
+                        help="train only on examples at most this hard by Spider's rules (evaluation: all of dev)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate OUT/run's adapter without training")
     parser.add_argument("--skip-trained", action="store_true", help="evaluate gold and base only (before training)")
     args = parser.parse_args(argv)
@@ -69,9 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(task="sql", run_dir=str(run), resume=run.exists(), max_steps=args.max_steps,
                          max_minutes=args.max_minutes, save_steps=10, prompts_per_step=args.prompts_per_step,
                          num_generations=args.num_generations, max_completion_length=args.max_completion_length,
-                         learning_rate=args.learning_rate, torch_threads=args.torch_threads)
+                         learning_rate=args.learning_rate, torch_threads=args.torch_threads,
+                         data={"path": args.data, "split": "train", "max_hardness": args.max_hardness})
     if not args.eval_only and not args.skip_trained:
-        train_sql(load_sql_examples(args.data, "train"), config)
+        train_sql(load_sql_examples(args.data, "train", max_hardness=args.max_hardness), config)
     specs = ["gold", "base"] + ([] if args.skip_trained else [f"trained=adapter:{run}"])
     sources = [parse_sql_source(s, max_new_tokens=args.max_new_tokens, batch_size=8) for s in specs]
     report = evaluate_sql(load_sql_examples(args.data, "dev"), sources, out_dir=out / "eval", progress=False)

@@ -60,9 +60,16 @@ class DataConfig:
     path: str = ""
     split: str = "train"
     drop_unknown_docs: bool = False
+    # text-to-SQL only: train on the examples whose gold SQL is at most this hard by Spider's rules
+    # (easy | medium | hard | extra; deepretrieval_trainer.sql.hardness); None: all of the split
+    max_hardness: str | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, prefix="data.", error=ConfigError)
+        if self.max_hardness is not None:
+            from .sql.hardness import HARDNESS
+
+            _choice("data.max_hardness", self.max_hardness, HARDNESS)
         if self.path and not Path(self.path).expanduser().is_dir():
             raise ConfigError(f"data.path={self.path!r} is not a folder: give a BEIR collection folder "
                               "(corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
@@ -204,6 +211,9 @@ class TrainConfig:
             self.retriever = _build(RetrieverConfig, self.retriever, "retriever")
         check_fields(self, error=ConfigError)  # every field against its annotation, fields added later included
         _choice("task", self.task, tuple(TASKS))
+        if self.data.max_hardness is not None and self.task != "sql":
+            raise ConfigError(f"data.max_hardness={self.data.max_hardness!r} grades gold SQL (Spider's levels): it "
+                              f"applies to task 'sql', not {self.task!r}; remove it")
         _choice("loss_type", self.loss_type, get_args(LossType))
         _choice("vllm_mode", self.vllm_mode, get_args(VllmMode))
         _choice("framing", self.framing, get_args(Framing))

@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlglot
+
 from ..data import DataError
 from .guard import is_ordered
+from .hardness import HARDNESS, hardness
 from .sqlite import SQLiteDatabase
 
 # 510 examples on 6 databases for training, 224 on 8 others for evaluation (../shared/data/spider's dev_exec.jsonl).
@@ -81,6 +84,17 @@ def _example(row: Any, where: str) -> SQLExample:
     return SQLExample(str(identifier), db_id.strip(), question.strip(), query, rows, ordered)
 
 
+def _at_most(example: SQLExample, max_hardness: str, where: str) -> bool:
+    if example.gold_sql is None:
+        raise DataError(f"{where}: max_hardness needs a gold 'query' to grade; this row gives only 'result' rows. "
+                        "Drop max_hardness or add the query")
+    try:
+        level = hardness(example.gold_sql)
+    except (sqlglot.errors.ParseError, ValueError) as exc:
+        raise DataError(f"{where}: cannot grade the gold query for max_hardness ({exc})"[:400]) from None
+    return HARDNESS.index(level) <= HARDNESS.index(max_hardness)
+
+
 def _databases_for(split: str, databases: Sequence[str] | None) -> tuple[str, ...] | None:
     if databases is not None:
         return tuple(databases)
@@ -92,8 +106,15 @@ def _databases_for(split: str, databases: Sequence[str] | None) -> tuple[str, ..
 
 
 def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequence[str] | None = None,
-                      timeout_s: float = 2.0, max_rows: int = 10_000, limit: int | None = None) -> SQLCollection:
-    """The examples of ``split`` (or of ``databases``) and their read-only SQLite databases."""
+                      timeout_s: float = 2.0, max_rows: int = 10_000, limit: int | None = None,
+                      max_hardness: str | None = None) -> SQLCollection:
+    """The examples of ``split`` (or of ``databases``) and their read-only SQLite databases.
+
+    ``max_hardness`` (``easy``, ``medium``, ``hard``, ``extra``) keeps only the examples whose gold SQL is at most that
+    hard by Spider's rules (:mod:`.hardness`): a training curriculum; evaluate on the whole split.
+    """
+    if max_hardness is not None and max_hardness not in HARDNESS:
+        raise DataError(f"max_hardness={max_hardness!r}: choose one of {list(HARDNESS)} (Spider's levels)")
     folder = Path(path).expanduser()
     file = next((folder / name for name in EXAMPLE_FILES if (folder / name).is_file()), None)
     if file is None:
@@ -110,11 +131,14 @@ def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequ
             raise DataError(f"{file}:{number}: not JSON ({exc})") from None
         example = _example(row, f"{file}:{number}")
         if wanted is None or example.db_id in wanted:
+            if max_hardness is not None and not _at_most(example, max_hardness, f"{file}:{number}"):
+                continue
             examples.append(example)
     if limit is not None:
         examples = examples[:limit]
     if not examples:
-        raise DataError(f"{file}: no examples on databases {list(wanted or [])}; check the split or the db_ids")
+        hard = f" at most {max_hardness!r} hard" if max_hardness else ""
+        raise DataError(f"{file}: no examples{hard} on databases {list(wanted or [])}; check the split or the db_ids")
     opened = {}
     for db_id in sorted({e.db_id for e in examples}):
         sqlite_file = folder / "database" / db_id / f"{db_id}.sqlite"
@@ -122,4 +146,5 @@ def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequ
             raise DataError(f"{sqlite_file}: missing; every db_id needs database/<db_id>/<db_id>.sqlite")
         opened[db_id] = SQLiteDatabase(sqlite_file, timeout_s=timeout_s, max_rows=max_rows)
     digest = hashlib.sha256(json.dumps([[e.id, e.db_id, e.question, e.gold_sql] for e in examples]).encode())
-    return SQLCollection(folder, split, examples, opened, digest.hexdigest()[:16])
+    meta = {"max_hardness": max_hardness} if max_hardness else {}
+    return SQLCollection(folder, split, examples, opened, digest.hexdigest()[:16], meta)

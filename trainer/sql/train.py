@@ -91,7 +91,7 @@ def build_sql_trainer(config: TrainConfig, task: Task, base_model: str, rows: li
 
 def _dataset_info(collection: SQLCollection, rows: list[dict]) -> dict[str, Any]:
     return {"fingerprint": collection.fingerprint, "queries": len(rows), "path": str(collection.path),
-            "split": collection.split, "databases": sorted(collection.databases)}
+            "split": collection.split, "databases": sorted(collection.databases), **collection.meta}
 
 
 def train_from_config(config: TrainConfig, *, sample_values: int = 0) -> int:
@@ -101,7 +101,7 @@ def train_from_config(config: TrainConfig, *, sample_values: int = 0) -> int:
     if not config.data.path:
         raise ValueError("no training data: set data.path (--data-path) to a folder in Spider's layout, "
                          "e.g. ../shared/data/spider")
-    collection = load_sql_examples(config.data.path, config.data.split)
+    collection = load_sql_examples(config.data.path, config.data.split, max_hardness=config.data.max_hardness)
     logger.info("training on %d examples of databases %s", len(collection.examples), sorted(collection.databases))
     adapter = train_sql(collection, config, sample_values=sample_values)
     print(f"adapter: {adapter}")

@@ -5,6 +5,7 @@ bash blocks run the CLI (a real 2-step training and its evaluation: slow)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -107,3 +108,5 @@ def test_every_block_runs(reader_database, monkeypatch, capsys, tmp_path):
     assert "adapter:" in done.stdout and "4 examples on 1 databases" in done.stdout
     assert re.search(r"^gold\s+100\.0%", done.stdout, re.M) and re.search(r"^trained\s+\d", done.stdout, re.M)
     assert "exact McNemar" in done.stdout
+    dataset = json.loads((tmp_path / "runs" / "sql-doc" / "run.json").read_text())["dataset"]
+    assert dataset["max_hardness"] == "easy" and dataset["queries"] == 4  # the curriculum flag reached the run

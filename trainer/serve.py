@@ -79,6 +79,21 @@ def lora_rank(adapter: Path) -> int:
     return fitting[0]
 
 
+# Measured on 2 CPU cores, bf16, the embedded model + LoRA (docs/benchmarks.md, issue 13, 2026-12-02, quiet machine):
+# rewrites/s of `benchmarks/rewrite_latency.py`, vLLM CPU server vs the in-process backend, at 1 and 32 concurrent.
+CPU_SPEED_NOTE = (
+    "on CPU the in-process backend is faster than this server: measured on 2 cores in bf16, the vLLM CPU server "
+    "gave 0.22 rewrites/s at 1 concurrent and 1.86 at 32, the in-process LocalRewriter 0.40 and 2.91 (the server "
+    "0.55x / 0.64x; docs/serving.md). Serve on CPU for the OpenAI-compatible API or to share one model between "
+    "processes; for speed on CPU, use the components' default backend (LocalRewriter) instead"
+)
+
+
+def speed_note(on_gpu: bool | None = None) -> str | None:
+    """What ``deepretrieval serve`` says about speed before it starts: on CPU, that in-process is faster (measured)."""
+    return None if (has_gpu() if on_gpu is None else on_gpu) else CPU_SPEED_NOTE
+
+
 def has_gpu() -> bool:
     if shutil.which("nvidia-smi") is None:
         return False

@@ -169,3 +169,25 @@ def test_cpu_engine_gets_every_allowed_core(tmp_path, monkeypatch):
     assert config.environment()["VLLM_CPU_OMP_THREADS_BIND"] == ",".join(map(str, cores))
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "auto")
     assert config.environment()["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
+
+
+def test_serve_says_which_path_is_faster_on_cpu(tmp_path):
+    """The real CLI, with a stand-in vllm that fails at start: before starting, it says (on CPU) that the in-process
+    backend measured faster, with the figures; on a GPU machine it says nothing of the kind."""
+    import subprocess
+
+    from deepretrieval_trainer.serve import CPU_SPEED_NOTE, has_gpu, speed_note
+
+    script = tmp_path / "vllm"
+    script.write_text(f"#!{sys.executable}\nimport sys\nprint('engine core failed', flush=True)\nsys.exit(3)\n")
+    script.chmod(0o755)
+    adapter = fake_adapter(tmp_path / "a", base="m/x")
+    done = subprocess.run([sys.executable, "-m", "deepretrieval_trainer.cli", "serve", "--adapter", str(adapter),
+                           "--vllm", str(script), "--port", "8126", "--startup-timeout", "30"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "error: vllm serve exited with code 3" in done.stderr
+    assert "engine core failed" in done.stderr and "Traceback" not in done.stderr
+    on_cpu = not has_gpu()
+    assert ("in-process backend is faster" in done.stderr) == on_cpu
+    assert speed_note(on_gpu=False) == CPU_SPEED_NOTE and speed_note(on_gpu=True) is None
+    assert "0.64x" in CPU_SPEED_NOTE and "LocalRewriter" in CPU_SPEED_NOTE

@@ -51,7 +51,17 @@ Haystack:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..serve import ServerConfig, VLLMServer, load_adapter
+    from ..serve import ServeError
+
+    try:
+        return _run(args)
+    except ServeError as exc:  # the server would not start or load: its log tail says why, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..serve import ServerConfig, VLLMServer, load_adapter, speed_note
 
     config = ServerConfig(
         adapters={args.name: args.adapter}, base=args.base, host=args.host, port=args.port, vllm=args.vllm,
@@ -63,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"loaded {config.adapters[args.name]} as model {args.name!r} on {config.base_url}")
         return 0
     server = VLLMServer(config)
+    note = speed_note()
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     # SIGTERM (e.g. from a supervisor) stops the server the same way as Ctrl-C.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print(f"starting vLLM (log: {server.log_file}); on CPU this takes a minute or two...", file=sys.stderr)

@@ -17,6 +17,8 @@ import logging
 import statistics
 from pathlib import Path
 
+from deepretrieval_trainer.sql.hardness import HARDNESS
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spider"
 
 
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="evaluation budget in tokens")
     parser.add_argument("--learning-rate", type=float, default=5e-4)
     parser.add_argument("--torch-threads", type=int, default=1)
-    parser.add_argument("--max-hardness", choices=("easy", "medium", "hard", "extra"), default=None,
+    parser.add_argument("--max-hardness", choices=HARDNESS, default=None,
                         help="train only on examples at most this hard by Spider's rules (evaluation: all of dev)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate OUT/run's adapter without training")
     parser.add_argument("--skip-trained", action="store_true", help="evaluate gold and base only (before training)")
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                          learning_rate=args.learning_rate, torch_threads=args.torch_threads,
                          data={"path": args.data, "split": "train", "max_hardness": args.max_hardness})
     if not args.eval_only and not args.skip_trained:
-        train_sql(load_sql_examples(args.data, "train", max_hardness=args.max_hardness), config)
+        train_sql(load_sql_examples(config.data.path, config.data.split, max_hardness=config.data.max_hardness), config)
     specs = ["gold", "base"] + ([] if args.skip_trained else [f"trained=adapter:{run}"])
     sources = [parse_sql_source(s, max_new_tokens=args.max_new_tokens, batch_size=8) for s in specs]
     report = evaluate_sql(load_sql_examples(args.data, "dev"), sources, out_dir=out / "eval", progress=False)

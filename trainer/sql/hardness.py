@@ -37,9 +37,9 @@ class Components:
     others: int
 
 
-def _own(node: exp.Expression, root: exp.Expression):
-    """``node`` and its descendants, not entering queries nested below ``root``."""
-    return node.walk(prune=lambda n: n is not root and n is not node and isinstance(n, (exp.Select, _SET_OPERATION)))
+def _own(node: exp.Expression):
+    """``node`` and its descendants; a query nested below ``node`` is yielded but not entered."""
+    return node.walk(prune=lambda n: n is not node and isinstance(n, (exp.Select, _SET_OPERATION)))
 
 
 def _predicates(condition: exp.Expression | None) -> list[exp.Expression]:
@@ -76,17 +76,13 @@ def components(sql: str, dialect: str = "sqlite") -> Components:
     component1 = sum(1 for part in (where, group, select.args.get("order"), select.args.get("limit")) if part)
     component1 += len(joins)
     for root in condition_roots:
-        component1 += sum(isinstance(n, exp.Or) for n in _own(root, select))
-        component1 += sum(isinstance(n, exp.Like) for n in _own(root, select))
-    for root in condition_roots:
-        for predicate in _predicates(root):
-            nested += sum(isinstance(n, (exp.Select, _SET_OPERATION)) for n in predicate.walk(
-                prune=lambda n, p=predicate: n is not p and isinstance(n, (exp.Select, _SET_OPERATION))))
+        component1 += sum(isinstance(n, (exp.Or, exp.Like)) for n in _own(root))
+        nested += sum(isinstance(n, (exp.Select, _SET_OPERATION)) for n in _own(root))
 
     aggregates = 0
     parts = [*select.expressions, *(p for p in (where, group, select.args.get("order"), having) if p)]
     for part in parts:
-        aggregates += sum(isinstance(n, exp.AggFunc) for n in _own(part, select))
+        aggregates += sum(isinstance(n, exp.AggFunc) for n in _own(part))
     others = sum((aggregates > 1, len(select.expressions) > 1, len(_predicates(where.this if where else None)) > 1,
                   len(group.expressions) > 1 if group else False))
     return Components(component1, nested, others)

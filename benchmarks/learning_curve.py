@@ -78,13 +78,14 @@ def run_one(collection: str, framework: str, args: argparse.Namespace) -> dict:
     drop = collection in DROP_UNKNOWN
     search = build_search(framework, path)
     run_dir = Path(args.out) / f"{collection}-{framework}"
-    config = TrainConfig(
+    fields = dict(
         run_dir=str(run_dir), resume=True, max_steps=args.steps, max_minutes=args.max_minutes, save_steps=10,
         learning_rate=args.lr, num_generations=args.num_generations, prompts_per_step=args.prompts_per_step,
         max_completion_length=args.max_completion_length, temperature=args.temperature, framing=args.framing,
         query_weight=args.query_weight, beta=args.beta, reward_k=args.reward_k, torch_threads=args.torch_threads,
-        seed=0, data={"path": str(path), "split": "train", "drop_unknown_docs": drop}, **extra_fields(args.set),
+        seed=0, data={"path": str(path), "split": "train", "drop_unknown_docs": drop},
     )
+    config = TrainConfig(**{**fields, **extra_fields(args.set)})  # --set wins over the named flags
     start = time.perf_counter()
     adapter = train(search, load_beir(path, "train", drop_unknown_docs=drop), config)
     train_s = time.perf_counter() - start
@@ -165,7 +166,8 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=defaults.beta, help="KL coefficient (0: no reference model)")
     parser.add_argument("--reward-k", type=int, default=None)
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="any other TrainConfig field (YAML value), e.g. unusable_reward=raw format_invalid=0")
+                        help="any TrainConfig field (YAML value), e.g. unusable_reward=raw format_invalid=0; "
+                             "it wins over the named flag for the same field")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch threads (default: torch's own; 1 when other work shares the cores)")
     parser.add_argument("--out", default="/tmp/deepretrieval-learning-curve")

@@ -41,6 +41,19 @@ def reward_share(run: Path) -> dict:
             "last_fifth": {k: average(last, k) for k in ("reward", "format/valid_rate", "execution/accuracy")}}
 
 
+def extra_fields(items: list[str]) -> dict:
+    """``--set FIELD=VALUE ...`` as TrainConfig keyword arguments (values parsed as YAML)."""
+    import yaml
+
+    fields = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: write FIELD=VALUE, e.g. reward_floor=-0.5")
+        fields[key.strip()] = yaml.safe_load(value)
+    return fields
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder (run/ and eval/ go in it)")
@@ -57,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="train only on examples at most this hard by Spider's rules (evaluation: all of dev)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate OUT/run's adapter without training")
     parser.add_argument("--skip-trained", action="store_true", help="evaluate gold and base only (before training)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="any TrainConfig field (YAML value), e.g. 'reward_tiers=[[1.0, 1.0]]' reward_floor=-0.5; "
+                             "it wins over the named flag for the same field")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -70,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.torch_threads)
     out = Path(args.out)
     run = out / "run"
-    config = TrainConfig(task="sql", run_dir=str(run), resume=run.exists(), max_steps=args.max_steps,
-                         max_minutes=args.max_minutes, save_steps=10, prompts_per_step=args.prompts_per_step,
-                         num_generations=args.num_generations, max_completion_length=args.max_completion_length,
-                         learning_rate=args.learning_rate, torch_threads=args.torch_threads,
-                         data={"path": args.data, "split": "train", "max_hardness": args.max_hardness})
+    fields = dict(task="sql", run_dir=str(run), resume=run.exists(), max_steps=args.max_steps,
+                  max_minutes=args.max_minutes, save_steps=10, prompts_per_step=args.prompts_per_step,
+                  num_generations=args.num_generations, max_completion_length=args.max_completion_length,
+                  learning_rate=args.learning_rate, torch_threads=args.torch_threads,
+                  data={"path": args.data, "split": "train", "max_hardness": args.max_hardness})
+    config = TrainConfig(**{**fields, **extra_fields(args.set)})
     if not args.eval_only and not args.skip_trained:
         train_sql(load_sql_examples(config.data.path, config.data.split, max_hardness=config.data.max_hardness), config)
     specs = ["gold", "base"] + ([] if args.skip_trained else [f"trained=adapter:{run}"])

@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 
 from deepretrieval_trainer.sql.hardness import HARDNESS
+from learning_curve import extra_fields  # the same --set parsing; benchmarks/ is sys.path[0] when run as a script
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spider"
 
@@ -39,19 +40,6 @@ def reward_share(run: Path) -> dict:
             "reward_share_of_step": round(mean["time/rewards_s"] / mean["step_s"], 5),
             "first_fifth": {k: average(first, k) for k in ("reward", "format/valid_rate", "execution/accuracy")},
             "last_fifth": {k: average(last, k) for k in ("reward", "format/valid_rate", "execution/accuracy")}}
-
-
-def extra_fields(items: list[str]) -> dict:
-    """``--set FIELD=VALUE ...`` as TrainConfig keyword arguments (values parsed as YAML)."""
-    import yaml
-
-    fields = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: write FIELD=VALUE, e.g. reward_floor=-0.5")
-        fields[key.strip()] = yaml.safe_load(value)
-    return fields
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,6 +194,10 @@ class TrainConfig:
     sampler: str = "merged"
     # score each distinct prompt once per group of samples, not once per sample (prompt_sharing.py): same numbers
     share_prompts: bool = True
+    # DAPO's dynamic-sampling filter, without resampling: groups whose samples all scored alike (advantage 0, so no
+    # policy gradient) are left out of the loss and the backward pass (trl_trainer.uniform_group_rows); the loss is then
+    # normalised over the tokens of the groups that teach something. Needs gradient_accumulation_steps 1.
+    drop_uniform_groups: bool = False
     torch_threads: int | None = None  # 1 on a busy shared CPU: oversubscribed threads measured >10x slower
     gradient_checkpointing: bool = False
     use_vllm: bool = False
@@ -225,6 +229,10 @@ class TrainConfig:
         _choice("dtype", self.dtype, DTYPES)
         _choice("sampler", self.sampler, ("merged", "trl"))
         _choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
+        if self.drop_uniform_groups and self.gradient_accumulation_steps != 1:
+            raise ConfigError(f"drop_uniform_groups needs gradient_accumulation_steps=1 (got "
+                              f"{self.gradient_accumulation_steps}): it filters the batch of the one update per "
+                              "generation; raise prompts_per_step instead")
         for name in ("max_steps", "save_steps", "save_total_limit", "prompts_per_step", "gradient_accumulation_steps",
                      "max_completion_length", "lora_r", "lora_alpha", "search_batch_size", "search_concurrency"):
             value = getattr(self, name)

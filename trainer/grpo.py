@@ -280,7 +280,8 @@ def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequen
     trainer = TimedGRPOTrainer(model=base_model, reward_funcs=rewards, args=grpo_args(config, run, dtype),
                                train_dataset=prompts, processing_class=tokenizer, peft_config=lora,
                                callbacks=[callback], stop=task.stop, merged_sampling=config.sampler == "merged",
-                               share_prompts=config.share_prompts)
+                               share_prompts=config.share_prompts,
+                               drop_uniform_groups=config.drop_uniform_groups)
     for unwanted in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(unwanted)
     return trainer, callback

@@ -27,11 +27,16 @@ class TimedGRPOTrainer(GRPOTrainer):
     """
 
     def __init__(self, *args, stop: tuple[str, ...] = (), merged_sampling: bool = True, share_prompts: bool = True,
-                 **kwargs) -> None:
+                 drop_uniform_groups: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.stop = tuple(stop)
         self.merged_sampling = merged_sampling
         self.share_prompts = share_prompts
+        self.drop_uniform_groups = drop_uniform_groups
+        if drop_uniform_groups and self.args.steps_per_generation != 1:
+            raise ValueError("drop_uniform_groups needs one optimizer step per generation batch "
+                             f"(steps_per_generation={self.args.steps_per_generation}): set gradient_accumulation_steps=1")
+        self._uniform_rows = None
         self._twin = None
 
     def _mode(self) -> str:
@@ -88,7 +93,71 @@ class TimedGRPOTrainer(GRPOTrainer):
         start = time.perf_counter()
         result = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._metrics[self._mode()]["time/rewards_s"].append(time.perf_counter() - start)
+        if self.drop_uniform_groups and self._mode() == "train":
+            self._uniform_rows = uniform_group_rows(result, self.num_generations)  # every process's rows
         return result
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if not (self.drop_uniform_groups and self._mode() == "train"):
+            return output
+        uniform, self._uniform_rows = self._uniform_rows, None
+        rows = output["completion_ids"].shape[0]
+        start = self.accelerator.process_index * rows
+        keep = ~uniform[start:start + rows].to(output["completion_ids"].device)
+        self._metrics["train"]["uniform_groups/dropped_frac"].append(1.0 - keep.float().mean().item())
+        if not keep.any():  # nothing to learn from: one group stays, so the step still runs (its KL term only)
+            keep[:min(self.num_generations, rows)] = True
+        kept = drop_rows(output, keep)
+        loss_mask = kept["completion_mask"] if "tool_mask" not in kept else kept["completion_mask"] * kept["tool_mask"]
+        kept["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        return kept
+
+
+def uniform_group_rows(rewards_per_func, num_generations: int):
+    """Rows of groups in which every reward function gave every sample the same value (NaNs aside).
+
+    GRPO's advantage is the sample's reward minus its group's mean, so such a group's advantages are exactly 0 under
+    every ``scale_rewards`` and aggregation: it adds nothing to the policy gradient, only backward work (and, with
+    ``beta`` > 0, its KL term). DAPO's dynamic sampling drops these groups; this is its filter, without resampling.
+    """
+    import torch
+
+    values = rewards_per_func.view(-1, num_generations, rewards_per_func.shape[-1])
+    missing = torch.isnan(values)
+    high = torch.where(missing, float("-inf"), values).amax(dim=1)
+    low = torch.where(missing, float("inf"), values).amin(dim=1)
+    uniform = (high <= low).all(dim=1)  # all-NaN columns count as uniform (high -inf <= low inf)
+    return uniform.repeat_interleave(num_generations)
+
+
+# the per-sequence tensors of a GRPO batch whose second axis is the completion's tokens / the prompt's tokens
+_COMPLETION_AXIS = ("completion_ids", "completion_mask", "old_per_token_logps", "ref_per_token_logps",
+                    "sampling_per_token_logps", "tool_mask")
+_PROMPT_AXIS = ("prompt_ids", "prompt_mask")
+_TEXT_KEYS = set(_COMPLETION_AXIS) | set(_PROMPT_AXIS) | {"advantages", "num_items_in_batch", "importance_sampling_ratio"}
+
+
+def drop_rows(batch: dict, keep) -> dict:
+    """``batch`` (TRL's output of ``_generate_and_score_completions``) with only the rows where ``keep`` is True, and
+    the padding columns no kept row uses cut off (left of the prompts, right of the completions)."""
+    extra = set(batch) - _TEXT_KEYS
+    if extra:
+        raise NotImplementedError(f"drop_uniform_groups handles text-only batches; this one also has {sorted(extra)}")
+    rows = keep.shape[0]
+    out = {key: value[keep] if hasattr(value, "dim") and value.dim() >= 1 and value.shape[0] == rows else value
+           for key, value in batch.items()}
+    used = out["prompt_mask"].bool().any(dim=0).nonzero()
+    first = int(used[0]) if len(used) else 0
+    for key in _PROMPT_AXIS:
+        out[key] = out[key][:, first:]
+    used = out["completion_mask"].bool().any(dim=0).nonzero()
+    width = int(used[-1]) + 1 if len(used) else 1
+    for key in _COMPLETION_AXIS + ("importance_sampling_ratio",):
+        value = out.get(key)
+        if value is not None and value.dim() == 2 and value.shape[1] == batch["completion_ids"].shape[1]:
+            out[key] = value[:, :width]
+    return out
 
 
 class RunCallback(TrainerCallback):

@@ -131,6 +131,10 @@ def check_batch(config: TrainConfig) -> int:
     if completions % processes:
         raise ConfigError(f"prompts_per_step * num_generations = {completions} completions per step cannot be split "
                           f"over {processes} processes: make it a multiple of {processes}")
+    if config.drop_uniform_groups and processes > 1:
+        raise ConfigError(f"drop_uniform_groups runs in one process (this launch has {processes}): each process would "
+                          "keep a different number of rows, which TRL's cross-process gathers cannot take; "
+                          "set drop_uniform_groups: false or launch one process")
     return completions // processes
 
 

@@ -94,7 +94,8 @@ class TimedGRPOTrainer(GRPOTrainer):
         result = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._metrics[self._mode()]["time/rewards_s"].append(time.perf_counter() - start)
         if self.drop_uniform_groups and self._mode() == "train":
-            self._uniform_rows = uniform_group_rows(result, self.num_generations)  # every process's rows
+            weights = self.reward_weights if self.multi_objective_aggregation == "sum_then_normalize" else None
+            self._uniform_rows = uniform_group_rows(result, self.num_generations, weights)  # every process's rows
         return result
 
     def _generate_and_score_completions(self, inputs):
@@ -114,15 +115,23 @@ class TimedGRPOTrainer(GRPOTrainer):
         return kept
 
 
-def uniform_group_rows(rewards_per_func, num_generations: int):
-    """Rows of groups in which every reward function gave every sample the same value (NaNs aside).
+def uniform_group_rows(rewards_per_func, num_generations: int, weights=None):
+    """Rows of the groups whose samples all got the same reward, so that each of their advantages is exactly 0.
 
-    GRPO's advantage is the sample's reward minus its group's mean, so such a group's advantages are exactly 0 under
-    every ``scale_rewards`` and aggregation: it adds nothing to the policy gradient, only backward work (and, with
-    ``beta`` > 0, its KL term). DAPO's dynamic sampling drops these groups; this is its filter, without resampling.
+    ``weights`` given (TRL's ``sum_then_normalize``): the weighted sum over the reward functions is compared, as TRL
+    normalises it (a row no function scored is left out of its group's mean, as TRL does). ``weights`` None
+    (``normalize_then_sum``): every function's rewards must be alike within the group (NaNs aside).
+
+    GRPO's advantage is the sample's reward minus its group's mean, so such a group adds nothing to the policy
+    gradient under any ``scale_rewards``, only backward work (and, with ``beta`` > 0, its KL term). DAPO's dynamic
+    sampling drops these groups; this is its filter, without resampling.
     """
     import torch
 
+    if weights is not None:
+        missing_row = torch.isnan(rewards_per_func).all(dim=1)
+        total = (rewards_per_func * weights.to(rewards_per_func.device).unsqueeze(0)).nansum(dim=1)
+        rewards_per_func = total.masked_fill(missing_row, float("nan")).unsqueeze(1)
     values = rewards_per_func.view(-1, num_generations, rewards_per_func.shape[-1])
     missing = torch.isnan(values)
     high = torch.where(missing, float("-inf"), values).amax(dim=1)
@@ -131,29 +140,25 @@ def uniform_group_rows(rewards_per_func, num_generations: int):
     return uniform.repeat_interleave(num_generations)
 
 
-# the per-sequence tensors of a GRPO batch whose second axis is the completion's tokens / the prompt's tokens
+# the per-sequence tensors of a GRPO batch whose second axis is the completion's tokens
 _COMPLETION_AXIS = ("completion_ids", "completion_mask", "old_per_token_logps", "ref_per_token_logps",
-                    "sampling_per_token_logps", "tool_mask")
-_PROMPT_AXIS = ("prompt_ids", "prompt_mask")
-_TEXT_KEYS = set(_COMPLETION_AXIS) | set(_PROMPT_AXIS) | {"advantages", "num_items_in_batch", "importance_sampling_ratio"}
+                    "sampling_per_token_logps", "tool_mask", "importance_sampling_ratio")
+_TEXT_KEYS = set(_COMPLETION_AXIS) | {"prompt_ids", "prompt_mask", "advantages", "num_items_in_batch"}
 
 
 def drop_rows(batch: dict, keep) -> dict:
     """``batch`` (TRL's output of ``_generate_and_score_completions``) with only the rows where ``keep`` is True, and
-    the padding columns no kept row uses cut off (left of the prompts, right of the completions)."""
+    the completion padding no kept row uses cut off on the right. The prompts' left padding stays: cutting it would
+    shift the position ids that the reference (and old) log-probabilities were computed with."""
     extra = set(batch) - _TEXT_KEYS
     if extra:
         raise NotImplementedError(f"drop_uniform_groups handles text-only batches; this one also has {sorted(extra)}")
     rows = keep.shape[0]
     out = {key: value[keep] if hasattr(value, "dim") and value.dim() >= 1 and value.shape[0] == rows else value
            for key, value in batch.items()}
-    used = out["prompt_mask"].bool().any(dim=0).nonzero()
-    first = int(used[0]) if len(used) else 0
-    for key in _PROMPT_AXIS:
-        out[key] = out[key][:, first:]
     used = out["completion_mask"].bool().any(dim=0).nonzero()
     width = int(used[-1]) + 1 if len(used) else 1
-    for key in _COMPLETION_AXIS + ("importance_sampling_ratio",):
+    for key in _COMPLETION_AXIS:
         value = out.get(key)
         if value is not None and value.dim() == 2 and value.shape[1] == batch["completion_ids"].shape[1]:
             out[key] = value[:, :width]

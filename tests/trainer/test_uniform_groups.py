@@ -16,7 +16,7 @@ from deepretrieval_trainer.config import ConfigError, TrainConfig
 torch = pytest.importorskip("torch")
 
 
-def test_uniform_rows_are_the_groups_every_reward_function_scored_alike():
+def test_uniform_rows_are_the_groups_whose_advantages_are_all_zero():
     from deepretrieval_trainer.trl_trainer import uniform_group_rows
 
     nan = math.nan
@@ -24,10 +24,15 @@ def test_uniform_rows_are_the_groups_every_reward_function_scored_alike():
         [0.1, 0.5], [0.1, 0.5], [0.1, 0.5],   # group 0: alike in both functions -> uniform
         [0.1, 0.5], [0.1, 0.2], [0.1, 0.5],   # group 1: retrieval differs -> teaches
         [0.1, 0.0], [-2.0, 0.0], [0.1, 0.0],  # group 2: format differs -> teaches
-        [nan, 0.3], [nan, 0.3], [nan, nan],   # group 3: alike where scored -> uniform
+        [nan, 0.3], [nan, 0.3], [nan, nan],   # group 3: alike where scored -> uniform per function
+        [0.75, 0.25], [0.5, 0.5], [0.25, 0.75],  # group 4: functions differ, their sums do not
+        [nan, 0.3], [0.5, 0.3], [0.5, 0.3],   # group 5: alike per function, but the sums are .3, .8, .8
     ])
-    rows = uniform_group_rows(rewards, 3)
-    assert rows.tolist() == [True] * 3 + [False] * 6 + [True] * 3
+    per_function = uniform_group_rows(rewards, 3)
+    assert per_function.view(-1, 3)[:, 0].tolist() == [True, False, False, True, False, True]
+    summed = uniform_group_rows(rewards, 3, torch.ones(2))  # TRL's sum_then_normalize, weights 1
+    assert summed.view(-1, 3)[:, 0].tolist() == [True, False, False, True, True, False]
+    assert summed.tolist() == [g for g in summed.view(-1, 3)[:, 0].tolist() for _ in range(3)]
 
 
 def _batch():
@@ -43,7 +48,7 @@ def _batch():
     }
 
 
-def test_dropping_rows_keeps_them_aligned_and_cuts_padding_no_kept_row_uses():
+def test_dropping_rows_keeps_them_aligned_and_cuts_completion_padding_no_kept_row_uses():
     from deepretrieval_trainer.trl_trainer import drop_rows
 
     batch = _batch()
@@ -54,7 +59,7 @@ def test_dropping_rows_keeps_them_aligned_and_cuts_padding_no_kept_row_uses():
     assert kept["ref_per_token_logps"].tolist() == [[6.0, 7.0, 8.0], [9.0, 10.0, 11.0]]
 
     kept = drop_rows(batch, torch.tensor([True, True, False, False]))
-    assert kept["prompt_ids"].tolist() == [[5, 6], [5, 6]] and kept["prompt_mask"].tolist() == [[1, 1], [1, 1]]
+    assert kept["prompt_ids"].tolist() == [[0, 0, 5, 6], [0, 0, 5, 6]]  # left padding kept: positions unchanged
     assert kept["completion_ids"].tolist() == [[11, 0], [12, 13]]
     assert kept["completion_mask"].tolist() == [[1, 0], [1, 1]]
     assert kept["ref_per_token_logps"].tolist() == [[0.0, 1.0], [3.0, 4.0]]
@@ -68,9 +73,16 @@ def test_dropping_rows_refuses_batches_it_cannot_slice():
         drop_rows({**_batch(), "pixel_values": torch.zeros(9, 3)}, torch.tensor([True, True, False, False]))
 
 
-def test_needs_one_update_per_generation():
+def test_needs_one_update_per_generation_and_one_process(tmp_path, adi_test, monkeypatch):
+    from deepretrieval_trainer.bm25 import BM25Search
+    from deepretrieval_trainer.grpo import train
+
     with pytest.raises(ConfigError, match="gradient_accumulation_steps=1"):
         TrainConfig(drop_uniform_groups=True, gradient_accumulation_steps=2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    config = TrainConfig(run_dir=str(tmp_path / "run"), model="/nonexistent/model", drop_uniform_groups=True)
+    with pytest.raises(ConfigError, match="runs in one process"):
+        train(BM25Search(adi_test.corpus), adi_test, config)
 
 
 @pytest.mark.slow

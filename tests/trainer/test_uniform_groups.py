@@ -1,7 +1,7 @@
 """drop_uniform_groups (DAPO's dynamic-sampling filter): groups whose samples all scored alike leave the loss.
 
 The row selection and batch trimming are checked on tensors; a short real GRPO run (real TRL, real BM25, the embedded
-model) checks that the trainer drops exactly the groups TRL itself counts as zero-std, and still trains and saves.
+model) checks that the trainer drops every group TRL itself counts as zero-std, and still trains and saves.
 """
 
 from __future__ import annotations

@@ -69,7 +69,9 @@ def test_tiny_demo_trains_evaluates_and_resumes(data_dir, tmp_path, capsys):
     # trained and evaluated with the original query + rewrite, and the run's README says how to deploy it so
     assert "framing: expand" in (run_dir / "config.yaml").read_text()
     assert "query_weight: 3" in (run_dir / "config.yaml").read_text()
-    assert "reward_k: 10" in (run_dir / "config.yaml").read_text()  # rewarded by the metric the table reports
+    written = (run_dir / "config.yaml").read_text()
+    assert "reward_k: 10" in written  # rewarded by the metric the table reports
+    assert "drop_uniform_groups: true" in written
     assert 'mode="expand"' in (run_dir / "README.md").read_text()
     # re-running resumes the same run: one more step, and the cached base rewrites are reused
     assert main([*argv[:4], "2", *argv[5:]]) == 0

@@ -264,11 +264,7 @@ def _raised_by(exc: BaseException, search_backend: SearchBackend) -> bool:
 def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequence[TrainingRow],
                   search_backend: SearchBackend, run: RunDir, *, dtype: str | None = None):
     from datasets import Dataset as HFDataset
-    from peft import LoraConfig
     from transformers import AutoTokenizer
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    from .trl_trainer import RunCallback, TimedGRPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
@@ -278,6 +274,18 @@ def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequen
                             cache_size=config.search_cache_size,
                             batch_size=config.search_batch_size, concurrency=config.search_concurrency,
                             search_timeout=config.search_timeout, unusable=config.unusable_reward)
+    return timed_trainer(config, task, base_model, rewards, prompts, tokenizer, run, dtype=dtype)
+
+
+def timed_trainer(config: TrainConfig, task: Task, base_model: str, rewards, prompts, tokenizer, run: RunDir, *,
+                  dtype: str | None = None):
+    """The TimedGRPOTrainer every task trains with (LoRA, run callback, stop strings, sampler, prompt sharing, uniform
+    group dropping, all from ``config``) and its RunCallback; retrieval and SQL differ only in prompts and rewards."""
+    from peft import LoraConfig
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from .trl_trainer import RunCallback, TimedGRPOTrainer
+
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
     callback = RunCallback(run, max_minutes=config.max_minutes)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, TrainConfig
-from ..grpo import check_batch, grpo_args, is_main_process, prompt_text, run_training
+from ..grpo import check_batch, is_main_process, prompt_text, run_training, timed_trainer
 from ..run_dir import RunDir, checkpoint_step
 from ..tasks import Task
 from .rewards import build_sql_rewards
@@ -65,28 +65,16 @@ def train_sql(collection: SQLCollection, config: TrainConfig | None = None, *, s
 
 def build_sql_trainer(config: TrainConfig, task: Task, base_model: str, rows: list[dict], collection: SQLCollection,
                       run: RunDir, *, dtype: str | None = None):
-    """grpo.build_trainer's trainer (same arguments, stop strings and sampler) on SQL prompts and rewards."""
+    """grpo.build_trainer's trainer (grpo.timed_trainer, every setting from ``config``) on SQL prompts and rewards."""
     from datasets import Dataset as HFDataset
-    from peft import LoraConfig
     from transformers import AutoTokenizer
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    from ..trl_trainer import RunCallback, TimedGRPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     prompts = HFDataset.from_list([{"prompt": prompt_text(tokenizer, task, row.pop("input")), **row} for row in rows])
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
-    callback = RunCallback(run, max_minutes=config.max_minutes)
-    trainer = TimedGRPOTrainer(model=base_model, reward_funcs=build_sql_rewards(collection.databases, task),
-                               args=grpo_args(config, run, dtype), train_dataset=prompts, processing_class=tokenizer,
-                               peft_config=lora, callbacks=[callback], stop=task.stop,
-                               merged_sampling=config.sampler == "merged")
-    for unwanted in (PrinterCallback, ProgressCallback):
-        trainer.remove_callback(unwanted)
-    return trainer, callback
+    return timed_trainer(config, task, base_model, build_sql_rewards(collection.databases, task), prompts, tokenizer,
+                         run, dtype=dtype)
 
 
 def _dataset_info(collection: SQLCollection, rows: list[dict]) -> dict[str, Any]:

@@ -168,6 +168,10 @@ class TrainConfig:
     reward_scale: float | None = None
     format_valid: float | None = None
     format_invalid: float | None = None
+    # task sql only: a query that runs but returns the wrong result earns this share of the step up to a match, times
+    # the Jaccard of its tables and columns with the gold SQL's (sql/linking.py; Reasoning-SQL's schema-linking
+    # reward); 0 = off. Needs gold SQL (examples with gold rows only get none). Not yet measured.
+    sql_partial_credit: float = 0.0
     framing: str = "replace"
     # expand only: how many times the original query is searched beside the rewrite (framing.py; bm25s-based
     # retrievers weight a repeated token by its count)
@@ -218,6 +222,13 @@ class TrainConfig:
         if self.data.max_hardness is not None and self.task != "sql":
             raise ConfigError(f"data.max_hardness={self.data.max_hardness!r} grades gold SQL (Spider's levels): it "
                               f"applies to task 'sql', not {self.task!r}; remove it")
+        _positive("sql_partial_credit", self.sql_partial_credit, allow_zero=True)
+        if self.sql_partial_credit >= 1:
+            raise ConfigError(f"sql_partial_credit={self.sql_partial_credit!r} must be below 1 (0 = off, e.g. 0.5): "
+                              "at 1 a wrong result on the gold's tables and columns would score as much as a right one")
+        if self.sql_partial_credit and self.task != "sql":
+            raise ConfigError(f"sql_partial_credit={self.sql_partial_credit!r} pays partial credit to SQL that runs "
+                              f"but differs: it applies to task 'sql', not {self.task!r}; remove it")
         _choice("loss_type", self.loss_type, get_args(LossType))
         _choice("vllm_mode", self.vllm_mode, get_args(VllmMode))
         _choice("framing", self.framing, get_args(Framing))

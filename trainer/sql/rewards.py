@@ -5,6 +5,8 @@ empty), ``gold_rows`` (JSON rows, or empty) and ``ordered`` arrive as keyword li
 execution reward runs the predicted SQL read-only on the example's database and compares its result with the
 gold result (:func:`~.results.results_match`): match -> the task's tier for 1, a result that differs -> the tier
 for 0, a refused/failing/slow/oversized query or no SQL at all -> the tier floor. Gold results are computed once and cached.
+With ``partial_credit`` w > 0 a query that runs but differs earns part of the step up to a match by its schema
+linking with the gold SQL (:mod:`.linking`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from ..tasks import Task, get_task
 from .answer import parse_sql_answer
 from .guard import UnsafeSQL, check_sql
+from .linking import SchemaLinking
 from .results import QueryResult, results_match
 
 logger = logging.getLogger(__name__)
@@ -134,19 +137,36 @@ class SQLFormatReward:
 class ExecutionReward:
     """The task's tiers of the execution outcome (1 match, 0 differs, -1 fails). A completion without SQL fails too:
     were it to score 0 here, writing no answer would beat writing a query that errors (in the first CPU run, which
-    scored it 0, the format-valid rate stayed at 0-12% for 22 steps: docs/benchmarks.md)."""
+    scored it 0, the format-valid rate stayed at 0-12% for 22 steps: docs/benchmarks.md).
+
+    ``partial_credit`` w (0 <= w < 1; 0: off): a query that runs but differs scores
+    ``differs + w * (match - differs) * jaccard``, the Jaccard of its tables and columns with the gold SQL's
+    (:class:`~.linking.SchemaLinking`), so it stays below a match. The embedded model collapsed to
+    ``SELECT count(*) FROM <a table>`` when running paid more than failing, and to invented tables when it did not
+    (docs/sql.md); this pays for reading the right part of the schema. Examples with gold rows only get no credit.
+    """
 
     __name__ = "execution"
 
     def __init__(self, *, databases: Mapping[str, Any] | None = None, task: str | Task = "sql",
-                 scorer: ExecutionScorer | None = None) -> None:
+                 scorer: ExecutionScorer | None = None, partial_credit: float = 0.0) -> None:
         if scorer is None and databases is None:
             raise ValueError("ExecutionReward needs databases={db_id: database} (or a scorer)")
+        if not 0 <= partial_credit < 1:
+            raise ValueError(f"partial_credit={partial_credit!r} must be in [0, 1): at 1 a wrong result on the gold's "
+                             "tables and columns would score as much as a right one")
         self.task = get_task(task)
         self.scorer = scorer or ExecutionScorer(databases)
+        self.partial_credit = float(partial_credit)
+        self.linking = SchemaLinking(self.scorer.databases)
 
     def score(self, outcome: float) -> float:
         return float(self.task.tiers(outcome)) if self.task.tiers is not None else self.task.reward_scale * outcome
+
+    def partial(self, similarity: float) -> float:
+        """The reward of a query that runs but differs, with schema-linking Jaccard ``similarity``."""
+        differs = self.score(MISMATCH)
+        return differs + self.partial_credit * (self.score(MATCH) - differs) * similarity
 
     def __call__(self, completions: Sequence[str], db_id: Sequence[str], gold_sql: Sequence[str],
                  gold_rows: Sequence[Any] | None = None, ordered: Sequence[bool] | None = None,
@@ -155,21 +175,30 @@ class ExecutionReward:
         gold_rows = list(gold_rows) if gold_rows is not None else [None] * count
         ordered = list(ordered) if ordered is not None else [False] * count
         seconds = self.scorer.seconds
-        rewards, outcomes = [], []
+        rewards, outcomes, similarities = [], [], []
         for completion, db, gold, rows, order in zip(completions, db_id, gold_sql, gold_rows, ordered, strict=True):
             answer = parse_sql_answer(self.task.completion_text(completion))
             outcome, _ = self.scorer.outcome(db, answer.sql, gold or None, _rows(rows), bool(order))
             outcomes.append(outcome)
-            rewards.append(self.score(outcome))
+            if outcome == MISMATCH and self.partial_credit:
+                similarities.append(self.linking.similarity(db, answer.sql, gold or None))
+                rewards.append(self.partial(similarities[-1]))
+            else:
+                rewards.append(self.score(outcome))
         if log_metric is not None:
             log_metric("execution/time_s", self.scorer.seconds - seconds)
             log_metric("execution/accuracy", sum(o == MATCH for o in outcomes) / max(count, 1))
             log_metric("execution/failed_rate", sum(o == FAILED for o in outcomes) / max(count, 1))
             log_metric("execution/gold_cache_hits", float(self.scorer.gold.hits))
+            if similarities:  # the mean Jaccard of the queries that ran but differed (partial credit on)
+                log_metric("execution/partial_mean", sum(similarities) / len(similarities))
         return rewards
 
 
-def build_sql_rewards(databases: Mapping[str, Any], task: str | Task = "sql") -> list[Callable[..., list[float]]]:
-    """The reward functions for :class:`~trl.GRPOTrainer`: format first, then execution."""
+def build_sql_rewards(databases: Mapping[str, Any], task: str | Task = "sql", *,
+                      partial_credit: float = 0.0) -> list[Callable[..., list[float]]]:
+    """The reward functions for :class:`~trl.GRPOTrainer`: format first, then execution (with ``partial_credit``,
+    TrainConfig's ``sql_partial_credit``)."""
     task = get_task(task)
-    return [SQLFormatReward(databases=databases, task=task), ExecutionReward(databases=databases, task=task)]
+    return [SQLFormatReward(databases=databases, task=task),
+            ExecutionReward(databases=databases, task=task, partial_credit=partial_credit)]

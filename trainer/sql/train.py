@@ -73,8 +73,8 @@ def build_sql_trainer(config: TrainConfig, task: Task, base_model: str, rows: li
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     prompts = HFDataset.from_list([{"prompt": prompt_text(tokenizer, task, row.pop("input")), **row} for row in rows])
-    return timed_trainer(config, task, base_model, build_sql_rewards(collection.databases, task), prompts, tokenizer,
-                         run, dtype=dtype)
+    rewards = build_sql_rewards(collection.databases, task, partial_credit=config.sql_partial_credit)
+    return timed_trainer(config, task, base_model, rewards, prompts, tokenizer, run, dtype=dtype)
 
 
 def _dataset_info(collection: SQLCollection, rows: list[dict]) -> dict[str, Any]:

@@ -64,7 +64,7 @@ class Comparison:
     mean_delta: float
     t_statistic: float | None
     p_value: float | None
-    test: str = "paired t-test (scipy.stats.ttest_rel, two-sided) on per-query nDCG@10"
+    test: str = "paired t-test (scipy.stats.ttest_rel, two-sided) on per-query ndcg@10"
 
 
 @dataclass
@@ -261,7 +261,8 @@ def compare(result: SourceResult, baseline: SourceResult, metric: str = HEADLINE
     wins = sum(d > _TIE for d in deltas)
     losses = sum(d < -_TIE for d in deltas)
     t_statistic, p_value = paired_t_test([ours[q] for q in ours], [theirs[q] for q in ours])
-    return Comparison(wins, len(deltas) - wins - losses, losses, _mean(deltas), t_statistic, p_value)
+    return Comparison(wins, len(deltas) - wins - losses, losses, _mean(deltas), t_statistic, p_value,
+                      test=f"paired t-test (scipy.stats.ttest_rel, two-sided) on per-query {metric}")
 
 
 def paired_t_test(ours: Sequence[float], theirs: Sequence[float]) -> tuple[float | None, float | None]:

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from deepretrieval_trainer.bm25 import BM25Search
-from deepretrieval_trainer.evaluate import METRICS, evaluate, paired_t_test, select_queries
+from deepretrieval_trainer.evaluate import METRICS, compare, evaluate, paired_t_test, select_queries
 from deepretrieval_trainer.metrics import mean_metric
 from deepretrieval_trainer.report import format_table, to_markdown, write_outputs
 from deepretrieval_trainer.rewriters import BaseRewriter
@@ -157,6 +157,10 @@ def test_report_outputs(adi_test, tmp_path, scripted_rewriter):
     assert len(data["per_query"]["constant"]) == 5
     assert data["summary"][1]["vs_raw"]["wins"] + data["summary"][1]["vs_raw"]["ties"] + \
         data["summary"][1]["vs_raw"]["losses"] == 5
+    assert data["summary"][1]["vs_raw"]["test"].endswith("per-query ndcg@10")
+    # a comparison on another metric says which metric it tested (a Recall@100 row once claimed nDCG@10)
+    recall = compare(report.source("constant"), report.source("raw"), metric="recall@100")
+    assert recall.test.endswith("per-query recall@100")
     assert paths["chart"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -60,6 +60,8 @@ def _parse(sql: str, dialect: str):
     except (ParseError, TokenError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UnsafeSQL(f"not valid {dialect} SQL: {first[:200]}") from None
+    except RecursionError:  # sqlglot's parser recurses per nesting level: 300 parentheses exhaust Python's stack
+        raise UnsafeSQL("the SQL is nested too deeply to parse; write it with fewer nested parentheses") from None
     finally:
         quiet.setLevel(level)
 

@@ -158,7 +158,7 @@ class ExecutionReward:
         self.task = get_task(task)
         self.scorer = scorer or ExecutionScorer(databases)
         self.partial_credit = float(partial_credit)
-        self.linking = SchemaLinking(self.scorer.databases)
+        self.linking = SchemaLinking(self.scorer.databases) if self.partial_credit else None
 
     def score(self, outcome: float) -> float:
         return float(self.task.tiers(outcome)) if self.task.tiers is not None else self.task.reward_scale * outcome
@@ -180,8 +180,10 @@ class ExecutionReward:
             answer = parse_sql_answer(self.task.completion_text(completion))
             outcome, _ = self.scorer.outcome(db, answer.sql, gold or None, _rows(rows), bool(order))
             outcomes.append(outcome)
-            if outcome == MISMATCH and self.partial_credit:
+            if outcome == MISMATCH and self.linking is not None:
+                start = time.perf_counter()
                 similarities.append(self.linking.similarity(db, answer.sql, gold or None))
+                self.scorer.seconds += time.perf_counter() - start  # part of the reward's time (execution/time_s)
                 rewards.append(self.partial(similarities[-1]))
             else:
                 rewards.append(self.score(outcome))

@@ -64,7 +64,7 @@ class Comparison:
     mean_delta: float
     t_statistic: float | None
     p_value: float | None
-    test: str = "paired t-test (scipy.stats.ttest_rel, two-sided) on per-query ndcg@10"
+    test: str  # which test, on which per-query metric
 
 
 @dataclass

@@ -7,6 +7,8 @@ connections or transactions anyway, so a statement the parser misreads still can
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 MAX_SQL_CHARS = 8000
@@ -48,22 +50,31 @@ def _function_names(tree) -> set[str]:
     return names
 
 
+@contextmanager
+def quiet_sqlglot() -> Iterator[None]:
+    """sqlglot's warnings off for the block (it warns when it falls back to a Command, which is refused anyway, and
+    about what it cannot qualify); the logger's level is restored after."""
+    quiet = logging.getLogger("sqlglot")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
+
+
 def _parse(sql: str, dialect: str):
     import sqlglot
     from sqlglot.errors import ParseError, TokenError
 
-    quiet = logging.getLogger("sqlglot")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)  # sqlglot warns when it falls back to a Command; we refuse those anyway
     try:
-        return [tree for tree in sqlglot.parse(sql, read=dialect) if tree is not None]
+        with quiet_sqlglot():
+            return [tree for tree in sqlglot.parse(sql, read=dialect) if tree is not None]
     except (ParseError, TokenError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UnsafeSQL(f"not valid {dialect} SQL: {first[:200]}") from None
     except RecursionError:  # sqlglot's parser recurses per nesting level: 300 parentheses exhaust Python's stack
         raise UnsafeSQL("the SQL is nested too deeply to parse; write it with fewer nested parentheses") from None
-    finally:
-        quiet.setLevel(level)
 
 
 def check_sql(sql: object, *, dialect: str = "sqlite") -> CheckedSQL:

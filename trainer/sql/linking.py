@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .guard import quiet_sqlglot
+
 logger = logging.getLogger(__name__)
 
 Schema = dict[str, dict[str, str]]
@@ -41,24 +43,20 @@ def schema_items(sql: str, schema: Schema, *, dialect: str = "sqlite") -> frozen
     from sqlglot.optimizer.qualify import qualify
     from sqlglot.optimizer.scope import traverse_scope
 
-    quiet = logging.getLogger("sqlglot")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
     try:
-        tree = sqlglot.parse_one(sql, read=dialect)
-        tables = {"t:" + t.name.lower() for t in tree.find_all(exp.Table) if t.name.lower() in schema}
-        try:
-            tree = qualify(tree, schema=schema, dialect=dialect, validate_qualify_columns=False,
-                           quote_identifiers=False, expand_stars=False)
-            scopes = traverse_scope(tree)
-        except (SqlglotError, KeyError, ValueError, TypeError, AttributeError) as exc:
-            logger.debug("schema linking counts only the tables of %r: sqlglot cannot qualify it (%s)", sql, exc)
-            return frozenset(tables)
+        with quiet_sqlglot():
+            tree = sqlglot.parse_one(sql, read=dialect)
+            tables = {"t:" + t.name.lower() for t in tree.find_all(exp.Table) if t.name.lower() in schema}
+            try:
+                tree = qualify(tree, schema=schema, dialect=dialect, validate_qualify_columns=False,
+                               quote_identifiers=False, expand_stars=False)
+                scopes = traverse_scope(tree)
+            except (SqlglotError, KeyError, ValueError, TypeError, AttributeError) as exc:
+                logger.debug("schema linking counts only the tables of %r: sqlglot cannot qualify it (%s)", sql, exc)
+                return frozenset(tables)
     except (SqlglotError, ValueError, RecursionError) as exc:
         logger.debug("schema linking finds no items in %r: sqlglot cannot parse it (%s)", sql, exc)
         return frozenset()
-    finally:
-        quiet.setLevel(level)
     items = set(tables)
     for scope in scopes:
         for column in scope.columns:

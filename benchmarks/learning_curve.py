@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--prompts-per-step", type=int, default=defaults.prompts_per_step)
     parser.add_argument("--max-completion-length", type=int, default=defaults.max_completion_length)
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
-    parser.add_argument("--framing", choices=("replace", "expand"), default=defaults.framing)
+    parser.add_argument("--framing", choices=("replace", "expand", "fuse"), default=defaults.framing)
     parser.add_argument("--query-weight", type=int, default=defaults.query_weight,
                         help="expand: times the query is searched beside the rewrite")
     parser.add_argument("--beta", type=float, default=defaults.beta, help="KL coefficient (0: no reference model)")

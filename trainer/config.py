@@ -27,7 +27,7 @@ LossType = Literal["grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"]
 VllmMode = Literal["colocate", "server"]
 Framework = Literal["llamaindex", "haystack", "bm25s"]
 RetrieverKind = Literal["bm25", "storage", "pipeline"]
-Framing = Literal["replace", "expand"]
+Framing = Literal["replace", "expand", "fuse"]
 
 # which retriever kinds each framework can build
 FRAMEWORK_KINDS: dict[str, tuple[str, ...]] = {
@@ -173,8 +173,8 @@ class TrainConfig:
     # reward); 0 = off. Needs gold SQL (examples with gold rows only get none). Not yet measured.
     sql_partial_credit: float = 0.0
     framing: str = "replace"
-    # expand only: how many times the original query is searched beside the rewrite (framing.py; bm25s-based
-    # retrievers weight a repeated token by its count)
+    # expand and fuse: how many times the original query is searched beside the rewrite (framing.py; bm25s-based
+    # retrievers weight a repeated token by its count under expand; fuse weights the original's scores, any retriever)
     query_weight: int = 1
     # what the retrieval reward gives a completion with no usable query: "zero" (the format reward penalizes it) or
     # "raw": the raw query's own score, which is what deployment searches when the model's output is unusable (the

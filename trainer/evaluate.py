@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .data import Collection
-from .framing import search_text
+from .framing import fused_search, search_text
 from .metrics import mrr, ndcg_at_k, recall_at_k
 from .rewriters import RewriteResult
 from .search import SearchBackend
@@ -232,7 +232,12 @@ def _score(source: Source, queries: dict[str, str], rewrites: dict[str, RewriteR
     for start in range(0, len(qids), batch_size):
         batch = texts[start : start + batch_size]
         begun = time.perf_counter()
-        rankings = search.search(batch, SEARCH_K)
+        if source.fuse:  # the query and the rewrite searched apart, their scores summed (framing.fuse_hits)
+            shown = [rewrites[qid] for qid in qids[start : start + batch_size]]
+            rankings = fused_search(search, [r.original for r in shown],
+                                    [None if r.fell_back else r.query for r in shown], SEARCH_K, source.query_weight)
+        else:
+            rankings = search.search(batch, SEARCH_K)
         per_query = (time.perf_counter() - begun) / len(batch)
         for qid, text, ranking in zip(qids[start : start + batch_size], batch, rankings, strict=True):
             qrels, rewrite = collection.qrels[qid], rewrites[qid]
@@ -246,7 +251,7 @@ def _score(source: Source, queries: dict[str, str], rewrites: dict[str, RewriteR
 
 
 def _search_query(source: Source, rewrite: RewriteResult) -> str:
-    if source.include_original and not rewrite.fell_back:
+    if source.include_original and not source.fuse and not rewrite.fell_back:
         return search_text(rewrite.original, rewrite.query, "expand", source.query_weight)
     return rewrite.query
 

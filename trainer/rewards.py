@@ -19,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .answer import Rewrite, parse_answer
-from .framing import check_framing, search_text
+from .framing import FUSION_DEPTH, check_framing, fuse_hits, search_text
 from .metrics import first_hit_rank, ndcg_at_k, recall_at_k
-from .search import SearchBackend
+from .search import DocumentHit, SearchBackend, document_search
 from .tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -77,22 +77,28 @@ class FormatReward:
 
 
 class SearchCache:
-    """Ranked results by normalized query, bounded (least recently used goes first), searched in batches."""
+    """Ranked results by normalized query, bounded (least recently used goes first), searched in batches.
+
+    ``scored``: each result is the ranked ``DocumentHit`` list (id and score, no text) from the backend's
+    ``search_documents``, for rewards that need the retriever's scores (framing ``fuse``); else the ranked ids."""
 
     def __init__(self, search: SearchBackend, *, k: int, max_size: int = 200_000, batch_size: int = 64,
-                 concurrency: int = 1, timeout: float | None = None) -> None:
+                 concurrency: int = 1, timeout: float | None = None, scored: bool = False) -> None:
+        if scored:
+            document_search(search, purpose="framing 'fuse'")
+        self.scored = scored
         self.search_backend = search
         self.timeout = timeout  # seconds one batch may take; None: as long as the backend takes
         self.k = k
         self.max_size = max_size
         self.batch_size = batch_size
         self.concurrency = concurrency
-        self._results: OrderedDict[str, list[str]] = OrderedDict()
+        self._results: OrderedDict[tuple[str, str], list[Any]] = OrderedDict()
         self.hits = 0
         self.misses = 0
         self.search_seconds = 0.0
 
-    def rankings(self, queries: Sequence[str], dates: Sequence[str | None] | None = None) -> list[list[str]]:
+    def rankings(self, queries: Sequence[str], dates: Sequence[str | None] | None = None) -> list[list[Any]]:
         """One ranking per query; only queries not already cached are sent to the backend, once each.
 
         ``dates``: a publication-date cutoff per query (``YYYY[/MM[/DD]]`` or None), for backends with
@@ -121,8 +127,14 @@ class SearchCache:
             self._results.popitem(last=False)
         return out
 
-    def _search_batch(self, batch: list[tuple[str, str | None]]) -> list[list[str]]:
+    def _search_batch(self, batch: list[tuple[str, str | None]]) -> list[list[Any]]:
         queries = [query for query, _ in batch]
+        if self.scored and any(date is not None for _, date in batch):
+            raise ValueError("framing 'fuse' needs the retriever's scores, and date-filtered engines (pub_date) give "
+                             "none: use framing 'expand' or 'replace' with pub_date")
+        if self.scored:
+            found = self.search_backend.search_documents(queries, self.k)  # type: ignore[attr-defined]
+            return [[DocumentHit(hit.doc_id, score=hit.score) for hit in hits] for hits in found]
         if all(date is None for _, date in batch):
             return self.search_backend.search(queries, self.k)
         from .literature.dates import DateRange
@@ -133,7 +145,7 @@ class SearchCache:
         ranges = [DateRange.before(date) if date else None for _, date in batch]
         return self.search_backend.search_dated(queries, self.k, ranges)
 
-    def _bounded_batch(self, batch: list[tuple[str, str | None]]) -> list[list[str]]:
+    def _bounded_batch(self, batch: list[tuple[str, str | None]]) -> list[list[Any]]:
         """:meth:`_search_batch` under ``timeout``: a retriever that hangs fails the step instead of stalling it."""
         if self.timeout is None:
             return self._search_batch(batch)
@@ -146,7 +158,7 @@ class SearchCache:
             exc.retriever = self.search_backend  # the training error names the retriever
             raise
 
-    def _search(self, queries: list[tuple[str, str | None]]) -> list[list[str]]:
+    def _search(self, queries: list[tuple[str, str | None]]) -> list[list[Any]]:
         batches = [queries[i : i + self.batch_size] for i in range(0, len(queries), self.batch_size)]
         if self.concurrency == 1 or len(batches) == 1:
             results = [self._bounded_batch(batch) for batch in batches]
@@ -167,7 +179,9 @@ class RetrievalReward:
     ``hit_rank``: tiers of the first relevant rank within k (none: the floor). Unparsable completions score 0
     here (the format reward penalizes them), and so do queries the backend's ``query_error`` rejects.
     ``framing="expand"`` searches the original query (``query_weight`` times) and the rewrite instead of the rewrite
-    alone (:func:`deepretrieval_trainer.framing.search_text`); deployment must then do the same.
+    alone (:func:`deepretrieval_trainer.framing.search_text`); ``framing="fuse"`` searches the two apart and sums
+    their scores, the original's times ``query_weight`` (:func:`deepretrieval_trainer.framing.fuse_hits`); deployment
+    must then do the same.
     ``unusable="raw"`` scores a completion without a usable query as the raw query's own ranking (what the deployed
     components search when they fall back) instead of 0, so the reward measures the gain over falling back.
     """
@@ -184,8 +198,10 @@ class RetrievalReward:
         self.task = get_task(task)
         self.framing = framing
         self.query_weight = query_weight
-        self.cache = SearchCache(search, k=self.task.reward_k, max_size=cache_size, batch_size=batch_size,
-                                 concurrency=concurrency, timeout=search_timeout)
+        fuse = framing == "fuse"
+        self.cache = SearchCache(search, k=max(self.task.reward_k, FUSION_DEPTH) if fuse else self.task.reward_k,
+                                 max_size=cache_size, batch_size=batch_size, concurrency=concurrency,
+                                 timeout=search_timeout, scored=fuse)
         # A backend that can tell a malformed query (e.g. Boolean syntax) declares query_error(query) -> reason.
         self.query_check: QueryCheck | None = getattr(search, "query_error", None)
 
@@ -216,10 +232,14 @@ class RetrievalReward:
         hits, misses, seconds = self.cache.hits, self.cache.misses, self.cache.search_seconds
         texts = [self.search_text(query[i], parsed[i].query) for i in usable]
         dates = list(pub_date) if pub_date is not None else [None] * len(completions)
-        rankings = self.cache.rankings(texts + list(query), [dates[i] for i in usable] + dates)
-        raw = [self.score(r, j) for r, j in zip(rankings[len(texts):], judged, strict=True)]
+        found = self.cache.rankings(texts + list(query), [dates[i] for i in usable] + dates)
+        rankings, raw_found = found[: len(texts)], found[len(texts):]
+        if self.cache.scored:  # framing "fuse": each rewrite's hits summed with its own query's
+            rankings = [fuse_hits(raw_found[i], hits, self.query_weight) for i, hits in zip(usable, rankings)]
+            raw_found = [[hit.doc_id for hit in hits] for hits in raw_found]
+        raw = [self.score(r, j) for r, j in zip(raw_found, judged, strict=True)]
         rewards = list(raw) if self.unusable == "raw" else [0.0] * len(completions)
-        for i, ranking in zip(usable, rankings[: len(texts)], strict=True):
+        for i, ranking in zip(usable, rankings, strict=True):
             rewards[i] = self.score(ranking, judged[i])
         if log_metric is not None:
             lookups = (self.cache.hits - hits) + (self.cache.misses - misses)

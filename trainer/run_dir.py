@@ -213,7 +213,11 @@ class RunDir:
         searched = (f"the original query ({query_weight} times) followed by the rewrite (deploy it the same way: the "
                     f'LlamaIndex transform\'s `mode="expand", query_weight={query_weight}`, the Haystack component\'s '
                     f"`search_query` output with `query_weight={query_weight}`)" if framing == "expand"
-                    else "the rewrite alone")
+                    else f"the original query and the rewrite apart, summing each document's scores with the "
+                    f"original's times {query_weight} (deploy it the same way: the LlamaIndex `DeepRetrievalRetriever`"
+                    f'\'s `mode="fuse", query_weight={query_weight}`, or in Haystack two retrievers joined by '
+                    f'`DocumentJoiner(join_mode="merge", weights=[{query_weight}, 1])`, docs/haystack.md)'
+                    if framing == "fuse" else "the rewrite alone")
         text = f"""# DeepRetrieval run: {self.path.name}
 
 LoRA adapter trained with GRPO (TRL) against your retriever, task `{task}`, base model `{base_model}`.

@@ -31,6 +31,8 @@ class Source:
 
     ``include_original`` searches ``query + " " + rewrite`` (HyDE's usual form, and the trainer's ``expand``
     framing, with the query repeated ``query_weight`` times: :func:`deepretrieval_trainer.framing.search_text`).
+    ``fuse`` searches the query and the rewrite apart and sums their scores, the query's times ``query_weight`` (the
+    trainer's ``fuse`` framing: :func:`deepretrieval_trainer.framing.fuse_hits`).
     ``identity`` names everything that determines the rewrites (model, adapter weights, prompt,
     decoding); rewrites are cached in the output folder under it, and an empty identity disables the cache.
     """
@@ -40,6 +42,7 @@ class Source:
     include_original: bool = False
     identity: str = ""
     query_weight: int = 1
+    fuse: bool = False
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.:@+\-]+", self.name or ""):
@@ -56,15 +59,15 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
     (the untrained ``model``); ``hyde`` (the same model prompted to write a passage, searched together with the
     query); ``adapter:PATH`` (a peft adapter folder or a training run folder, whose ``config.yaml`` framing wins over
     ``framing``); ``server:URL#MODEL`` (an OpenAI-compatible server such as vLLM, the adapter chosen by MODEL).
-    ``framing="expand"`` searches query + rewrite, as the trainer does. ``feedback_docs`` > 0 shows model sources
+    ``framing="expand"`` searches query + rewrite, as the trainer does; ``"fuse"`` sums their separate scores. ``feedback_docs`` > 0 shows model sources
     the first-pass results of the query (``TrainConfig.feedback_docs``; an adapter's run config wins here too).
     ``dtype`` is the in-process model's precision (precision.py; rewrites are cached per resolved dtype).
-    ``query_weight``: under ``expand``, how many times the query is searched beside the rewrite (an adapter's run
+    ``query_weight``: under ``expand`` and ``fuse``, how many times the query is searched beside the rewrite (an adapter's run
     config wins).
     """
     name, _, body = spec.partition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
     kind, _, arg = body.partition(":")
-    expand = framing == "expand"
+    expand, fuse = framing in ("expand", "fuse"), framing == "fuse"
     local = {"model": model, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "dtype": dtype}
     if kind == RAW and not arg:
         return Source(name or RAW)
@@ -78,7 +81,7 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
     if kind == "base" and not arg:
         source = _local_source(name or kind, None, _with_feedback(task, feedback_docs), include_original=expand,
                                **local)
-        return dataclasses.replace(source, query_weight=query_weight if expand else 1)
+        return dataclasses.replace(source, query_weight=query_weight if expand else 1, fuse=fuse)
     if kind == "hyde" and not arg:
         from .tasks import HYDE_TASK
 
@@ -86,11 +89,12 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
     if kind == "adapter" and arg:
         adapter = _adapter_folder(Path(arg).expanduser())
         label = adapter.parent.name if adapter.name == "adapter" else adapter.name
-        expand = _run_setting(adapter.parent, "framing", framing) == "expand"
+        run_framing = _run_setting(adapter.parent, "framing", framing)
+        expand, fuse = run_framing in ("expand", "fuse"), run_framing == "fuse"
         task = _with_feedback(task, _run_setting(adapter.parent, "feedback_docs", feedback_docs))
         source = _local_source(name or f"adapter:{_safe(label)}", adapter, task, include_original=expand, **local)
         weight = _run_setting(adapter.parent, "query_weight", query_weight) if expand else 1
-        return dataclasses.replace(source, query_weight=weight)
+        return dataclasses.replace(source, query_weight=weight, fuse=fuse)
     if kind == "server" and "#" in arg:
         url, _, served = arg.rpartition("#")
         from .openai_compat import OpenAIRewriter
@@ -99,7 +103,7 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
                                   max_tokens=max_new_tokens)
         identity = f"server|{url}|{served}|{_task_id(rewriter.task)}|max_new_tokens={max_new_tokens}|greedy"
         return Source(name or f"server:{_safe(served)}", rewriter, include_original=expand, identity=identity,
-                      query_weight=query_weight if expand else 1)
+                      query_weight=query_weight if expand else 1, fuse=fuse)
     raise ValueError(
         f"query source {spec!r} not understood: use raw, prf[:docs=N,terms=N,weight=W], base, hyde, adapter:PATH or "
         "server:URL#MODEL, "

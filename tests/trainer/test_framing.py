@@ -58,3 +58,63 @@ def test_every_path_searches_the_same_text(scripted_rewriter):
     assert component.run(ORIGINAL)["search_query"] == expected
     fallback = DeepRetrievalQueryRewriter.from_rewriter(scripted_rewriter("garbage"))
     assert fallback.run(ORIGINAL)["search_query"] == ORIGINAL  # a fallback searches the user's query alone
+
+
+def _hits(*pairs):
+    from deepretrieval_trainer.search import DocumentHit
+
+    return [DocumentHit(doc_id, score=score) for doc_id, score in pairs]
+
+
+def test_fuse_sums_scores_with_the_original_weighted():
+    from deepretrieval_trainer.framing import fuse_hits
+
+    original = _hits(("a", 2.0), ("b", 1.0))
+    rewrite = _hits(("c", 5.0), ("b", 2.5), ("a", 0.5))
+    # a: 3*2 + 0.5 = 6.5; b: 3*1 + 2.5 = 5.5; c: 5.0 (missing from the original's list counts 0 there)
+    assert fuse_hits(original, rewrite, 3) == ["a", "b", "c"]
+    # at weight 1: c 5.0 > b 3.5 > a 2.5
+    assert fuse_hits(original, rewrite, 1) == ["c", "b", "a"]
+    # equal sums keep the original's order first, as Haystack's DocumentJoiner(merge) does
+    assert fuse_hits(_hits(("x", 1.0), ("y", 1.0)), _hits(("z", 3.0)), 3) == ["x", "y", "z"]
+
+
+def test_fuse_refuses_a_retriever_without_scores():
+    from deepretrieval_trainer.framing import fuse_hits
+    from deepretrieval_trainer.search import DocumentHit
+
+    with pytest.raises(ValueError, match="without a score: framing 'fuse'.*framing 'expand'"):
+        fuse_hits([DocumentHit("a")], _hits(("b", 1.0)), 2)
+
+
+def test_config_takes_fuse_with_a_query_weight():
+    assert TrainConfig(framing="fuse", query_weight=3).framing == "fuse"
+    with pytest.raises(ConfigError, match="framing='expand' or 'fuse'"):
+        TrainConfig(framing="replace", query_weight=3)
+
+
+def test_fuse_weights_the_query_where_repeating_it_cannot():
+    """Haystack's in-memory BM25 counts a repeated query token once, so ``expand`` cannot weight the user's words
+    there; ``fuse`` does, and the reward, the evaluation and the deployed retrievers all rank the same documents."""
+    pytest.importorskip("haystack")
+    from deepretrieval_trainer.framing import FUSION_DEPTH, fused_search
+    from deepretrieval_trainer.rewards import RetrievalReward
+    from haystack_deepretrieval import HaystackSearch
+
+    from tests.conftest import collection_path
+
+    search = HaystackSearch.from_beir(collection_path("adi"))
+    original, rewrite = "computer indexing of documents", "automatic thesaurus retrieval system"
+    assert search.search([search_text(original, rewrite, "expand", 3)], 10) == \
+        search.search([search_text(original, rewrite, "expand", 1)], 10)  # repetition changes nothing here
+    fused = {w: fused_search(search, [original], [rewrite], 10, w)[0] for w in (1, 3)}
+    assert fused[1] != fused[3]
+    assert fused_search(search, [original], [None], 10, 3)[0] == search.search([original], 10)[0]  # fallback: raw
+
+    qrels = {doc_id: 1.0 for doc_id in fused[3][:2]}  # judged so that the fused top two are the relevant ones
+    reward = RetrievalReward(search=search, framing="fuse", query_weight=3, task="retrieval")
+    assert reward.cache.k == FUSION_DEPTH and reward.cache.scored
+    completion = f'</think>\n<answer>{{"query": "{rewrite}"}}</answer>'
+    [got] = reward([completion], query=[original], qrels=[qrels])
+    assert got == pytest.approx(reward.score(fused[3], qrels))
+    assert got != pytest.approx(reward.score(search.search([rewrite], 100)[0], qrels))

@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="base model id or path for base/hyde/adapter (default: the config's, "
                                         "else the embedded SmolLM2)")
     parser.add_argument("--task", help="prompt kind of the rewriters (default: the config's, else retrieval)")
-    parser.add_argument("--framing", choices=("replace", "expand"),
+    parser.add_argument("--framing", choices=("replace", "expand", "fuse"),
                         help="search the rewrite alone or appended to the query (default: the config's, else replace)")
     parser.add_argument("--query-weight", type=int,
                         help="with expand: how many times the query is searched beside the rewrite (default: the "

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from llama_index.core.base.base_retriever import BaseRetriever
-from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryType
 
 from deepretrieval_trainer.search import DocumentHit, check_k, check_queries
 
@@ -90,16 +90,28 @@ class LlamaIndexSearch:
     async def asearch(self, queries: Sequence[str], k: int) -> list[list[str]]:
         """Awaits the retriever's own ``aretrieve`` (retrievers without a native async path run it synchronously)."""
         check_k(k)
-        queries = check_queries(queries)
+        found = await self.aretrieve_nodes(check_queries(queries), k, at_least=False)
+        return [self.ranking(nodes, k) for nodes in found]
+
+    def retrieve_nodes(self, queries: Sequence[QueryType], k: int) -> list[list[NodeWithScore]]:
+        """The retriever's own nodes for each query, asked for at least ``k`` results (a retriever with a smaller
+        ``similarity_top_k`` is raised to ``k`` for these calls only)."""
+        with self._lock, self._top_k(k, at_least=True):
+            return [self.retriever.retrieve(query) for query in queries]
+
+    async def aretrieve_nodes(self, queries: Sequence[QueryType], k: int, *,
+                              at_least: bool = True) -> list[list[NodeWithScore]]:
+        """The async form of :meth:`retrieve_nodes` (``at_least=False``: exactly ``k``), at most
+        ``max_concurrency`` ``aretrieve`` calls at once."""
         while not self._lock.acquire(blocking=False):  # polling stays cancellable, unlike a blocking acquire
             await asyncio.sleep(0.005)
         try:
-            with self._top_k(k):
+            with self._top_k(k, at_least=at_least):
                 limit = asyncio.Semaphore(self.max_concurrency)
 
-                async def one(query: str) -> list[str]:
+                async def one(query: QueryType) -> list[NodeWithScore]:
                     async with limit:
-                        return self.ranking(await self.retriever.aretrieve(query), k)
+                        return await self.retriever.aretrieve(query)
 
                 return list(await asyncio.gather(*(one(query) for query in queries)))
         finally:

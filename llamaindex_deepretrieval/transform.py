@@ -50,6 +50,10 @@ class DeepRetrievalQueryTransform(BaseQueryTransform):
     def __init__(self, *, rewriter: Rewriter, mode: Mode = "replace", task: str | Task | None = None,
                  query_weight: int = 1) -> None:
         super().__init__()
+        if mode == "fuse":
+            raise ValueError("mode='fuse' searches the query and the rewrite apart and sums their scores, which one "
+                             "QueryBundle cannot carry: wrap your retriever in DeepRetrievalRetriever(retriever, "
+                             "rewriter=..., mode='fuse', query_weight=...) instead")
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: choose one of {MODES} ('replace' for BM25, 'embed' or 'expand' for vectors)")
         check_framing("expand" if mode == "expand" else "replace", query_weight)

@@ -47,9 +47,10 @@ def search_text(original: str, rewrite: str, framing: str = "replace", query_wei
     return rewrite
 
 
-def fuse_hits(original: Sequence[DocumentHit], rewrite: Sequence[DocumentHit], query_weight: int = 1) -> list[str]:
-    """The ``fuse`` ranking: document ids by ``query_weight`` x the original query's score + the rewrite's score (a
-    document missing from one list counts 0 there), best first; equal sums keep the original's order, then the
+def fuse_scores(original: Sequence[DocumentHit], rewrite: Sequence[DocumentHit],
+                query_weight: int = 1) -> dict[str, float]:
+    """The ``fuse`` scores, best first: ``query_weight`` x the original query's score + the rewrite's score for each
+    document (a document missing from one list counts 0 there); equal sums keep the original's order, then the
     rewrite's, as ``DocumentJoiner(join_mode="merge")`` does with the original's list first."""
     scores: dict[str, float] = {}
     for weight, hits in ((query_weight, original), (1, rewrite)):
@@ -58,7 +59,12 @@ def fuse_hits(original: Sequence[DocumentHit], rewrite: Sequence[DocumentHit], q
                 raise ValueError(f"document {hit.doc_id!r} came back without a score: framing 'fuse' sums the "
                                  "retriever's scores, so use a retriever that returns them, or framing 'expand'")
             scores[hit.doc_id] = scores.get(hit.doc_id, 0.0) + weight * hit.score
-    return sorted(scores, key=lambda doc_id: -scores[doc_id])
+    return dict(sorted(scores.items(), key=lambda item: -item[1]))
+
+
+def fuse_hits(original: Sequence[DocumentHit], rewrite: Sequence[DocumentHit], query_weight: int = 1) -> list[str]:
+    """The ``fuse`` ranking: document ids by :func:`fuse_scores`, best first."""
+    return list(fuse_scores(original, rewrite, query_weight))
 
 
 def fused_search(search: object, originals: Sequence[str], rewrites: Sequence[str | None], k: int,

@@ -121,6 +121,8 @@ def test_modes_place_the_rewrite(scripted_rewriter):
 def test_bad_arguments_say_what_to_fix(scripted_rewriter):
     with pytest.raises(ValueError, match="mode='hybrid'.*replace"):
         DeepRetrievalQueryTransform(rewriter=scripted_rewriter(), mode="hybrid")
+    with pytest.raises(ValueError, match="mode='fuse'.*DeepRetrievalRetriever"):
+        DeepRetrievalQueryTransform(rewriter=scripted_rewriter(), mode="fuse")
     with pytest.raises(TypeError, match="no rewrite"):
         DeepRetrievalQueryTransform(rewriter=object())
 

@@ -118,3 +118,27 @@ def test_fuse_weights_the_query_where_repeating_it_cannot():
     [got] = reward([completion], query=[original], qrels=[qrels])
     assert got == pytest.approx(reward.score(fused[3], qrels))
     assert got != pytest.approx(reward.score(search.search([rewrite], 100)[0], qrels))
+
+
+def test_evaluation_scores_a_fuse_source_as_the_reward_ranks(adi_test, scripted_rewriter):
+    pytest.importorskip("haystack")
+    from deepretrieval_trainer.evaluate import evaluate
+    from deepretrieval_trainer.framing import fused_search
+    from deepretrieval_trainer.sources import Source, parse_source
+    from haystack_deepretrieval import HaystackSearch
+
+    from tests.conftest import collection_path
+
+    search = HaystackSearch.from_beir(collection_path("adi"))
+    rewrite = "automatic thesaurus retrieval system"
+    fused = Source("fused", scripted_rewriter(f'</think>\n<answer>{{"query": "{rewrite}"}}</answer>'),
+                   include_original=True, query_weight=3, fuse=True)
+    fallback = Source("garbage", scripted_rewriter("no answer here"), include_original=True, query_weight=3, fuse=True)
+    report = evaluate(adi_test, search, [fused, fallback], limit=5, progress=False)
+    queries = [adi_test.queries[o.qid] for o in report.source("raw").outcomes]
+    expected = fused_search(search, queries, [rewrite] * len(queries), 10, 3)
+    assert [o.top10 for o in report.source("fused").outcomes] == expected
+    assert [o.top10 for o in report.source("garbage").outcomes] == [o.top10 for o in report.source("raw").outcomes]
+    base = parse_source("base", framing="fuse", query_weight=3)
+    assert base.fuse and base.include_original and base.query_weight == 3
+    assert not parse_source("base", framing="expand", query_weight=3).fuse

@@ -39,9 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "else the embedded SmolLM2)")
     parser.add_argument("--task", help="prompt kind of the rewriters (default: the config's, else retrieval)")
     parser.add_argument("--framing", choices=("replace", "expand", "fuse"),
-                        help="search the rewrite alone or appended to the query (default: the config's, else replace)")
+                        help="search the rewrite alone (replace), after the query (expand), or apart from the query "
+                             "with the scores summed (fuse) (default: the config's, else replace)")
     parser.add_argument("--query-weight", type=int,
-                        help="with expand: how many times the query is searched beside the rewrite (default: the "
+                        help="with expand or fuse: how many times the query counts beside the rewrite (default: the "
                              "config's, else 1; an adapter's run config wins)")
     parser.add_argument("--feedback-docs", type=int,
                         help="show model sources the top N first-pass results of the raw query in the prompt "

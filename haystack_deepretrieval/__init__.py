@@ -1,8 +1,9 @@
 """haystack_deepretrieval: a Haystack query-rewriter component and a SearchBackend over Haystack retrieval.
 
 Nothing heavy loads on import (Haystack itself imports torch): the names below load on first use.
-Using ``DeepRetrievalQueryRewriter`` or ``HaystackSearch`` registers this package with Haystack's deserialization
-allowlist, so pipeline YAML naming the component loads with ``Pipeline.loads``.
+Using ``DeepRetrievalQueryRewriter``, ``QueryFusionJoiner`` or ``HaystackSearch`` registers this package with
+Haystack's deserialization allowlist, so pipeline YAML naming the components loads with ``Pipeline.loads``.
+Framing ``fuse``: ``QueryFusionJoiner`` joins the documents of the user's query and of the rewrite.
 Text-to-SQL: ``DeepRetrievalSQLWriter`` (question + schema -> SQL) and ``ReadOnlySQLQuery`` (runs it read-only).
 """
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .beir import beir_documents
     from .component import DeepRetrievalQueryRewriter
+    from .fusion import QueryFusionJoiner
     from .literature import LiteratureSearchRetriever
     from .search import HaystackSearch
     from .sql import DeepRetrievalSQLWriter, ReadOnlySQLQuery
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "DeepRetrievalQueryRewriter": ("haystack_deepretrieval.component", "DeepRetrievalQueryRewriter"),
     "HaystackSearch": ("haystack_deepretrieval.search", "HaystackSearch"),
+    "QueryFusionJoiner": ("haystack_deepretrieval.fusion", "QueryFusionJoiner"),
     "DeepRetrievalSQLWriter": ("haystack_deepretrieval.sql", "DeepRetrievalSQLWriter"),
     "ReadOnlySQLQuery": ("haystack_deepretrieval.sql", "ReadOnlySQLQuery"),
     "LiteratureSearchRetriever": ("haystack_deepretrieval.literature", "LiteratureSearchRetriever"),
@@ -29,7 +32,7 @@ _LAZY = {
 }
 
 __all__ = ["DeepRetrievalQueryRewriter", "DeepRetrievalSQLWriter", "HaystackSearch", "LiteratureSearchRetriever",
-           "ReadOnlySQLQuery", "beir_documents", "train"]
+           "QueryFusionJoiner", "ReadOnlySQLQuery", "beir_documents", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -10,6 +10,9 @@ sentences of the query's first-pass results: connect a first retriever's ``docum
 (docs/haystack.md has the pipeline); they become prompt text exactly as in training
 (``deepretrieval_trainer.feedback``).
 
+For an adapter trained with ``framing: fuse``, connect ``query`` (the rewrite) to one retriever, give the user's
+query to a second retriever over the same store, and join both with ``QueryFusionJoiner`` (``fusion.py``).
+
 Importing this module adds ``haystack_deepretrieval`` to Haystack's deserialization allowlist, so pipeline YAML
 naming the component loads with ``Pipeline.loads``.
 """
@@ -86,9 +89,12 @@ class DeepRetrievalQueryRewriter:
         :param user_prompt: replaces the task's user template; must contain ``{query}``.
         :param include_original: whether ``queries`` also holds the original query (after the rewrite), and whether
             ``search_query`` is the original plus the rewrite (the trainer's ``expand`` framing) or the rewrite alone.
-        :param query_weight: how many times ``search_query`` repeats the original before the rewrite, as the adapter
-            was trained (``TrainConfig.query_weight``). Haystack's in-memory BM25 counts each distinct token once,
-            so the repetition matters for retrievers that count repeated query tokens.
+        :param query_weight: ``framing: expand``: how many times ``search_query`` repeats the original before the
+            rewrite, as the adapter was trained (``TrainConfig.query_weight``). Haystack's in-memory BM25 counts each
+            distinct token once, so the repetition matters for retrievers that count repeated query tokens.
+            ``framing: fuse`` does not read it here: connect ``query`` (the rewrite; the original on fallback) to a
+            retriever, the user's query to a second retriever over the same store, and both to
+            ``QueryFusionJoiner(query_weight=...)``, which weights the original's scores.
         :param timeout: openai only: seconds per request.
         :param max_retries: openai only: retries per request.
         :param max_tokens: the most tokens to generate.
@@ -233,7 +239,8 @@ class DeepRetrievalQueryRewriter:
         :returns: ``query``: the rewrite (the original on fallback); ``queries``: the rewrite, then the original
             when ``include_original``; ``search_query``: what the trainer searched for this rewrite (the original
             ``query_weight`` times, then the rewrite, when ``include_original``; the original on fallback): connect it
-            to a BM25 retriever's ``query`` for an adapter trained with ``framing: expand``; ``meta``: ``original``,
+            to a BM25 retriever's ``query`` for an adapter trained with ``framing: expand`` (under ``framing:
+            fuse``, ``query`` goes to the rewrite's retriever of a ``QueryFusionJoiner``); ``meta``: ``original``,
             ``fell_back``, ``reason``, ``latency_s``.
         """
         if not _usable(query):

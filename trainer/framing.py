@@ -7,9 +7,10 @@
   query token once per repetition, so ``query_weight`` weights the original terms against the expansion's; Haystack's
   ``InMemoryBM25Retriever`` counts each distinct query token once, so there the repetition changes nothing.
 - ``fuse``: the original query and the rewrite are searched separately through the same retriever, and each document's
-  scores are summed, the original's times ``query_weight`` (:func:`fuse_hits`; Haystack's ``DocumentJoiner`` in
-  ``merge`` mode with weights ``[query_weight, 1]`` computes the same). It weights the user's words in any retriever
-  that returns scores, including those that count a repeated token once (Haystack's in-memory BM25) and dense ones.
+  scores are summed, the original's times ``query_weight`` (:func:`fuse_hits`; deployed by LlamaIndex's
+  ``DeepRetrievalRetriever(mode="fuse")`` and Haystack's ``QueryFusionJoiner``). It weights the user's words in any
+  retriever that returns scores, including those that count a repeated token once (Haystack's in-memory BM25) and
+  dense ones.
 
 Measured with the untrained embedded model on the dev splits through LlamaIndex BM25 (docs/benchmarks.md): expansion
 at weight 1 was level with the raw query on SciFact and +0.009 nDCG@10 on NFCorpus; at weight 3, +0.011 and +0.012. Through Haystack's in-memory BM25 on NFCorpus dev, ``expand`` lost 0.009 to the raw
@@ -51,7 +52,7 @@ def fuse_scores(original: Sequence[DocumentHit], rewrite: Sequence[DocumentHit],
                 query_weight: int = 1) -> dict[str, float]:
     """The ``fuse`` scores, best first: ``query_weight`` x the original query's score + the rewrite's score for each
     document (a document missing from one list counts 0 there); equal sums keep the original's order, then the
-    rewrite's, as ``DocumentJoiner(join_mode="merge")`` does with the original's list first."""
+    rewrite's."""
     scores: dict[str, float] = {}
     for weight, hits in ((query_weight, original), (1, rewrite)):
         for hit in hits:

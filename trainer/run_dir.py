@@ -216,7 +216,7 @@ class RunDir:
                     else f"the original query and the rewrite apart, summing each document's scores with the "
                     f"original's times {query_weight} (deploy it the same way: the LlamaIndex `DeepRetrievalRetriever`"
                     f'\'s `mode="fuse", query_weight={query_weight}`, or in Haystack two retrievers joined by '
-                    f'`DocumentJoiner(join_mode="merge", weights=[{query_weight}, 1])`, docs/haystack.md)'
+                    f"`QueryFusionJoiner(query_weight={query_weight})`, docs/haystack.md)"
                     if framing == "fuse" else "the rewrite alone")
         text = f"""# DeepRetrieval run: {self.path.name}
 

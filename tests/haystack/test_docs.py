@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 from haystack import Pipeline
+from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 
 from haystack_deepretrieval import DeepRetrievalQueryRewriter
+from tests.haystack.conftest import VALID_COMPLETION
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "haystack.md"
@@ -22,7 +24,7 @@ def blocks(language: str) -> list[str]:
 def test_the_doc_has_the_sections_the_issue_asks_for():
     text = DOC.read_text(encoding="utf-8")
     for heading in ("in a pipeline", "MultiQueryTextRetriever", "In pipeline YAML", "vLLM server", "HaystackSearch",
-                    "Train against it"):
+                    "Train against it", "Deploy an adapter trained with framing `fuse`"):
         assert heading in text
     assert len(blocks("python")) >= 9 and len(blocks("yaml")) == 1
 
@@ -48,8 +50,27 @@ def test_every_block_runs(monkeypatch, capsys):
     assert "fell_back: False" in out and "deepretrieval_trainer.grpo" in out
     assert "DeepRetrievalQueryRewriter True" in out
     assert "'type': 'env_var'" in out
+    assert "same ranking as the reward: True" in out  # the fuse pipeline serves what the reward scored
     first_rewrite = re.search(r"^rewrite: (.*)$", out, re.M).group(1)
     assert f"async rewrite: {first_rewrite}" in out
     assert result["rewriter"]["query"] == first_rewrite  # the YAML pipeline: same model, same greedy rewrite
     assert result["retriever"]["documents"]
     assert re.search(r"ADI nDCG@10, MiniLM: 0\.\d{4}", out)
+
+
+@pytest.mark.parametrize("completion", [VALID_COMPLETION % "document indexing by computer", "no answer at all"])
+def test_the_fuse_block_serves_the_reward_ranking(adi_store, scripted_rewriter, completion, capsys):
+    """The fuse block without the model (test_every_block_runs runs it with the model): the earlier blocks' names,
+    a scripted rewriter in place of DeepRetrievalQueryRewriter(max_tokens=64), a rewrite and a fallback."""
+    [block] = [block for block in blocks("python") if "QueryFusionJoiner(" in block]
+
+    def scripted(**kwargs) -> DeepRetrievalQueryRewriter:
+        assert kwargs == {"max_tokens": 64}
+        return DeepRetrievalQueryRewriter.from_rewriter(scripted_rewriter(completion))
+
+    namespace = {"Pipeline": Pipeline, "InMemoryBM25Retriever": InMemoryBM25Retriever, "store": adi_store,
+                 "DeepRetrievalQueryRewriter": scripted, "claim": "How can documents be indexed automatically?"}
+    exec(compile(block, f"{DOC}:fuse-block", "exec"), namespace)
+    assert len(namespace["fused"]) == 10
+    assert namespace["result"]["rewriter"]["meta"]["fell_back"] is ("<answer>" not in completion)
+    assert "same ranking as the reward: True" in capsys.readouterr().out

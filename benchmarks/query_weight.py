@@ -26,16 +26,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("collections", nargs="+")
     parser.add_argument("--weights", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--frameworks", nargs="+", default=["llamaindex"], choices=("llamaindex", "haystack"))
+    parser.add_argument("--framings", nargs="+", default=["expand"], choices=("expand", "fuse"))
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--cache", default="/tmp/deepretrieval-query-weight")
     args = parser.parse_args()
 
+    from deepretrieval_trainer.config import RetrieverConfig
     from deepretrieval_trainer.data import load_beir
     from deepretrieval_trainer.evaluate import paired_t_test
-    from deepretrieval_trainer.framing import search_text
+    from deepretrieval_trainer.framing import fused_search, search_text
     from deepretrieval_trainer.metrics import ndcg_at_k, recall_at_k
     from deepretrieval_trainer.rewriters import LocalRewriter
-    from llamaindex_deepretrieval import LlamaIndexSearch
 
     rewriter = LocalRewriter(dtype=args.dtype, batch_size=8, max_new_tokens=128)
     Path(args.cache).mkdir(parents=True, exist_ok=True)
@@ -51,24 +53,31 @@ def main() -> None:
             cache.write_text(json.dumps(rewrites))
             print(f"{name}: rewrote {len(items)} queries in {time.perf_counter() - start:.0f} s, "
                   f"{sum(r is None for r in rewrites)} fell back (searched as the raw query)")
-        search = LlamaIndexSearch.from_beir(DATA / name)
-
-        def score(texts: list[str]) -> tuple[list[float], list[float]]:
-            runs = search.search(texts, 100)
+        for framework in args.frameworks:
+            search = RetrieverConfig(framework=framework, kind="bm25").build(str(DATA / name))
             qrels = [collection.qrels[qid] for qid, _ in items]
-            return ([ndcg_at_k(r, q, 10) for r, q in zip(runs, qrels)],
-                    [recall_at_k(r, q, 100) for r, q in zip(runs, qrels)])
 
-        raw_ndcg, raw_recall = score([q for _, q in items])
-        print(f"{name} raw: nDCG@10 {sum(raw_ndcg) / len(items):.4f}, R@100 {sum(raw_recall) / len(items):.4f}")
-        for weight in args.weights:
-            texts = [search_text(q, r, "expand", weight) if r else q for (_, q), r in zip(items, rewrites)]
-            ndcg, recall = score(texts)
-            deltas = [a - b for a, b in zip(ndcg, raw_ndcg)]
-            wins, losses = sum(d > 1e-9 for d in deltas), sum(d < -1e-9 for d in deltas)
-            print(f"{name} expand, query_weight {weight}: nDCG@10 {sum(ndcg) / len(items):.4f} "
-                  f"(vs raw {sum(deltas) / len(items):+.4f}, W/T/L {wins}/{len(items) - wins - losses}/{losses}, "
-                  f"p={paired_t_test(ndcg, raw_ndcg)[1]:.3f}), R@100 {sum(recall) / len(items):.4f}")
+            def score(runs: list[list[str]]) -> tuple[list[float], list[float]]:
+                return ([ndcg_at_k(r, q, 10) for r, q in zip(runs, qrels)],
+                        [recall_at_k(r, q, 100) for r, q in zip(runs, qrels)])
+
+            queries = [q for _, q in items]
+            raw_ndcg, raw_recall = score(search.search(queries, 100))
+            print(f"{name} {framework} raw: nDCG@10 {sum(raw_ndcg) / len(items):.4f}, "
+                  f"R@100 {sum(raw_recall) / len(items):.4f}")
+            for framing in args.framings:
+                for weight in args.weights:
+                    if framing == "fuse":
+                        runs = fused_search(search, queries, rewrites, 100, weight)
+                    else:
+                        runs = search.search([search_text(q, r, "expand", weight) if r else q
+                                              for q, r in zip(queries, rewrites)], 100)
+                    ndcg, recall = score(runs)
+                    deltas = [a - b for a, b in zip(ndcg, raw_ndcg)]
+                    wins, losses = sum(d > 1e-9 for d in deltas), sum(d < -1e-9 for d in deltas)
+                    print(f"{name} {framework} {framing}, query_weight {weight}: nDCG@10 {sum(ndcg) / len(items):.4f} "
+                          f"(vs raw {sum(deltas) / len(items):+.4f}, W/T/L {wins}/{len(items) - wins - losses}/"
+                          f"{losses}, p={paired_t_test(ndcg, raw_ndcg)[1]:.3f}), R@100 {sum(recall) / len(items):.4f}")
 
 
 if __name__ == "__main__":

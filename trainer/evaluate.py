@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .data import Collection
-from .framing import fused_search, search_text
+from .framing import FUSION_DEPTH, fused_search, search_text
 from .metrics import mrr, ndcg_at_k, recall_at_k
 from .rewriters import RewriteResult
 from .search import SearchBackend
@@ -235,7 +235,8 @@ def _score(source: Source, queries: dict[str, str], rewrites: dict[str, RewriteR
         if source.fuse:  # the query and the rewrite searched apart, their scores summed (framing.fuse_hits)
             shown = [rewrites[qid] for qid in qids[start : start + batch_size]]
             rankings = fused_search(search, [r.original for r in shown],
-                                    [None if r.fell_back else r.query for r in shown], SEARCH_K, source.query_weight)
+                                    [None if r.fell_back else r.query for r in shown], SEARCH_K, source.query_weight,
+                                    depth=FUSION_DEPTH)  # as deployed, though recall@1000 then sees fewer documents
         else:
             rankings = search.search(batch, SEARCH_K)
         per_query = (time.perf_counter() - begun) / len(batch)

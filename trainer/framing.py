@@ -69,11 +69,13 @@ def fuse_hits(original: Sequence[DocumentHit], rewrite: Sequence[DocumentHit], q
 
 
 def fused_search(search: object, originals: Sequence[str], rewrites: Sequence[str | None], k: int,
-                 query_weight: int = 1) -> list[list[str]]:
+                 query_weight: int = 1, depth: int | None = None) -> list[list[str]]:
     """The ``fuse`` rankings (at most ``k`` ids) of each original query with its rewrite (None: the model gave none,
-    and the original's own ranking is what deployment falls back to), through one ``DocumentSearch``."""
+    and the original's own ranking is what deployment falls back to), through one ``DocumentSearch``. Each list is
+    ``depth`` deep (default: ``k``, at least :data:`FUSION_DEPTH`, as the reward searches); the evaluation passes
+    ``FUSION_DEPTH``, the depth the deployed retrievers fuse at, whatever deeper ``k`` it scores."""
     searcher: DocumentSearch = document_search(search, purpose="framing 'fuse'")
-    depth = max(k, FUSION_DEPTH)
+    depth = max(k, FUSION_DEPTH) if depth is None else depth
     asked = [r for r in rewrites if r is not None]
     hits = searcher.search_documents(list(originals) + asked, depth)
     first, found = hits[: len(originals)], iter(hits[len(originals):])

@@ -114,9 +114,9 @@ class DeepRetrievalRetriever(BaseRetriever):
         """``raw`` and ``rewrite`` fused as the reward fuses them (each document at its best chunk), cut at top_k;
         ``rewrite=None`` (the rewriter fell back): the user's query's own ranking."""
         top_k = self.top_k or getattr(self.retriever, "similarity_top_k", None) or FUSION_DEPTH
-        best = {}
-        for node in (rewrite or []) + raw:  # the raw query's chunk wins when both lists hold a document
-            best[self.first_pass.doc_id(node.node)] = node
+        best: dict = {}
+        for node in raw + (rewrite or []):  # each document's first (best) chunk, the raw query's when both hold it
+            best.setdefault(self.first_pass.doc_id(node.node), node)
         if rewrite is None:
             ranking = self.first_pass.ranking(raw, top_k)
             return [best[doc_id] for doc_id in ranking]

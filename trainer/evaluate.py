@@ -15,7 +15,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -194,21 +196,48 @@ def _rewrites(source: Source, queries: dict[str, str], cache: Path | None, batch
     if results:
         logger.info("source %s: %d rewrites from the cache, %d to compute", source.name, len(results), len(todo))
     bar = _progress(len(todo), f"rewriting ({source.name})", progress)
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start : start + batch_size]
-        begun = time.perf_counter()
-        texts = [text for _, text in batch]
-        rewritten = source.rewriter.rewrite(texts, [hits[qid] for qid, _ in batch]) if hits else \
-            source.rewriter.rewrite(texts)
-        per_query = (time.perf_counter() - begun) / len(batch)
-        for (qid, _), result in zip(batch, rewritten, strict=True):
-            results[qid] = RewriteResult(result.original, result.query, result.fell_back, result.reason,
-                                         result.completion, per_query)
-        if cache is not None:
-            _write_cache(cache, source, results)
-        bar.update(len(batch))
+    with _per_query_fallbacks_quiet():
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            begun = time.perf_counter()
+            texts = [text for _, text in batch]
+            rewritten = source.rewriter.rewrite(texts, [hits[qid] for qid, _ in batch]) if hits else \
+                source.rewriter.rewrite(texts)
+            per_query = (time.perf_counter() - begun) / len(batch)
+            for (qid, _), result in zip(batch, rewritten, strict=True):
+                results[qid] = RewriteResult(result.original, result.query, result.fell_back, result.reason,
+                                             result.completion, per_query)
+            if cache is not None:
+                _write_cache(cache, source, results)
+            bar.update(len(batch))
     bar.close()
+    _log_fallbacks(source.name, [results[qid] for qid, _ in todo])
     return results
+
+
+@contextmanager
+def _per_query_fallbacks_quiet() -> Iterator[None]:
+    """Hold back the rewriters' one-warning-per-query fallback lines while an evaluation rewrites: they interleave
+    with the progress bars, and :func:`_log_fallbacks` says the same in one line (each query's reason is in
+    results.json). Backend failures still warn as they happen."""
+    rewriters_logger = logging.getLogger("deepretrieval_trainer.rewriters")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("query rewrite fell back to the original query %r")
+
+    rewriters_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        rewriters_logger.removeFilter(keep)
+
+
+def _log_fallbacks(name: str, rewritten: Sequence[RewriteResult]) -> None:
+    reasons = Counter((r.reason or "unknown").split(":")[0] for r in rewritten if r.fell_back)
+    if reasons:
+        logger.warning("source %s: %d of %d rewrites fell back to the original query (%s); the fallback column "
+                       "counts them and results.json gives each query's reason", name, sum(reasons.values()),
+                       len(rewritten), ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common()))
 
 
 def _first_pass(source: Source, queries: dict[str, str], search: SearchBackend | None) -> dict[str, list]:

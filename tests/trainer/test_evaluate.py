@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 
 import pytest
@@ -95,6 +96,31 @@ def test_rewrites_are_cached_per_source_identity(adi_test, tmp_path, failing_rew
     changed = evaluate(adi_test, search, [Source("echo", failing_rewriter, identity="echo-v2")],
                        out_dir=tmp_path, progress=False)
     assert changed.source("echo").fallback_rate == 1.0
+
+
+class GarbageRewriter(BaseRewriter):
+    """Every other completion is unparsable: half the queries fall back."""
+
+    def _complete(self, conversations):
+        return ["no tags at all" if i % 2 else 'x</think><answer>{"query": "retrieval"}</answer>'
+                for i, _ in enumerate(conversations)]
+
+
+def test_fallbacks_are_summarised_once_per_source_not_warned_per_query(adi_test, caplog):
+    search = BM25Search(adi_test.corpus)
+    with caplog.at_level(logging.WARNING):
+        report = evaluate(adi_test, search, [Source("garbage", GarbageRewriter())], limit=6, batch_size=6,
+                          progress=False)
+    assert report.source("garbage").fallback_rate == 0.5
+    assert all("no <answer> tag" in o.reason for o in report.source("garbage").outcomes if o.fell_back)
+    lines = [r.getMessage() for r in caplog.records if "fell back" in r.getMessage()]
+    assert lines == ["source garbage: 3 of 6 rewrites fell back to the original query (no <answer> tag in the "
+                     "completion: 3); the fallback column counts them and results.json gives each query's reason"]
+    # outside an evaluation the rewriter still warns per query, as a pipeline component must
+    with caplog.at_level(logging.WARNING):
+        caplog.clear()
+        GarbageRewriter().rewrite(["a", "b"])
+    assert sum("fell back to the original query 'b'" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_paired_t_test_matches_the_textbook_formula():

@@ -4,9 +4,12 @@ batch 8, every judged query of a dev split, then nDCG@10 of the rewrites through
 Settings:
 - ``float32-unmerged``: the in-process path as it was before dtype support (float32, the adapter applied as peft
   LoRA layers at every token, generation up to max_new_tokens or EOS, no stop at ``</answer>``);
-- ``float32`` / ``bfloat16``: LocalRewriter as it is (the adapter merged into the weights, stop at ``</answer>``).
+- ``float32`` / ``bfloat16``: LocalRewriter as it is (the adapter merged into the weights, stop at ``</answer>``);
+- ``SETTING@N``: the same at generation batch N instead of ``--batch-size`` (e.g. ``bfloat16@16``).
 
     python benchmarks/rewrite_throughput.py --adapter RUN_DIR [--collection scifact --settings float32-unmerged float32 bfloat16]
+    python benchmarks/rewrite_throughput.py --adapter none --collection nfcorpus --limit 96 \
+        --framing expand --settings bfloat16@8 bfloat16@16 bfloat16@32   # untrained, per batch
 
 The searched query is the rewrite alone, or query + rewrite for a run trained with ``framing: expand``.
 Not a test: a measurement, recorded in docs/benchmarks.md.
@@ -53,23 +56,30 @@ def unmerged_rewriter(adapter: Path, batch_size: int, max_new_tokens: int):
     return rewriter
 
 
-def build(setting: str, adapter: Path, batch_size: int, max_new_tokens: int):
+def build(setting: str, adapter: Path | None, batch_size: int, max_new_tokens: int):
     from deepretrieval_trainer.rewriters import LocalRewriter
 
+    setting, _, batch = setting.partition("@")
+    batch_size = int(batch) if batch else batch_size
     if setting == "float32-unmerged":
+        if adapter is None:
+            raise SystemExit("float32-unmerged needs an adapter")
         return unmerged_rewriter(adapter, batch_size, max_new_tokens)
     return LocalRewriter(adapter=adapter, batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=setting)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--adapter", required=True, help="a training run folder or peft adapter folder")
+    parser.add_argument("--adapter", required=True,
+                        help="a training run folder or peft adapter folder; 'none' for the untrained model")
     parser.add_argument("--collection", default="scifact")
     parser.add_argument("--split", default="dev")
     parser.add_argument("--settings", nargs="+", default=["float32-unmerged", "float32", "bfloat16"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--limit", type=int, default=None, help="first N judged queries (default: all)")
+    parser.add_argument("--framing", default="replace", choices=("replace", "expand"),
+                        help="how to search a rewrite when the adapter's run config does not say (default: replace)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
@@ -82,9 +92,10 @@ def main() -> None:
     from deepretrieval_trainer.serve import find_adapter
     from llamaindex_deepretrieval import LlamaIndexSearch
 
-    adapter = find_adapter(args.adapter)
-    run_config = adapter.parent / "config.yaml"
-    framing = (yaml.safe_load(run_config.read_text()) or {}).get("framing", "replace") if run_config.is_file() else "replace"
+    adapter = None if args.adapter == "none" else find_adapter(args.adapter)
+    run_config = adapter.parent / "config.yaml" if adapter is not None else Path("/nonexistent")
+    framing = (yaml.safe_load(run_config.read_text()) or {}).get("framing", "replace") if run_config.is_file() else \
+        args.framing
     collection = load_beir(DATA / args.collection, args.split)
     items = list(collection.judged_queries.items())[: args.limit]
     search = LlamaIndexSearch.from_beir(DATA / args.collection)

@@ -55,6 +55,8 @@ def summarize_training(rows: list[dict]) -> dict:
             and isinstance(r.get("retrieval/raw_query_reward"), (int, float))]
     gain_first, gain_last = fifth_means(gain) if gain else (float("nan"), float("nan"))
     valid_first, valid_last = fifth_means(col("format/valid_rate"))
+    no_new = col("retrieval/no_new_words_rate")  # runs before this metric existed have none
+    no_new_first, no_new_last = fifth_means(no_new) if no_new else (float("nan"), float("nan"))
     step = sum(col("step_s")) / max(len(col("step_s")), 1)
     split = {name: sum(col(key)) / max(len(col(key)), 1) for name, key in
              (("generation_s", "time/generation_s"), ("search_s", "search/time_s"),
@@ -62,7 +64,8 @@ def summarize_training(rows: list[dict]) -> dict:
     return {"steps": len(rows), "reward_first_fifth": first, "reward_last_fifth": last,
             "valid_first_fifth": valid_first, "valid_last_fifth": valid_last,
             "valid_max": max(col("format/valid_rate"), default=0.0), "gain_over_raw_first_fifth": gain_first,
-            "gain_over_raw_last_fifth": gain_last, "mean_step_s": step, **split,
+            "gain_over_raw_last_fifth": gain_last, "no_new_words_first_fifth": no_new_first,
+            "no_new_words_last_fifth": no_new_last, "mean_step_s": step, **split,
             "search_share": split["search_s"] / step if step else None}
 
 
@@ -107,7 +110,8 @@ def run_one(collection: str, framework: str, args: argparse.Namespace) -> dict:
         "collection": collection, "framework": framework, "adapter": str(adapter), "train_wall_s": train_s,
         "eval_wall_s": eval_s, "eval_queries": report.queries, "training": summarize_training(rows),
         "eval": {s.name: {"ndcg@10": s.means["ndcg@10"], "recall@100": s.means["recall@100"],
-                          "fallback_rate": s.fallback_rate} for s in report.sources},
+                          "fallback_rate": s.fallback_rate, "no_new_words_rate": s.no_new_words_rate}
+                 for s in report.sources},
         "trained_vs": versus, "config": config.to_dict(), "curve": rows,
     }
 
@@ -134,11 +138,16 @@ def print_result(result: dict) -> None:
           f"{t['valid_first_fifth']:.2f} -> {t['valid_last_fifth']:.2f} (max {t['valid_max']:.2f})")
     print(f"retrieval reward of the rewrite minus the raw query's, first/last fifth: "
           f"{t['gain_over_raw_first_fifth']:+.3f} -> {t['gain_over_raw_last_fifth']:+.3f}")
+    if "no_new_words_first_fifth" in t:
+        print(f"sampled rewrites adding no word to the query, first/last fifth: "
+              f"{t['no_new_words_first_fifth']:.2f} -> {t['no_new_words_last_fifth']:.2f}")
     print(f"step {t['mean_step_s']:.1f}s = generation {t['generation_s']:.1f}s + rewards {t['rewards_s']:.2f}s "
           f"(search {t['search_s']:.2f}s, {100 * (t['search_share'] or 0):.1f}%) + backward {t['backward_s']:.1f}s")
-    print(f"{'source':10} {'nDCG@10':>8} {'R@100':>8} {'fallback':>9}")
+    print(f"{'source':10} {'nDCG@10':>8} {'R@100':>8} {'fallback':>9} {'no-new-words':>13}")
     for name, m in result["eval"].items():
-        print(f"{name:10} {m['ndcg@10']:8.4f} {m['recall@100']:8.4f} {m['fallback_rate']:9.2f}")
+        no_new = m.get("no_new_words_rate")
+        print(f"{name:10} {m['ndcg@10']:8.4f} {m['recall@100']:8.4f} {m['fallback_rate']:9.2f} "
+              f"{'-' if no_new is None else f'{no_new:.2f}':>13}")
     for name, c in result.get("trained_vs", {}).items():
         p = "-" if c["p_value"] is None else f"{c['p_value']:.3f}"
         print(f"trained vs {name}: wins/ties/losses {c['wins']}/{c['ties']}/{c['losses']}, "

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .data import Collection
-from .framing import FUSION_DEPTH, fused_search, search_text
+from .framing import FUSION_DEPTH, fused_search, new_words, search_text
 from .metrics import mrr, ndcg_at_k, recall_at_k
 from .rewriters import RewriteResult
 from .search import SearchBackend
@@ -84,6 +84,13 @@ class SourceResult:
         return _mean([float(o.fell_back) for o in self.outcomes])
 
     @property
+    def no_new_words_rate(self) -> float:
+        """Share of the queries not fallen back whose searched text adds no word to the user's query (an echo or a
+        subset of it; the raw source scores 1.0): how far a rewriter has drifted toward searching the raw query."""
+        rewritten = [o for o in self.outcomes if not o.fell_back]
+        return _mean([float(not new_words(o.query, o.search_query)) for o in rewritten])
+
+    @property
     def rewrite_latency_s(self) -> float:
         return _mean([o.rewrite_latency_s for o in self.outcomes])
 
@@ -94,7 +101,8 @@ class SourceResult:
     def summary(self) -> dict:
         return {
             "name": self.name, "queries": len(self.outcomes), "metrics": self.means,
-            "fallback_rate": self.fallback_rate, "mean_rewrite_latency_s": self.rewrite_latency_s,
+            "fallback_rate": self.fallback_rate, "no_new_words_rate": self.no_new_words_rate,
+            "mean_rewrite_latency_s": self.rewrite_latency_s,
             "mean_search_latency_s": self.search_latency_s,
             "vs_raw": asdict(self.comparison) if self.comparison else None,
         }

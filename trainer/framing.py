@@ -19,6 +19,7 @@ query at any weight, and ``fuse`` at weight 3 gained 0.012 (p=0.005).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from .search import DocumentHit, DocumentSearch, document_search
@@ -38,6 +39,16 @@ def check_framing(framing: str, query_weight: int = 1) -> None:
     if framing == "replace" and query_weight != 1:
         raise ValueError(f"query_weight={query_weight} only applies to framing='expand' or 'fuse' (replace searches "
                          "the rewrite alone): set framing='expand' or 'fuse', or query_weight=1")
+
+
+_WORD = re.compile(r"\w+")
+
+
+def new_words(original: str, rewrite: str) -> set[str]:
+    """The words (case-folded runs of letters and digits) of ``rewrite`` that ``original`` lacks. Empty: the rewrite
+    is an echo or a subset of the user's query, which under ``expand`` or ``fuse`` only re-weights the user's own
+    words (an exact echo ranks as the raw query does). Surface forms, not the retriever's stems."""
+    return set(_WORD.findall(rewrite.casefold())) - set(_WORD.findall(original.casefold()))
 
 
 def search_text(original: str, rewrite: str, framing: str = "replace", query_weight: int = 1) -> str:

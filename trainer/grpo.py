@@ -273,7 +273,8 @@ def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequen
     rewards = build_rewards(search_backend, task, framing=config.framing, query_weight=config.query_weight,
                             cache_size=config.search_cache_size,
                             batch_size=config.search_batch_size, concurrency=config.search_concurrency,
-                            search_timeout=config.search_timeout, unusable=config.unusable_reward)
+                            search_timeout=config.search_timeout, unusable=config.unusable_reward,
+                            echo_penalty=config.echo_penalty)
     return timed_trainer(config, task, base_model, rewards, prompts, tokenizer, run, dtype=dtype)
 
 

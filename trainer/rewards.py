@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .answer import Rewrite, parse_answer
-from .framing import FUSION_DEPTH, check_framing, fuse_hits, search_text
+from .framing import FUSION_DEPTH, check_framing, fuse_hits, new_words, search_text
 from .metrics import first_hit_rank, ndcg_at_k, recall_at_k
 from .search import DocumentHit, SearchBackend, document_search
 from .tasks import Task, get_task
@@ -30,6 +30,16 @@ MetricLogger = Callable[[str, float], None]
 # what RetrievalReward gives a completion without a usable query (TrainConfig.unusable_reward)
 UNUSABLE_REWARDS = ("zero", "raw")
 QueryCheck = Callable[[str], "str | None"]
+
+
+def check_echo_penalty(echo_penalty: float, framing: str) -> None:
+    """``echo_penalty`` is a number >= 0 and only applies where the user's query is searched beside the rewrite."""
+    if isinstance(echo_penalty, bool) or not isinstance(echo_penalty, (int, float)) or not echo_penalty >= 0:
+        raise ValueError(f"echo_penalty={echo_penalty!r} must be a number >= 0 (0 = off, e.g. 0.1)")
+    if echo_penalty and framing not in ("expand", "fuse"):
+        raise ValueError(f"echo_penalty={echo_penalty!r} applies to framing 'expand' or 'fuse', where the user's query "
+                         f"is searched beside the rewrite; under {framing!r} a rewrite that drops words is a real "
+                         "rewrite: set framing='expand' or 'fuse', or echo_penalty=0")
 
 
 def normalize_query(query: str) -> str:
@@ -184,17 +194,23 @@ class RetrievalReward:
     must then do the same.
     ``unusable="raw"`` scores a completion without a usable query as the raw query's own ranking (what the deployed
     components search when they fall back) instead of 0, so the reward measures the gain over falling back.
+    ``echo_penalty`` (``expand``/``fuse`` only) is subtracted from a usable rewrite that adds no word the user's query
+    lacks (:func:`~deepretrieval_trainer.framing.new_words`): such a rewrite ranks about as the raw query does, and
+    without the penalty a group whose expansions score below the raw query teaches the model to stop expanding.
+    ``retrieval/no_new_words_rate`` logs the share of usable rewrites that add nothing, with or without the penalty.
     """
 
     __name__ = "retrieval"
 
     def __init__(self, *, search: SearchBackend, task: str | Task = "retrieval", framing: str = "replace",
                  query_weight: int = 1, cache_size: int = 200_000, batch_size: int = 64, concurrency: int = 1,
-                 search_timeout: float | None = None, unusable: str = "zero") -> None:
+                 search_timeout: float | None = None, unusable: str = "zero", echo_penalty: float = 0.0) -> None:
         check_framing(framing, query_weight)
         if unusable not in UNUSABLE_REWARDS:
             raise ValueError(f"unusable={unusable!r}: choose one of {', '.join(map(repr, UNUSABLE_REWARDS))}")
+        check_echo_penalty(echo_penalty, framing)
         self.unusable = unusable
+        self.echo_penalty = float(echo_penalty)
         self.task = get_task(task)
         self.framing = framing
         self.query_weight = query_weight
@@ -239,8 +255,12 @@ class RetrievalReward:
             raw_found = [[hit.doc_id for hit in hits] for hits in raw_found]
         raw = [self.score(r, j) for r, j in zip(raw_found, judged, strict=True)]
         rewards = list(raw) if self.unusable == "raw" else [0.0] * len(completions)
+        echoes = [i for i in usable if not new_words(query[i], parsed[i].query)]
         for i, ranking in zip(usable, rankings, strict=True):
             rewards[i] = self.score(ranking, judged[i])
+        retrieved = [rewards[i] for i in usable]  # before the penalty: what the search itself scored
+        for i in echoes:
+            rewards[i] -= self.echo_penalty
         if log_metric is not None:
             lookups = (self.cache.hits - hits) + (self.cache.misses - misses)
             log_metric("search/time_s", self.cache.search_seconds - seconds)
@@ -248,18 +268,20 @@ class RetrievalReward:
             log_metric("search/cache_size", float(len(self.cache._results)))
             log_metric("retrieval/raw_query_reward", sum(raw) / max(len(raw), 1))
             if usable:
-                log_metric("retrieval/rewrite_reward", sum(rewards[i] for i in usable) / len(usable))
+                log_metric("retrieval/rewrite_reward", sum(retrieved) / len(usable))
+                log_metric("retrieval/no_new_words_rate", len(echoes) / len(usable))
         return rewards
 
 
 def build_rewards(search: SearchBackend, task: str | Task, *, framing: str = "replace", query_weight: int = 1,
                   cache_size: int = 200_000, batch_size: int = 64, concurrency: int = 1,
-                  search_timeout: float | None = None, unusable: str = "zero") -> list[Callable[..., list[float]]]:
+                  search_timeout: float | None = None, unusable: str = "zero",
+                  echo_penalty: float = 0.0) -> list[Callable[..., list[float]]]:
     """The reward functions for :class:`~trl.GRPOTrainer`: format first, then retrieval."""
     task = get_task(task)
     return [
         FormatReward(task=task, query_check=getattr(search, "query_error", None)),
         RetrievalReward(search=search, task=task, framing=framing, query_weight=query_weight, cache_size=cache_size,
                         batch_size=batch_size, concurrency=concurrency, search_timeout=search_timeout,
-                        unusable=unusable),
+                        unusable=unusable, echo_penalty=echo_penalty),
     ]

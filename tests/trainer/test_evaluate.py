@@ -123,6 +123,21 @@ def test_fallbacks_are_summarised_once_per_source_not_warned_per_query(adi_test,
     assert sum("fell back to the original query 'b'" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_no_new_words_rate_says_how_often_a_source_searched_only_the_users_words(adi_test):
+    search = BM25Search(adi_test.corpus)
+    sources = [Source("echo", EchoRewriter(), include_original=True),
+               Source("extra", EchoRewriter(suffix=" retrieval systems"), include_original=True),
+               Source("garbage", GarbageRewriter())]
+    report = evaluate(adi_test, search, sources, limit=6, batch_size=6, progress=False)
+    rates = {s.name: s.no_new_words_rate for s in report.sources}
+    # of adi's first six queries only the fifth already says "information retrieval systems"
+    assert rates["raw"] == rates["echo"] == 1.0
+    assert rates["extra"] == pytest.approx(1 / 6)
+    # garbage: queries 2, 4, 6 fall back and are left out; of 1, 3, 5 (searched as "retrieval"), 5 has the word
+    assert rates["garbage"] == pytest.approx(1 / 3)
+    assert report.source("extra").summary()["no_new_words_rate"] == pytest.approx(1 / 6)
+
+
 def test_paired_t_test_matches_the_textbook_formula():
     ours, theirs = [0.5, 0.7, 0.2, 0.9, 0.4], [0.4, 0.5, 0.3, 0.6, 0.4]
     deltas = [a - b for a, b in zip(ours, theirs)]

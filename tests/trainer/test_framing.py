@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from deepretrieval_trainer.config import ConfigError, TrainConfig
-from deepretrieval_trainer.framing import check_framing, search_text
+from deepretrieval_trainer.framing import check_framing, new_words, search_text
 
 ORIGINAL, REWRITE = "vitamin d fractures", "cholecalciferol bone density elderly"
 
@@ -25,6 +25,13 @@ def test_expand_repeats_the_original_query_weight_times():
 def test_bad_framing_names_the_fix(framing, weight, message):
     with pytest.raises(ValueError, match=message):
         check_framing(framing, weight)
+
+
+def test_new_words_are_the_rewrites_words_the_query_lacks():
+    assert new_words("Heart attack risk?", "heart ATTACK") == set()
+    assert new_words("heart attack", "myocardial infarction, heart") == {"myocardial", "infarction"}
+    assert new_words("covid-19 vaccine", "COVID 19 vaccines") == {"vaccines"}  # surface forms, not stems
+    assert new_words("anything", "") == set()
 
 
 def test_config_checks_query_weight():

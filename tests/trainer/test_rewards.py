@@ -115,6 +115,34 @@ def test_expand_framing_searches_original_plus_rewrite():
     assert reward([VALID % "extra"], query=["orig"], qrels=[{"d1": 1}]) == [1.0]
 
 
+def test_echo_penalty_charges_rewrites_that_add_no_word_to_the_query():
+    """Under expand, an echo or a subset of the user's query ranks as the raw query does; echo_penalty makes a group
+    prefer a rewrite that adds words, and the rate of such rewrites is logged with or without the penalty."""
+    search = FixedSearch({"heart attack heart attack": ["d2", "d1"], "heart attack Heart": ["d2", "d1"],
+                          "heart attack infarction": ["d1"], "heart attack": ["d2", "d1"]})
+    completions = [VALID % "heart attack", VALID % "Heart", VALID % "infarction", "unparsable"]
+    kwargs = dict(query=["heart attack"] * 4, qrels=[{"d1": 1}] * 4)
+    raw_score = 1 / math.log2(3)
+    logged_off, logged_on = {}, {}
+    off = RetrievalReward(search=search, framing="expand")(completions, log_metric=logged_off.__setitem__, **kwargs)
+    on = RetrievalReward(search=search, framing="expand", echo_penalty=0.25)(completions,
+                                                                          log_metric=logged_on.__setitem__, **kwargs)
+    assert off == [pytest.approx(raw_score), pytest.approx(raw_score), 1.0, 0.0]
+    assert on == [pytest.approx(raw_score - 0.25), pytest.approx(raw_score - 0.25), 1.0, 0.0]
+    assert logged_off["retrieval/no_new_words_rate"] == logged_on["retrieval/no_new_words_rate"] == pytest.approx(2 / 3)
+    # the logged rewrite reward is what the search scored, before the penalty
+    assert logged_on["retrieval/rewrite_reward"] == pytest.approx(logged_off["retrieval/rewrite_reward"])
+    [_, retrieval] = build_rewards(search, "retrieval", framing="expand", query_weight=3, echo_penalty=0.1)
+    assert retrieval.echo_penalty == 0.1
+    with pytest.raises(ValueError, match="echo_penalty=0.1 applies to framing 'expand' or 'fuse'"):
+        RetrievalReward(search=search, echo_penalty=0.1)
+    with pytest.raises(ConfigError, match="echo_penalty=0.1 applies to framing 'expand' or 'fuse'"):
+        TrainConfig(echo_penalty=0.1)
+    with pytest.raises(ConfigError, match=r"echo_penalty=-1(\.0)? must be a number >= 0"):
+        TrainConfig(framing="expand", echo_penalty=-1)
+    assert TrainConfig(framing="fuse", query_weight=3, echo_penalty=0.1).echo_penalty == 0.1
+
+
 def test_config_overrides_shape_the_rewards():
     config = TrainConfig(task="literature", reward_tiers=[[0.9, 10], [0.2, 1]], reward_floor=-1, reward_k=5,
                          format_invalid=-9)

@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 # the metric the user is judged by, not the task's nDCG@100; groups whose samples all scored alike left out of the
 # loss), the best NFCorpus result measured
 DEMO_RECIPE = {"framing": "expand", "query_weight": 3, "beta": 0.04, "reward_k": 10, "drop_uniform_groups": True}
+# queries per generation batch when the demo rewrites its dev queries: decoding on 2 cores is bound by per-step
+# overhead, so 32 rewrote 2.8x as many untrained NFCorpus queries per second as 8, at the same nDCG@10 within noise
+# (docs/benchmarks.md, "Rewriting throughput per generation batch")
+EVAL_BATCH = 32
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,11 +96,11 @@ def run(args: argparse.Namespace) -> int:
     adapter = train(search, load_beir(path, train_split, drop_unknown_docs=True), config)
     collection = load_beir(path, eval_split, drop_unknown_docs=True)
     sources = [parse_source(spec, model=args.model, framing=config.framing, query_weight=config.query_weight,
-                            dtype=config.dtype, search=search)
+                            dtype=config.dtype, search=search, batch_size=EVAL_BATCH)
                for spec in ("raw", "prf", "base", f"trained=adapter:{adapter}")]
     retriever_text = f"{config.retriever.framework} {config.retriever.kind}"
     report = report_evaluation(collection, search, sources, run_dir / "eval", retriever=retriever_text,
-                               limit=args.limit or None, batch_size=8, progress=not args.no_progress)
+                               limit=args.limit or None, batch_size=EVAL_BATCH, progress=not args.no_progress)
     print("\n" + verdict(report))
     print(f"adapter: {adapter}\nreward curve: {run_dir / 'reward_curve.png'}\n"
           f"serve it: deepretrieval serve --adapter {adapter}   (see {run_dir / 'README.md'})")

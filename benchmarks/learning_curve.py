@@ -94,11 +94,11 @@ def run_one(collection: str, framework: str, args: argparse.Namespace) -> dict:
     train_s = time.perf_counter() - start
     dev = load_beir(path, "dev", drop_unknown_docs=drop)
     sources = [parse_source(s, framing=args.framing, query_weight=args.query_weight, search=search,
-                            max_new_tokens=args.eval_max_new_tokens)
+                            max_new_tokens=args.eval_max_new_tokens, batch_size=args.eval_batch)
                for s in ("raw", "prf", "base", f"trained=adapter:{adapter}")]
     start = time.perf_counter()
     report = evaluate(dev, search, sources, limit=args.eval_queries, out_dir=Path(args.out) / f"eval-{collection}",
-                      retriever=f"{framework} bm25", progress=False)
+                      retriever=f"{framework} bm25", progress=False, batch_size=args.eval_batch)
     eval_s = time.perf_counter() - start
     rows = RunDir(run_dir).read_metrics()
     from deepretrieval_trainer.evaluate import compare
@@ -164,6 +164,8 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop each training run after this long")
     parser.add_argument("--eval-queries", type=int, default=100, help="first N judged dev queries (0: all)")
     parser.add_argument("--eval-max-new-tokens", type=int, default=defaults.max_completion_length)
+    parser.add_argument("--eval-batch", type=int, default=32,
+                        help="queries per generation batch in the evaluation (default 32: 2.8x the rewrites/s of 8)")
     parser.add_argument("--lr", type=float, default=defaults.learning_rate)
     parser.add_argument("--num-generations", type=int, default=defaults.num_generations)
     parser.add_argument("--prompts-per-step", type=int, default=defaults.prompts_per_step)

@@ -3,8 +3,9 @@
 Each setting trains the CPU recipe (TrainConfig's defaults: 2 prompts x 8 samples x 128 new tokens, LoRA r16) on
 SciFact train through LlamaIndex BM25 for ``--steps`` steps from the same seed, in a fresh child process (so its peak
 RSS is its own), one after another. Printed per setting: step time split into generation / reward (search) / the
-rest (log-probs, loss, backward, optimizer), peak RSS, and the format-valid rate and mean reward over the same
-steps, so a speed-up bought with learning shows. The first step (model load, first sample) is reported apart.
+rest (log-probs, loss, backward, optimizer), peak RSS, samples (completions) trained on per minute, and the
+format-valid rate and mean reward over the same steps, so a speed-up bought with learning shows. A setting that
+changes the samples per step (``prompts_per_step=4``) is compared by samples per minute, not by step time. The first step (model load, first sample) is reported apart.
 
     python benchmarks/step_time.py --settings float32:trl bfloat16:trl bfloat16:merged --steps 6
 
@@ -55,10 +56,12 @@ def worker(spec: str, steps: int, out: Path, threads: int | None, collection: st
     train(search, load_beir(path, "train"), config)
     rows = RunDir(run_dir).read_metrics()
     info = json.loads((run_dir / "run.json").read_text())
-    (out / "result.json").write_text(json.dumps({"rows": rows, "precision": info.get("precision")}, default=float))
+    samples = config.prompts_per_step * config.num_generations
+    (out / "result.json").write_text(json.dumps({"rows": rows, "precision": info.get("precision"),
+                                                 "samples_per_step": samples}, default=float))
 
 
-def summarize(spec: str, rows: list[dict], rss_kb: int) -> dict:
+def summarize(spec: str, rows: list[dict], rss_kb: int, samples_per_step: int) -> dict:
     def mean(key, part):
         values = [r[key] for r in part if isinstance(r.get(key), (int, float))]
         return sum(values) / len(values) if values else float("nan")
@@ -70,7 +73,8 @@ def summarize(spec: str, rows: list[dict], rss_kb: int) -> dict:
         "rewards_s": mean("time/rewards_s", later), "rss_after_step1_gb": rows[0].get("peak_rss_gb") if rows else None, "search_s": mean("search/time_s", later),
         "backward_s": mean("time/backward_s", later), "completion_len": mean("completions/mean_length", later),
         "valid_rate": mean("format/valid_rate", rows), "reward": mean("reward", rows),
-        "peak_rss_gb": rss_kb / 2**20,
+        "peak_rss_gb": rss_kb / 2**20, "samples_per_step": samples_per_step,
+        "samples_per_min": samples_per_step * 60 / mean("step_s", later),
     }
 
 
@@ -85,18 +89,19 @@ def run_setting(spec: str, args: argparse.Namespace, root: Path) -> dict:
     _, status, usage = os.wait4(child.pid, 0)
     if status != 0:
         raise SystemExit(f"setting {spec} failed (status {status})")
-    rows = json.loads((out / "result.json").read_text())["rows"]
-    return summarize(spec, rows, usage.ru_maxrss)
+    result = json.loads((out / "result.json").read_text())
+    return summarize(spec, result["rows"], usage.ru_maxrss, result["samples_per_step"])
 
 
 def print_table(results: list[dict]) -> None:
     base = results[0]
     print(f"\n{'setting':34} {'step s':>7} {'vs 1st':>6} {'gen s':>6} {'reward s':>8} {'rest s':>6} {'len':>5} "
-          f"{'RSS GB':>6} {'valid':>6} {'reward':>7}  (steps 2..N; valid/reward over all N)")
+          f"{'RSS GB':>6} {'valid':>6} {'reward':>7} {'samples/min':>11} {'vs 1st':>6}  (steps 2..N; valid/reward over all N)")
     for r in results:
         print(f"{r['setting']:34} {r['step_s']:7.1f} {base['step_s'] / r['step_s']:5.2f}x {r['generation_s']:6.1f} "
               f"{r['rewards_s']:8.2f} {r['backward_s']:6.1f} {r['completion_len']:5.0f} {r['peak_rss_gb']:6.1f} "
-              f"{r['valid_rate']:6.2f} {r['reward']:7.3f}")
+              f"{r['valid_rate']:6.2f} {r['reward']:7.3f} {r['samples_per_min']:11.1f} "
+              f"{r['samples_per_min'] / base['samples_per_min']:5.2f}x")
 
 
 def main() -> None:

@@ -5,7 +5,8 @@ SciFact train through LlamaIndex BM25 for ``--steps`` steps from the same seed, 
 RSS is its own), one after another. Printed per setting: step time split into generation / reward (search) / the
 rest (log-probs, loss, backward, optimizer), peak RSS, samples (completions) trained on per minute, and the
 format-valid rate and mean reward over the same steps, so a speed-up bought with learning shows. A setting that
-changes the samples per step (``prompts_per_step=4``) is compared by samples per minute, not by step time. The first step (model load, first sample) is reported apart.
+changes the samples per step (``prompts_per_step=4``) is compared by samples per minute, not by step time. The
+first step (model load, first sample) is reported apart.
 
     python benchmarks/step_time.py --settings float32:trl bfloat16:trl bfloat16:merged --steps 6
 

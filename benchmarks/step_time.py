@@ -68,14 +68,15 @@ def summarize(spec: str, rows: list[dict], rss_kb: int, samples_per_step: int) -
         return sum(values) / len(values) if values else float("nan")
 
     later = rows[1:] or rows
+    step_s = mean("step_s", later)
     return {
         "setting": spec, "steps": len(rows), "first_step_s": rows[0]["step_s"] if rows else None,
-        "step_s": mean("step_s", later), "generation_s": mean("time/generation_s", later),
+        "step_s": step_s, "generation_s": mean("time/generation_s", later),
         "rewards_s": mean("time/rewards_s", later), "rss_after_step1_gb": rows[0].get("peak_rss_gb") if rows else None, "search_s": mean("search/time_s", later),
         "backward_s": mean("time/backward_s", later), "completion_len": mean("completions/mean_length", later),
         "valid_rate": mean("format/valid_rate", rows), "reward": mean("reward", rows),
         "peak_rss_gb": rss_kb / 2**20, "samples_per_step": samples_per_step,
-        "samples_per_min": samples_per_step * 60 / mean("step_s", later),
+        "samples_per_min": samples_per_step * 60 / step_s,
     }
 
 

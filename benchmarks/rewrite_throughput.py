@@ -5,7 +5,9 @@ Settings:
 - ``float32-unmerged``: the in-process path as it was before dtype support (float32, the adapter applied as peft
   LoRA layers at every token, generation up to max_new_tokens or EOS, no stop at ``</answer>``);
 - ``float32`` / ``bfloat16``: LocalRewriter as it is (the adapter merged into the weights, stop at ``</answer>``);
-- ``SETTING@N``: the same at generation batch N instead of ``--batch-size`` (e.g. ``bfloat16@16``).
+- ``SETTING@N``: the same at generation batch N instead of ``--batch-size`` (e.g. ``bfloat16@16``);
+- ``SETTING:generate``: LocalRewriter through transformers' ``generate()`` (``decoding="generate"``, the path before
+  lean decoding) instead of ``lean_generate`` (e.g. ``float32:generate@8``).
 
     python benchmarks/rewrite_throughput.py --adapter RUN_DIR [--collection scifact --settings float32-unmerged float32 bfloat16]
     python benchmarks/rewrite_throughput.py --adapter none --collection nfcorpus --limit 96 \
@@ -51,7 +53,8 @@ def unmerged_rewriter(adapter: Path, batch_size: int, max_new_tokens: int):
                 self._tokenizer = tokenizer
                 self.resolved_dtype = "float32"
 
-    rewriter = Unmerged(adapter=adapter, batch_size=batch_size, max_new_tokens=max_new_tokens, dtype="float32")
+    rewriter = Unmerged(adapter=adapter, batch_size=batch_size, max_new_tokens=max_new_tokens, dtype="float32",
+                        decoding="generate")
     rewriter.task = __import__("dataclasses").replace(rewriter.task, stop=())
     return rewriter
 
@@ -61,11 +64,13 @@ def build(setting: str, adapter: Path | None, batch_size: int, max_new_tokens: i
 
     setting, _, batch = setting.partition("@")
     batch_size = int(batch) if batch else batch_size
+    setting, _, decoding = setting.partition(":")
     if setting == "float32-unmerged":
         if adapter is None:
             raise SystemExit("float32-unmerged needs an adapter")
         return unmerged_rewriter(adapter, batch_size, max_new_tokens)
-    return LocalRewriter(adapter=adapter, batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=setting)
+    return LocalRewriter(adapter=adapter, batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=setting,
+                         decoding=decoding or "lean")
 
 
 def main() -> None:

@@ -8,10 +8,11 @@ format-valid rate and mean reward over the same steps, so a speed-up bought with
 changes the samples per step (``prompts_per_step=4``) is compared by samples per minute, not by step time. The
 first step (model load, first sample) is reported apart.
 
-    python benchmarks/step_time.py --settings float32:trl bfloat16:trl bfloat16:merged --steps 6
+    python benchmarks/step_time.py --settings float32:trl bfloat16:trl bfloat16:merged bfloat16:lean --steps 6
 
 A setting is DTYPE:SAMPLER[:KEY=VALUE,...] with DTYPE a TrainConfig dtype and SAMPLER ``trl`` (TRL samples through
-the peft model) or ``merged`` (the merged twin, generation.py); extra TrainConfig fields may follow, e.g.
+the peft model), ``merged`` (the merged twin through transformers' generate(), generation.py) or ``lean`` (the
+merged twin through generation.lean_generate); extra TrainConfig fields may follow, e.g.
 ``bfloat16:merged:gradient_checkpointing=true``. Not a test: a measurement, recorded in docs/benchmarks.md.
 """
 
@@ -108,7 +109,7 @@ def print_table(results: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", nargs="+", default=["float32:trl", "bfloat16:trl", "bfloat16:merged"])
+    parser.add_argument("--settings", nargs="+", default=["float32:trl", "bfloat16:trl", "bfloat16:merged", "bfloat16:lean"])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--collection", default="scifact")
     parser.add_argument("--torch-threads", type=int, default=None)

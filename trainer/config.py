@@ -198,8 +198,11 @@ class TrainConfig:
     # machine has bf16 units (this CPU's AMX), float32 elsewhere; LoRA weights and optimizer state stay float32.
     dtype: str = "auto"
     # "merged": sample from an adapter-free copy of the policy with the LoRA delta merged in, refreshed each step
-    # (generation.py; no per-layer adapter work per token); "trl": TRL's own sampling through the peft model.
-    sampler: str = "merged"
+    # (generation.py; no per-layer adapter work per token), through transformers' generate(); "lean": the same twin
+    # through generation.lean_generate (each group's prompt prefilled once, an in-place KV cache, inverse-CDF sampling
+    # instead of torch.multinomial; falls back to generate() for settings it does not implement); "trl": TRL's own
+    # sampling through the peft model.
+    sampler: str = "lean"
     # score each distinct prompt once per group of samples, not once per sample (prompt_sharing.py): same numbers
     share_prompts: bool = True
     # DAPO's dynamic-sampling filter, without resampling: groups whose samples all scored alike (advantage 0, so no
@@ -246,7 +249,7 @@ class TrainConfig:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         _choice("dtype", self.dtype, DTYPES)
-        _choice("sampler", self.sampler, ("merged", "trl"))
+        _choice("sampler", self.sampler, ("lean", "merged", "trl"))
         _choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))
         if self.drop_uniform_groups and self.gradient_accumulation_steps != 1:
             raise ConfigError(f"drop_uniform_groups needs gradient_accumulation_steps=1 (got "

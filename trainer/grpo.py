@@ -292,7 +292,8 @@ def timed_trainer(config: TrainConfig, task: Task, base_model: str, rewards, pro
     callback = RunCallback(run, max_minutes=config.max_minutes)
     trainer = TimedGRPOTrainer(model=base_model, reward_funcs=rewards, args=grpo_args(config, run, dtype),
                                train_dataset=prompts, processing_class=tokenizer, peft_config=lora,
-                               callbacks=[callback], stop=task.stop, merged_sampling=config.sampler == "merged",
+                               callbacks=[callback], stop=task.stop, merged_sampling=config.sampler in ("lean", "merged"),
+                               lean_decoding=config.sampler == "lean",
                                share_prompts=config.share_prompts,
                                drop_uniform_groups=config.drop_uniform_groups)
     for unwanted in (PrinterCallback, ProgressCallback):

@@ -159,6 +159,10 @@ class LocalRewriter(BaseRewriter):
     """In-process transformers model (plus an optional peft LoRA adapter folder), batched, on CPU by default.
 
     Greedy by default; ``temperature > 0`` samples. The model loads on first use or on :meth:`load`.
+    ``decoding="lean"`` (default) decodes with :func:`deepretrieval_trainer.generation.lean_generate`: the prompt
+    prefix every query shares (system prompt, worked example) prefilled once per batch, and an in-place KV cache;
+    ``"generate"`` uses transformers' ``generate()``. In float32 both give the same tokens; in bfloat16 a greedy token
+    can differ where two candidates tie within rounding (measured in docs/benchmarks.md).
     """
 
     def __init__(
@@ -175,11 +179,15 @@ class LocalRewriter(BaseRewriter):
         dtype: str = "auto",
         strict: bool = False,
         max_query_chars: int = MAX_QUERY_CHARS,
+        decoding: str = "lean",
     ):
         super().__init__(task=task, strict=strict, max_query_chars=max_query_chars)
         from .precision import check_dtype
 
         check_dtype(dtype)
+        if decoding not in ("lean", "generate"):
+            raise ValueError(f"decoding={decoding!r}: choose 'lean' (generation.lean_generate, falling back to "
+                             "generate() where it does not apply) or 'generate' (transformers' generate())")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
         if temperature < 0:
@@ -198,9 +206,11 @@ class LocalRewriter(BaseRewriter):
         self.top_p = top_p
         self.batch_size = batch_size
         self.dtype = dtype
+        self.decoding = decoding
         self.resolved_dtype: str | None = None  # what the model runs in, once loaded (``dtype`` resolved)
         self._model = None
         self._tokenizer = None
+        self._lean: bool | None = None  # whether lean_generate runs this model's settings (decided at first batch)
         self._lock = threading.Lock()
 
     def load(self) -> None:
@@ -230,6 +240,31 @@ class LocalRewriter(BaseRewriter):
             self._tokenizer = tokenizer
             self.resolved_dtype = dtype
 
+    def _generate(self, encoded, sampling: bool):
+        """The batch's prompt + new tokens: generation.lean_generate where it implements the settings (an in-place KV
+        cache, the same greedy tokens as generate()), else transformers' ``generate()``."""
+        import copy
+
+        from transformers import StopStringCriteria
+
+        from .generation import lean_generate, lean_unsupported
+
+        settings = dict(max_new_tokens=self.max_new_tokens, do_sample=sampling,
+                        temperature=self.temperature if sampling else None, top_p=self.top_p if sampling else None,
+                        top_k=None, pad_token_id=self._tokenizer.pad_token_id)
+        config = copy.deepcopy(self._model.generation_config)  # what generate() merges the settings into
+        config.update(**settings)
+        if self._lean is None:
+            self._lean = self.decoding == "lean" and lean_unsupported(config, self._model) is None
+        # nothing after the answer is read: stop generating there (a task may have no stop strings)
+        if self._lean:
+            stopping = [StopStringCriteria(self._tokenizer, list(self.task.stop))] if self.task.stop else []
+            return lean_generate(self._model, encoded["input_ids"], encoded["attention_mask"], config,
+                                 stopping_criteria=stopping)
+        return self._model.generate(
+            **encoded, **settings,
+            **({"stop_strings": list(self.task.stop), "tokenizer": self._tokenizer} if self.task.stop else {}))
+
     def prompt_text(self, conversation: list[dict[str, str]]) -> str:
         """The chat-templated prompt, ending with the task's prefill."""
         self.load()
@@ -246,17 +281,7 @@ class LocalRewriter(BaseRewriter):
             texts = [self.prompt_text(c) for c in conversations[start : start + self.batch_size]]
             encoded = self._tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             with self._lock, torch.inference_mode():
-                generated = self._model.generate(
-                    **encoded,
-                    max_new_tokens=self.max_new_tokens,
-                    do_sample=sampling,
-                    temperature=self.temperature if sampling else None,
-                    top_p=self.top_p if sampling else None,
-                    top_k=None,
-                    pad_token_id=self._tokenizer.pad_token_id,
-                    # nothing after the answer is read: stop generating there (a task may have no stop strings)
-                    **({"stop_strings": list(self.task.stop), "tokenizer": self._tokenizer} if self.task.stop else {}),
-                )
+                generated = self._generate(encoded, sampling)
             new_tokens = generated[:, encoded["input_ids"].shape[1] :]
             outputs.extend(self._tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
         return outputs

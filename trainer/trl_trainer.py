@@ -26,11 +26,13 @@ class TimedGRPOTrainer(GRPOTrainer):
     ``time/backward_s`` = step - generation - rewards (log-probs, loss, backward and the optimizer update).
     """
 
-    def __init__(self, *args, stop: tuple[str, ...] = (), merged_sampling: bool = True, share_prompts: bool = True,
-                 drop_uniform_groups: bool = False, **kwargs) -> None:
+    def __init__(self, *args, stop: tuple[str, ...] = (), merged_sampling: bool = True, lean_decoding: bool = True,
+                 share_prompts: bool = True, drop_uniform_groups: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.stop = tuple(stop)
         self.merged_sampling = merged_sampling
+        self.lean_decoding = lean_decoding
+        self._lean_reason: str | None = None  # why lean decoding fell back to generate(), logged once
         self.share_prompts = share_prompts
         self.drop_uniform_groups = drop_uniform_groups
         if drop_uniform_groups and self.args.steps_per_generation != 1:
@@ -58,7 +60,8 @@ class TimedGRPOTrainer(GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         """Sample from the merged twin of the policy (deepretrieval_trainer.generation), stopping at the task's stop
-        strings; TRL's own path for vLLM, continuous batching, images, or ``merged_sampling=False``."""
+        strings, through ``lean_generate`` (``lean_decoding``, where it implements the generation settings) or
+        transformers' ``generate``; TRL's own path for vLLM, continuous batching, images, or ``merged_sampling=False``."""
         plain_text = not multimodal_fields and not (images and any(i is not None for i in images))
         if self.use_vllm or self.use_transformers_continuous_batching or not plain_text or not self.merged_sampling:
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
@@ -66,7 +69,7 @@ class TimedGRPOTrainer(GRPOTrainer):
         import torch
         from trl.trainer.utils import pad
 
-        from .generation import MergedTwin, StopRecorder, cut_completions
+        from .generation import MergedTwin, StopRecorder, cut_completions, lean_generate
 
         if self._twin is None:
             self._twin = MergedTwin(self.accelerator.unwrap_model(self.model))
@@ -76,12 +79,27 @@ class TimedGRPOTrainer(GRPOTrainer):
         attention_mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left")
         device = self.accelerator.device
         stopping = [StopRecorder(self._tokenizer, self.stop, input_ids.shape[1], len(prompts))] if self.stop else []
+        lean = self.lean_decoding and not self._lean_fallback()
         with torch.no_grad():
-            generated = self._twin.model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                generation_config=self.generation_config, stopping_criteria=stopping)
+            if lean:
+                generated = lean_generate(self._twin.model, input_ids.to(device), attention_mask.to(device),
+                                          self.generation_config, stopping_criteria=stopping)
+            else:
+                generated = self._twin.model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                    generation_config=self.generation_config, stopping_criteria=stopping)
         lengths = stopping[0].lengths if stopping else [None] * len(prompts)
         return cut_completions(generated[:, input_ids.shape[1]:], self.eos_token_ids, lengths), None
+
+    def _lean_fallback(self) -> bool:
+        """True (and logged once) where lean_generate does not implement this run's generation settings."""
+        if self._lean_reason is None:
+            from .generation import lean_unsupported
+
+            self._lean_reason = lean_unsupported(self.generation_config, self._twin.model) or ""
+            if self._lean_reason:
+                logger.warning("sampler 'lean' falls back to transformers' generate(): %s", self._lean_reason)
+        return bool(self._lean_reason)
 
     def _generate(self, prompts: list):
         start = time.perf_counter()

@@ -130,7 +130,7 @@ async def test_haystack_pipeline_gets_the_served_rewrite_sync_and_async(vllm_ser
 
 def test_hot_swap_adapters_in_the_running_server(vllm_server, rewritten, expected, served_adapter, tmp_path):
     """Runtime LoRA loading: add a second adapter under a new name, replace an adapter in place, unload."""
-    other = make_peft_adapter(tmp_path / "other", seed=1, scale=0.05)  # B != 0: this adapter changes the text
+    other = make_peft_adapter(tmp_path / "other", seed=1, scale=0.3)  # B != 0, large: this adapter changes the text
     load_adapter(vllm_server.base_url, "swapped", other, replace=False)
     served = {m["id"] for m in httpx.get(vllm_server.base_url + "/models").json()["data"]}
     assert {SERVED_NAME, "swapped"} <= served

@@ -361,6 +361,8 @@ def lean_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
         sequences = torch.cat([sequences, token[:, None]], dim=-1)
         if len(eos_ids):
             finished |= torch.isin(token, eos_ids)
+        if stopping_criteria and len(active) < rows:  # criteria see every row, as generate() shows them
+            scores = scores.new_full((rows, scores.shape[-1]), float("-inf")).index_copy_(0, active, scores)
         for criterion in stopping_criteria:
             finished |= criterion(sequences, scores).to(device)
         if bool(finished.all()):

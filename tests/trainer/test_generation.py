@@ -215,8 +215,11 @@ def test_rows_that_finish_leave_the_batch_without_changing_the_others():
     ids, mask = _left_padded(rows)
     stop_at = torch.tensor([2, 9, 4, 14, 5, 3])
 
+    seen_rows = set()
+
     class StopAt(StoppingCriteria):
         def __call__(self, input_ids, scores, **kwargs):
+            seen_rows.update((input_ids.shape[0], len(input_ids) if scores is None else scores.shape[0]))
             return (input_ids.shape[1] - ids.shape[1]) >= stop_at
 
     config = GenerationConfig(max_new_tokens=16, do_sample=False, pad_token_id=0, eos_token_id=1)
@@ -227,3 +230,4 @@ def test_rows_that_finish_leave_the_batch_without_changing_the_others():
         compacted = lean_generate(model, ids, mask, config, stopping_criteria=[StopAt()], compact_below=0.9)
     assert torch.equal(kept, want) and torch.equal(compacted, want)
     assert want.shape[1] == ids.shape[1] + 14 and want[1, ids.shape[1]] == 1  # row 1 ended at EOS, row 3 ran to 14
+    assert seen_rows == {len(rows)}  # criteria see every row, compacted or not

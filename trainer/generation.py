@@ -10,6 +10,9 @@ Sampling from it is sampling from the current policy without dropout, which is w
 
 :class:`StopRecorder` stops each row at the task's stop strings (``</answer>``) and records where, so a completion
 ends where the answer ends, exactly as the in-process and served rewriters stop.
+
+:func:`lean_generate` decodes the twin (and ``LocalRewriter``'s model) without the costs transformers' ``generate()``
+spent beside the matmuls on this CPU (below).
 """
 
 from __future__ import annotations
@@ -107,7 +110,8 @@ def cut_completions(completion_ids: torch.Tensor, eos_ids: Sequence[int], stop_l
 #   * DynamicCache's ``torch.cat`` of every layer's whole key/value cache at each token; :class:`GrowingCache` writes
 #     into preallocated buffers instead and hands attention a view.
 #   * prefilling a GRPO group's prompt once per sample: rows with the same prompt are prefilled once and their cache
-#     rows copied.
+#     rows copied, and the prefix every prompt shares (system prompt, worked example) once per batch;
+#   * decoding finished rows to the end: they leave the batch once a quarter of it has finished.
 
 try:  # the layered cache API (transformers >= 4.56)
     from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -146,9 +150,13 @@ if DynamicLayer is not None:
             self._keys[..., self.length : end, :] = key_states
             self._values[..., self.length : end, :] = value_states
             self.length = end
-            self.keys = self._keys[..., :end, :]
-            self.values = self._values[..., :end, :]
+            self._expose()
             return self.keys, self.values
+
+        def _expose(self) -> None:
+            """``keys``/``values``: views of the buffers' filled part, what attention and transformers read."""
+            self.keys = self._keys[..., : self.length, :]
+            self.values = self._values[..., : self.length, :]
 
         def get_seq_length(self) -> int:
             return self.length if self.is_initialized else 0
@@ -164,20 +172,19 @@ if DynamicLayer is not None:
             if tokens_to_remove == 0 or not self.is_initialized:
                 return
             self.length = max(0, self.length + tokens_to_remove)
-            self.keys = self._keys[..., : self.length, :]
-            self.values = self._values[..., : self.length, :]
+            self._expose()
 
         def batch_repeat_interleave(self, repeats: int) -> None:
             if self.get_seq_length() > 0:
                 self._keys = self._keys.repeat_interleave(repeats, dim=0)
                 self._values = self._values.repeat_interleave(repeats, dim=0)
-                self.keys, self.values = self._keys[..., : self.length, :], self._values[..., : self.length, :]
+                self._expose()
 
         def batch_select_indices(self, indices) -> None:
             if self.get_seq_length() > 0:
                 self._keys = self._keys[indices, ...]
                 self._values = self._values[indices, ...]
-                self.keys, self.values = self._keys[..., : self.length, :], self._values[..., : self.length, :]
+                self._expose()
 
     class GrowingCache(DynamicCache):
         """DynamicCache whose layers are :class:`GrowingLayer` (full attention only: models with sliding-window
@@ -338,7 +345,7 @@ def lean_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     positions = (mask.cumsum(-1) - 1).clamp_(min=0)
     out = _forward(model, cache_arg, cache, input_ids=rest_ids, attention_mask=mask,
                    position_ids=positions[:, shared:])
-    if len(prompts) < rows or not torch.equal(expand, torch.arange(rows, device=device)):
+    if len(prompts) < rows:  # all distinct: ``expand`` is already 0..rows-1 (first-seen order)
         cache.batch_select_indices(expand)
     logits = out.logits[:, -1][expand]
     attention_mask = mask[expand]

@@ -7,7 +7,9 @@ Settings:
 - ``float32`` / ``bfloat16``: LocalRewriter as it is (the adapter merged into the weights, stop at ``</answer>``);
 - ``SETTING@N``: the same at generation batch N instead of ``--batch-size`` (e.g. ``bfloat16@16``);
 - ``SETTING:generate``: LocalRewriter through transformers' ``generate()`` (``decoding="generate"``, the path before
-  lean decoding) instead of ``lean_generate`` (e.g. ``float32:generate@8``).
+  lean decoding) instead of ``lean_generate`` (e.g. ``float32:generate@8``);
+- ``SETTING:speculate=K``: lean decoding with prompt-lookup speculation, up to K drafted tokens a step
+  (``LocalRewriter(speculate=K)``; e.g. ``bfloat16:speculate=6@8``).
 
     python benchmarks/rewrite_throughput.py --adapter RUN_DIR [--collection scifact --settings float32-unmerged float32 bfloat16]
     python benchmarks/rewrite_throughput.py --adapter none --collection nfcorpus --limit 96 \
@@ -69,8 +71,11 @@ def build(setting: str, adapter: Path | None, batch_size: int, max_new_tokens: i
         if adapter is None:
             raise SystemExit("float32-unmerged needs an adapter")
         return unmerged_rewriter(adapter, batch_size, max_new_tokens)
+    speculate = 0
+    if decoding.startswith("speculate="):
+        decoding, speculate = "lean", int(decoding.partition("=")[2])
     return LocalRewriter(adapter=adapter, batch_size=batch_size, max_new_tokens=max_new_tokens, dtype=setting,
-                         decoding=decoding or "lean")
+                         decoding=decoding or "lean", speculate=speculate)
 
 
 def main() -> None:

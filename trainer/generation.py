@@ -194,6 +194,76 @@ if DynamicLayer is not None:
             Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
 
 
+def packed_gqa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                         is_causal=None, **kwargs):
+    """transformers' SDPA attention, but grouped-query attention with a mask runs on the key/value heads for any
+    number of query tokens: the query heads that share a key/value head are stacked as extra query rows (and the
+    mask tiled to match), where transformers copies the whole key/value cache once per query head group
+    (``repeat_kv``) whenever more than one token is decoded with a mask, as checking drafted tokens does. The same
+    arithmetic per row; on this CPU, 3.5x less attention time for 3 query tokens over a 330-token cache."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    rows, heads, length, dim = query.shape
+    if (groups == 1 or length == 1 or attention_mask is None or attention_mask.dim() != 4
+            or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
+            or key.shape[1] * groups != heads):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    packed = query.reshape(rows, key.shape[1], groups * length, dim)  # row g * length + i: head group g, token i
+    mask = attention_mask
+    if mask.shape[1] == 1:  # one mask for every head: the same rows for each stacked head
+        mask = mask.repeat(1, 1, groups, 1)
+    else:  # a mask per query head: its head group's rows stacked as the query's are
+        mask = mask.reshape(mask.shape[0], key.shape[1], groups * length, mask.shape[-1])
+    output = torch.nn.functional.scaled_dot_product_attention(packed, key, value, attn_mask=mask, dropout_p=dropout,
+                                                              scale=scaling)
+    return output.reshape(rows, heads, length, dim).transpose(1, 2).contiguous(), None
+
+
+_PACKED = "deepretrieval_packed_sdpa"
+
+
+def _register_packed_attention() -> bool:
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    except ImportError:  # pragma: no cover - a transformers without registrable attention
+        return False
+    AttentionInterface.register(_PACKED, packed_gqa_attention)
+    AttentionMaskInterface.register(_PACKED, sdpa_mask)
+    return True
+
+
+class packed_attention:
+    """Context manager: ``model`` attends through :func:`packed_gqa_attention` where it uses transformers' SDPA
+    attention, and as before afterwards."""
+
+    def __init__(self, model) -> None:
+        self.configs = []
+        if _register_packed_attention():
+            self.configs = [c for c in _configs(model) if getattr(c, "_attn_implementation", None) == "sdpa"]
+
+    def __enter__(self):
+        for config in self.configs:
+            config._attn_implementation = _PACKED
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for config in self.configs:
+            config._attn_implementation = "sdpa"
+
+
+def _configs(model) -> list:
+    seen, found = set(), []
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and id(config) not in seen:
+            seen.add(id(config))
+            found.append(config)
+    return found
+
+
 def new_cache(model):
     """A :class:`GrowingCache` where the model's layers are all full attention; None (transformers' default) else."""
     if DynamicLayer is None:
@@ -281,14 +351,15 @@ def _common_prefix(prompts: Sequence[torch.Tensor]) -> int:
     return min(shared, shortest - 1)
 
 
-def _forward(model, cache_arg: str, cache, **inputs):
-    return model(**inputs, **{cache_arg: cache}, use_cache=True, logits_to_keep=1)
+def _forward(model, cache_arg: str, cache, keep: int = 1, **inputs):
+    return model(**inputs, **{cache_arg: cache}, use_cache=True, logits_to_keep=keep)
 
 
 @torch.no_grad()
 def lean_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, generation_config,
                   stopping_criteria: Sequence = (), *, share_prefix: bool = True,
-                  min_shared_prefix: int = 16, compact_below: float = 0.75) -> torch.Tensor:
+                  min_shared_prefix: int = 16, compact_below: float = 0.75, speculate: int = 0,
+                  ngram: int = 3) -> torch.Tensor:
     """``model.generate(input_ids, attention_mask, generation_config, stopping_criteria)`` for a decoder-only model
     and the settings :func:`lean_unsupported` accepts, returning the same ``[rows, prompt + new]`` tensor (rows that
     finished padded with ``pad_token_id``). Rows with the same prompt are prefilled once, and (``share_prefix``) the
@@ -297,13 +368,22 @@ def lean_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     batch once the rows still writing are at most ``compact_below`` of it (0: never).
 
     The arithmetic is the model's own, row by row, but in a different batch shape than ``generate()`` uses, so in
-    bfloat16 a greedy token can differ where two candidates are within rounding (float32: the same tokens)."""
-    import inspect
-
+    bfloat16 a greedy token can differ where two candidates are within rounding (float32: the same tokens).
+    Grouped-query attention runs through :func:`packed_gqa_attention` for the call."""
     gc = generation_config
     reason = lean_unsupported(gc, model)
     if reason:
         raise ValueError(f"lean_generate cannot run this: {reason}; use model.generate")
+    with packed_attention(model):
+        return _lean_generate(model, input_ids, attention_mask, gc, stopping_criteria, share_prefix=share_prefix,
+                              min_shared_prefix=min_shared_prefix, compact_below=compact_below,
+                              speculate=speculate, ngram=ngram)
+
+
+def _lean_generate(model, input_ids, attention_mask, gc, stopping_criteria, *, share_prefix, min_shared_prefix,
+                   compact_below, speculate, ngram):
+    import inspect
+
     device = input_ids.device
     rows = input_ids.shape[0]
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
@@ -352,6 +432,11 @@ def lean_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
     positions = positions[expand]
 
     processors = _logits_processors(gc)
+    if speculate > 0 and not gc.do_sample and not processors and all(
+            isinstance(c, StopStringCriteria) for c in stopping_criteria):
+        return _speculative_greedy(model, cache_arg, cache, input_ids, attention_mask, positions, logits, gc,
+                                   list(stopping_criteria), eos_ids, pad, speculate=speculate, ngram=ngram,
+                                   compact_below=compact_below)
     sequences = input_ids
     position = positions[:, -1:]
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -386,3 +471,118 @@ def lean_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, 
                        position_ids=position)
         logits = out.logits[:, -1]
     return sequences
+
+
+class _Lookup:
+    """Prompt-lookup drafts for one row: the tokens that followed the latest earlier occurrence of the row's last
+    ``ngram`` (then fewer) tokens, in its prompt or in what it wrote since."""
+
+    def __init__(self, tokens: list[int], ngram: int) -> None:
+        self.tokens: list[int] = []
+        self.ngram = ngram
+        self.seen: dict[tuple, int] = {}  # n-gram -> the index just after its latest occurrence that has a successor
+        self.extend(tokens)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        for token in tokens:
+            end = len(self.tokens)  # ``token`` follows the n-grams that end at end - 1
+            for n in range(1, self.ngram + 1):
+                if end >= n:
+                    self.seen[tuple(self.tokens[end - n : end])] = end
+            self.tokens.append(token)
+
+    def draft(self, size: int) -> list[int]:
+        for n in range(min(self.ngram, len(self.tokens)), 0, -1):
+            start = self.seen.get(tuple(self.tokens[-n:]))
+            if start is not None:
+                return self.tokens[start : start + size]
+        return []
+
+
+def _speculative_greedy(model, cache_arg: str, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        positions: torch.Tensor, logits: torch.Tensor, gc, stopping_criteria: list,
+                        eos_ids: torch.Tensor, pad: int, *, speculate: int, ngram: int,
+                        compact_below: float) -> torch.Tensor:
+    """Greedy decoding that checks drafted tokens in the same forward as the next one (prompt-lookup speculation).
+
+    Each step feeds every running row its last token plus up to ``speculate`` drafted tokens (:class:`_Lookup`),
+    keeps the drafts the model's own argmax agrees with and the argmax after them, and masks the cache slots of the
+    rejected drafts out of the attention mask for good (each row's positions count only its kept tokens). At batch 8
+    a decoding step of a small model on a CPU is bound by streaming the weights, not by how many tokens it carries,
+    so every kept draft is a token for close to nothing. The kept tokens are the greedy ones (the drafts only decide
+    how many are checked at once); EOS, stop strings and the token budget are checked token by token."""
+    device = input_ids.device
+    rows, width = input_ids.shape
+    budget = gc.max_new_tokens
+    out = torch.full((rows, width + budget), pad, dtype=input_ids.dtype, device=device)
+    out[:, :width] = input_ids
+    count = [0] * rows  # tokens written per row
+    finished = [False] * rows
+    eos = set(eos_ids.tolist())
+    lookups = [_Lookup(input_ids[r][attention_mask[r, -width:].bool()].tolist(), ngram) for r in range(rows)]
+    tail = max((c.maximum_token_len for c in stopping_criteria), default=0)
+
+    def commit(new: dict[int, list[int]]) -> None:
+        """Write each row's new tokens; a row ends at the first that is EOS, ends a stop string or fills the budget
+        (what follows it in ``new`` is dropped, as generate() would never have written it)."""
+        for r, tokens in new.items():
+            tokens = tokens[: budget - count[r]]
+            out[r, width + count[r] : width + count[r] + len(tokens)] = torch.tensor(tokens, dtype=out.dtype)
+            new[r] = tokens
+        ends = {r: next((i for i, t in enumerate(tokens) if t in eos), None) for r, tokens in new.items()}
+        if stopping_criteria:
+            spots = [(r, i) for r, tokens in new.items() for i in range(len(tokens))
+                     if ends[r] is None or i < ends[r]]
+            if spots:
+                views = torch.stack([out[r, width + count[r] + i + 1 - tail : width + count[r] + i + 1]
+                                     for r, i in spots])
+                hit = torch.zeros(len(spots), dtype=torch.bool, device=device)
+                for criterion in stopping_criteria:
+                    hit |= criterion(views, None).to(device)
+                for j in hit.nonzero().squeeze(1).tolist():
+                    r, i = spots[j]
+                    ends[r] = i if ends[r] is None else min(ends[r], i)
+        for r, tokens in new.items():
+            if ends[r] is not None:
+                out[r, width + count[r] + ends[r] + 1 : width + count[r] + len(tokens)] = pad
+                tokens = tokens[: ends[r] + 1]
+                finished[r] = True
+            count[r] += len(tokens)
+            lookups[r].extend(tokens)
+            if count[r] >= budget:
+                finished[r] = True
+
+    active = list(range(rows))  # the sequence row of each cache row
+    mask = attention_mask
+    position = positions[:, -1:]  # each cache row's position of its last written token
+    commit({r: [t] for r, t in enumerate(logits.float().argmax(dim=-1).tolist())})
+    while not all(finished):
+        running = [not finished[r] for r in active]
+        if compact_below and sum(running) <= compact_below * len(active):
+            keep = torch.tensor([slot for slot, go in enumerate(running) if go], device=device)
+            cache.batch_select_indices(keep)
+            mask, position = mask[keep], position[keep]
+            active = [r for r in active if not finished[r]]
+            running = [True] * len(active)
+        # the last written token of each row is fed now (its keys and values are not cached yet), then the drafts;
+        # finished rows still in the cache are fed padding and ignored
+        drafts = [lookups[r].draft(min(speculate, budget - count[r] - 1)) if go else []
+                  for r, go in zip(active, running)]
+        span = 1 + max(len(d) for d in drafts)
+        feed = torch.full((len(active), span), pad, dtype=input_ids.dtype, device=device)
+        for slot, (r, d) in enumerate(zip(active, drafts)):
+            if running[slot]:
+                feed[slot, : 1 + len(d)] = torch.tensor([lookups[r].tokens[-1], *d], dtype=feed.dtype)
+        mask = torch.cat([mask, mask.new_ones(len(active), span)], dim=-1)
+        result = _forward(model, cache_arg, cache, keep=span, input_ids=feed, attention_mask=mask,
+                          position_ids=position + torch.arange(1, span + 1, device=device))
+        greedy = result.logits.float().argmax(dim=-1)  # [cache rows, span]: the greedy token after each fed one
+        agree = (feed[:, 1:] == greedy[:, :-1]).long().cumprod(dim=-1).sum(dim=-1)
+        kept = torch.minimum(agree, torch.tensor([len(d) for d in drafts], device=device))
+        # the rejected drafts' cache slots are never attended again
+        mask[:, -span:].masked_fill_(torch.arange(span, device=device)[None] > kept[:, None], 0)
+        position = position + 1 + kept[:, None]
+        kept, greedy = kept.tolist(), greedy.tolist()
+        commit({r: drafts[slot][: kept[slot]] + [greedy[slot][kept[slot]]]
+                for slot, r in enumerate(active) if running[slot]})
+    return out[:, : width + max(count)]

@@ -162,7 +162,9 @@ class LocalRewriter(BaseRewriter):
     ``decoding="lean"`` (default) decodes with :func:`deepretrieval_trainer.generation.lean_generate`: the prompt
     prefix every query shares (system prompt, worked example) prefilled once per batch, and an in-place KV cache;
     ``"generate"`` uses transformers' ``generate()``. In float32 both give the same tokens; in bfloat16 a greedy token
-    can differ where two candidates tie within rounding (measured in docs/benchmarks.md).
+    can differ where two candidates tie within rounding (measured in docs/benchmarks.md). Greedy lean decoding checks
+    up to ``speculate`` tokens drafted from the prompt's and the rewrite's own n-grams in each forward (prompt-lookup
+    speculation; the same greedy tokens, fewer forwards; 0 turns it off).
     """
 
     def __init__(
@@ -180,6 +182,7 @@ class LocalRewriter(BaseRewriter):
         strict: bool = False,
         max_query_chars: int = MAX_QUERY_CHARS,
         decoding: str = "lean",
+        speculate: int = 3,
     ):
         super().__init__(task=task, strict=strict, max_query_chars=max_query_chars)
         from .precision import check_dtype
@@ -190,6 +193,8 @@ class LocalRewriter(BaseRewriter):
                              "generate() where it does not apply) or 'generate' (transformers' generate())")
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+        if speculate < 0:
+            raise ValueError(f"speculate={speculate} must be >= 0 (0: one token a step)")
         if temperature < 0:
             raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
         if batch_size < 1:
@@ -207,6 +212,7 @@ class LocalRewriter(BaseRewriter):
         self.batch_size = batch_size
         self.dtype = dtype
         self.decoding = decoding
+        self.speculate = speculate
         self.resolved_dtype: str | None = None  # what the model runs in, once loaded (``dtype`` resolved)
         self._model = None
         self._tokenizer = None
@@ -260,7 +266,7 @@ class LocalRewriter(BaseRewriter):
         if self._lean:
             stopping = [StopStringCriteria(self._tokenizer, list(self.task.stop))] if self.task.stop else []
             return lean_generate(self._model, encoded["input_ids"], encoded["attention_mask"], config,
-                                 stopping_criteria=stopping)
+                                 stopping_criteria=stopping, speculate=0 if sampling else self.speculate)
         return self._model.generate(
             **encoded, **settings,
             **({"stop_strings": list(self.task.stop), "tokenizer": self._tokenizer} if self.task.stop else {}))

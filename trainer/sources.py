@@ -137,7 +137,7 @@ def _local_source(name: str, adapter: Path | None, task: str | Task, *, model: s
     weights = _adapter_fingerprint(adapter) if adapter else "none"
     identity = (f"local|{resolve_model(model)}|adapter={adapter}:{weights}|{_task_id(rewriter.task)}"
                 f"|max_new_tokens={max_new_tokens}|greedy|dtype={resolve_dtype(dtype, rewriter.device)}"
-                f"|decoding={rewriter.decoding}")
+                f"|decoding={rewriter.decoding}" + (f"|speculate={rewriter.speculate}" if rewriter.speculate else ""))
     return Source(name, rewriter, include_original=include_original, identity=identity)
 
 

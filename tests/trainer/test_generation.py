@@ -190,6 +190,51 @@ def test_lean_sampling_applies_the_warpers_and_the_stop_criteria():
     assert torch.equal(stopped[0], full[0])
 
 
+def test_prompt_lookup_drafts_what_followed_the_latest_earlier_occurrence():
+    from deepretrieval_trainer.generation import _Lookup
+
+    lookup = _Lookup([5, 6, 7, 8, 5, 6, 9, 4, 5, 6], ngram=3)
+    assert lookup.draft(3) == [9, 4, 5]  # (4, 5, 6) is new; (5, 6) last came before 9, not before 7
+    assert lookup.draft(10) == [9, 4, 5, 6]  # a draft runs at most to the end of what is written
+    lookup.extend([1])
+    assert lookup.draft(2) == []  # token 1 never came before
+    assert _Lookup([3], ngram=2).draft(4) == []
+
+
+def test_speculative_greedy_writes_what_greedy_decoding_writes():
+    """Prompt-lookup speculation changes how many tokens a forward checks, never which: float32, left padding, a
+    shared prefix, a GRPO-like repeated prompt, EOS inside accepted drafts, the token budget, finished rows
+    compacted out, against transformers' generate(); and it checks fewer forwards than tokens where drafts hit."""
+    from transformers import GenerationConfig
+
+    from deepretrieval_trainer.generation import lean_generate
+
+    prefix = list(range(10, 40))
+    rows = [prefix + [50, 51], prefix + [52], prefix + [50, 51], prefix + [53, 54, 55, 56], [7, 8, 9]]
+    ids, mask = _left_padded(rows)
+    forwards = []
+    saved = 0
+    for seed in range(4):
+        model = _tiny_model(seed)
+        model.register_forward_hook(lambda module, args, kwargs, output: forwards.append(1), with_kwargs=True)
+        for budget in (5, 24):
+            config = GenerationConfig(max_new_tokens=budget, do_sample=False, pad_token_id=0, eos_token_id=1)
+            with torch.no_grad():
+                want = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                forwards.clear()
+                plain = lean_generate(model, ids, mask, config, compact_below=0)
+                one_a_step = len(forwards)
+                for speculate in (1, 3, 8):
+                    for compact_below in (0, 0.75):
+                        forwards.clear()
+                        got = lean_generate(model, ids, mask, config, speculate=speculate, compact_below=compact_below)
+                        assert torch.equal(got, want), (seed, budget, speculate, compact_below)
+                        assert len(forwards) <= one_a_step
+                        saved += one_a_step - len(forwards)
+            assert torch.equal(plain, want)
+    assert saved > 0  # drafts were accepted somewhere, so fewer forwards wrote the same tokens
+
+
 @pytest.mark.slow
 def test_local_rewriter_lean_and_generate_decode_the_same_in_float32():
     from deepretrieval_trainer.rewriters import LocalRewriter
@@ -197,7 +242,10 @@ def test_local_rewriter_lean_and_generate_decode_the_same_in_float32():
     queries = ["vitamin d bone density", "What causes type 1 diabetes in children?", "bm25 ranking"]
     lean = LocalRewriter(dtype="float32", max_new_tokens=48, decoding="lean")
     plain = LocalRewriter(dtype="float32", max_new_tokens=48, decoding="generate")
-    assert [r.completion for r in lean.rewrite(queries)] == [r.completion for r in plain.rewrite(queries)]
+    speculative = LocalRewriter(dtype="float32", max_new_tokens=48, speculate=6)
+    want = [r.completion for r in plain.rewrite(queries)]
+    assert [r.completion for r in lean.rewrite(queries)] == want
+    assert [r.completion for r in speculative.rewrite(queries)] == want  # stop strings checked token by token
     assert lean._lean is True and plain._lean is False
     with pytest.raises(ValueError, match="decoding='beam'"):
         LocalRewriter(decoding="beam")

@@ -159,7 +159,9 @@ class TrainConfig:
     # LoRA
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    # 0: the policy scored in the loss is the one sampled (the merged twin has no dropout), and the dropout masks were
+    # 3 s of a 20 s bf16 step (docs/benchmarks.md, issue 13)
+    lora_dropout: float = 0.0
     lora_target_modules: Union[str, list[str]] = "all-linear"
     # reward
     reward_k: int | None = None

@@ -433,7 +433,8 @@ def _lean_generate(model, input_ids, attention_mask, gc, stopping_criteria, *, s
 
     processors = _logits_processors(gc)
     if speculate > 0 and not gc.do_sample and not processors and all(
-            isinstance(c, StopStringCriteria) for c in stopping_criteria):
+            isinstance(c, StopStringCriteria) and c.maximum_token_len <= input_ids.shape[1]
+            for c in stopping_criteria):  # each stop check reads the row's last maximum_token_len tokens
         return _speculative_greedy(model, cache_arg, cache, input_ids, attention_mask, positions, logits, gc,
                                    list(stopping_criteria), eos_ids, pad, speculate=speculate, ngram=ngram,
                                    compact_below=compact_below)

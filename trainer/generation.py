@@ -17,6 +17,7 @@ spent beside the matmuls on this CPU (below).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -224,7 +225,9 @@ def packed_gqa_attention(module, query, key, value, attention_mask, dropout: flo
 _PACKED = "deepretrieval_packed_sdpa"
 
 
+@functools.cache
 def _register_packed_attention() -> bool:
+    """Register :func:`packed_gqa_attention` with transformers, once per process."""
     try:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface, sdpa_mask

@@ -8,7 +8,7 @@ A task turns a user query (or, for literature search, PICO fields) into chat mes
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Union
 
 from .feedback import NO_RESULTS, Feedback
@@ -211,6 +211,33 @@ _SQL_EXAMPLE = (
     "<answer>SELECT count(*) FROM book AS T1 JOIN author AS T2 ON T1.author_id = T2.author_id "
     "WHERE T2.country = 'France'</answer>",
 )
+# More worked examples, also made up, each a query shape the single example lacks (a projection, an ordering with a
+# limit, a grouping). TASKS["sql"] shows the first SQL_EXAMPLES of this pool, the join first; sql_task(shots) any
+# other count. Measured for the embedded 135M model in docs/benchmarks.md (issue 15).
+_SQL_MORE_EXAMPLES = (
+    (
+        "Database: shop (sqlite)\nproduct(product_id INTEGER primary key, name TEXT, price REAL, category TEXT)\n"
+        "Question: What is the name of the most expensive product?",
+        "<think>Order products by price, highest first, keep one.</think>\n"
+        "<answer>SELECT name FROM product ORDER BY price DESC LIMIT 1</answer>",
+    ),
+    (
+        "Database: school (sqlite)\nstudent(student_id INTEGER primary key, name TEXT, age INTEGER, city TEXT)\n"
+        "Question: How many students live in each city?",
+        "<think>Group students by city and count each group.</think>\n"
+        "<answer>SELECT city, count(*) FROM student GROUP BY city</answer>",
+    ),
+    (
+        "Database: shop (sqlite)\nproduct(product_id INTEGER primary key, name TEXT, price REAL, category TEXT)\n"
+        "Question: List the names and prices of products that cost less than 10.",
+        "<think>Two columns of product, filtered on price.</think>\n"
+        "<answer>SELECT name, price FROM product WHERE price < 10</answer>",
+    ),
+)
+SQL_EXAMPLE_POOL = (_SQL_EXAMPLE, *_SQL_MORE_EXAMPLES)
+# 4 of them: on 32 easy train questions the untrained model's sampled answers were format-valid 16% vs 8% with one, and
+# 9% vs 3% of 8-sample groups held a right answer (benchmarks/sql_shots.py, docs/benchmarks.md)
+SQL_EXAMPLES = 4
 # Execution reward: 1 when the result matches the reference, 0 when it runs but differs, the floor when it fails
 # (an error, a timeout, too many rows, a refused statement); the value scored is 1 / 0 / -1.
 EXECUTION_TIERS = Tiers(((1.0, 1.0), (0.0, 0.0)), floor=-0.5)
@@ -224,7 +251,7 @@ TASKS: dict[str, Task] = {
     "literature": Task("literature", LITERATURE_SYSTEM, "{query}", metric="recall", k=3000, tiers=RECALL_TIERS,
                        format_valid=1.0, format_invalid=-4.0, examples=(_LITERATURE_EXAMPLE,)),
     "sql": Task("sql", SQL_SYSTEM, "{query}", metric="execution", k=1, tiers=EXECUTION_TIERS,
-                format_valid=0.1, format_invalid=-2.0, examples=(_SQL_EXAMPLE,)),
+                format_valid=0.1, format_invalid=-2.0, examples=SQL_EXAMPLE_POOL[:SQL_EXAMPLES]),
 }
 # Not in TASKS: a prompted baseline for evaluation (`deepretrieval eval --source hyde`), not a trained format.
 HYDE_TASK = Task("hyde", HYDE_SYSTEM, metric="ndcg", k=10, examples=(_HYDE_EXAMPLE,), prefill="<answer>")
@@ -238,3 +265,11 @@ def get_task(task: str | Task) -> Task:
         return TASKS[task]
     except KeyError:
         raise ValueError(f"unknown task {task!r}: choose one of {sorted(TASKS)} or pass a Task") from None
+
+
+def sql_task(shots: int) -> Task:
+    """The ``sql`` task showing the first ``shots`` worked examples of :data:`SQL_EXAMPLE_POOL` (1 to its size)."""
+    if isinstance(shots, bool) or not isinstance(shots, int) or not 1 <= shots <= len(SQL_EXAMPLE_POOL):
+        raise ValueError(f"shots={shots!r}: the sql task has {len(SQL_EXAMPLE_POOL)} worked examples; "
+                         f"show 1 to {len(SQL_EXAMPLE_POOL)} of them")
+    return replace(TASKS["sql"], examples=SQL_EXAMPLE_POOL[:shots])

@@ -55,3 +55,42 @@ def test_pico_formatting():
         format_pico({"P": " "})
     with pytest.raises(ValueError, match="unknown PICO keys"):
         format_pico({"X": "a"})
+
+
+def _schema_tables(prompt: str) -> dict[str, str]:
+    """CREATE TABLE statements from a worked example's schema lines (``table(col TYPE [primary key], ...)``)."""
+    tables = {}
+    for line in prompt.splitlines()[1:]:
+        if "(" in line and not line.startswith(("Foreign keys", "Question")):
+            name, columns = line.split("(", 1)
+            tables[name] = f"CREATE TABLE {name} ({columns.rstrip(')')})"
+    return tables
+
+
+def test_every_sql_worked_example_runs_on_its_own_schema():
+    import sqlite3
+
+    from deepretrieval_trainer.sql.guard import check_sql
+    from deepretrieval_trainer.tasks import SQL_EXAMPLE_POOL
+
+    assert len(SQL_EXAMPLE_POOL) >= 4 and TASKS["sql"].examples == SQL_EXAMPLE_POOL[:len(TASKS["sql"].examples)]
+    for prompt, answer in SQL_EXAMPLE_POOL:
+        parsed = parse_sql_answer(answer)
+        assert parsed.ok, (answer, parsed.reason)
+        sql = check_sql(parsed.sql, dialect="sqlite").sql
+        connection = sqlite3.connect(":memory:")
+        for statement in _schema_tables(prompt).values():
+            connection.execute(statement)
+        connection.execute(sql).fetchall()  # every table and column it names exists in the schema it is shown with
+
+
+def test_sql_task_shows_the_first_shots_of_the_pool_and_refuses_other_counts():
+    from deepretrieval_trainer.tasks import SQL_EXAMPLE_POOL, sql_task
+
+    for shots in range(1, len(SQL_EXAMPLE_POOL) + 1):
+        messages = sql_task(shots).messages("Database: d (sqlite)\nt(a INT)\nQuestion: how many?")
+        assert len(messages) == 2 + 2 * shots
+        assert [m["content"] for m in messages[2:-1:2]] == [answer for _, answer in SQL_EXAMPLE_POOL[:shots]]
+    for bad in (0, len(SQL_EXAMPLE_POOL) + 1, True, "2"):
+        with pytest.raises(ValueError, match="worked examples"):
+            sql_task(bad)

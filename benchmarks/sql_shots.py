@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from deepretrieval_trainer.rewriters import LocalRewriter
-from deepretrieval_trainer.sql.rewards import MATCH, ExecutionScorer
+from deepretrieval_trainer.sql.evaluate import _score  # the evaluation's own scoring of one answer
+from deepretrieval_trainer.sql.rewards import ExecutionScorer
 from deepretrieval_trainer.sql.schema import describe
 from deepretrieval_trainer.sql.spider import load_sql_examples
 from deepretrieval_trainer.sql.writer import SQLWriter
@@ -40,24 +41,17 @@ def measure(shots: int, examples, schemas, scorer, *, samples: int, temperature:
     valid, right, any_right, distinct = [], [], [], []
     for example in examples:
         answers = sampler.write([(example.question, schemas[example.db_id])] * samples)
-        outcomes = [scorer.outcome(example.db_id, a.sql, example.gold_sql, example.gold_rows, example.ordered)[0]
-                    if a.ok else None for a in answers]
+        correct = [_score(scorer, example, a).correct for a in answers]
         valid += [a.ok for a in answers]
-        right += [o == MATCH for o in outcomes]
-        any_right.append(any(o == MATCH for o in outcomes))
+        right += correct
+        any_right.append(any(correct))
         distinct.append(len({a.sql for a in answers if a.ok}))
     sampled_s = time.perf_counter() - start
     backend.temperature, backend.batch_size = 0.0, 8  # greedy, as the evaluation decodes
     start = time.perf_counter()
-    greedy_right, greedy_sql = [], []
-    for index in range(0, len(examples), 8):
-        batch = examples[index:index + 8]
-        answers = sampler.write([(e.question, schemas[e.db_id]) for e in batch])
-        for example, answer in zip(batch, answers):
-            outcome = scorer.outcome(example.db_id, answer.sql, example.gold_sql, example.gold_rows,
-                                     example.ordered)[0] if answer.ok else None
-            greedy_right.append(outcome == MATCH)
-            greedy_sql.append(answer.sql)
+    greedy = sampler.write([(e.question, schemas[e.db_id]) for e in examples])  # the backend batches by 8
+    greedy_right = [_score(scorer, example, answer).correct for example, answer in zip(examples, greedy, strict=True)]
+    greedy_sql = [answer.sql for answer in greedy]
     greedy_s = time.perf_counter() - start
     prompt_tokens = len(backend._tokenizer(backend.prompt_text(
         sampler.messages(examples[0].question, schemas[examples[0].db_id])), add_special_tokens=False).input_ids)

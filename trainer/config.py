@@ -144,6 +144,11 @@ class TrainConfig:
     prompts_per_step: int = 2
     gradient_accumulation_steps: int = 1
     max_queries: int | None = None
+    # train only on queries whose raw query scores below this under the training reward (the task metric at reward_k,
+    # searched through the same retriever before training): where the user's own query already ranks perfectly, every
+    # rewrite can only tie or lose, and most such groups score alike and teach nothing. None = every query. Retrieval
+    # tasks only.
+    max_raw_reward: float | None = None
     # GRPO (TRL) - explicit, since TRL 1.16 changed its defaults. The defaults are the measured CPU recipe for the
     # embedded 135M model: the format-valid rate of sampled rewrites went from 0.69 (step 1) to 0.95 on average over
     # steps 6-40 with these values, while lr 1e-4 with 56 tokens averaged 0.39 over the last fifth of 37 steps
@@ -283,6 +288,9 @@ class TrainConfig:
             _positive("search_timeout", self.search_timeout)
         if self.torch_threads is not None and (not isinstance(self.torch_threads, int) or self.torch_threads < 1):
             raise ConfigError(f"torch_threads={self.torch_threads!r} must be a positive integer (or null for torch's default)")
+        if self.max_raw_reward is not None and self.task == "sql":
+            raise ConfigError(f"max_raw_reward={self.max_raw_reward!r} filters retrieval queries by their raw query's "
+                              "reward: it does not apply to task 'sql'; remove it (data.max_hardness picks easy SQL)")
         if self.max_queries is not None and (not isinstance(self.max_queries, int) or self.max_queries < 1):
             raise ConfigError(f"max_queries={self.max_queries!r} must be a positive integer (or null for all)")
         if self.use_vllm and self.vllm_mode == "server" and not self.vllm_server_base_url:

@@ -115,6 +115,32 @@ def select_rows(rows: list[TrainingRow], config: TrainConfig) -> list[TrainingRo
     return [rows[i] for i in sorted(picked)]
 
 
+def headroom_rows(search_backend: SearchBackend, rows: list[TrainingRow], config: TrainConfig,
+                  task: Task) -> list[TrainingRow]:
+    """The rows whose raw query scores below ``config.max_raw_reward`` under the training reward (all rows when it is
+    None): each raw query is searched once through ``search_backend``, as the reward searches it, and scored by the
+    task's metric at ``reward_k``. Queries the backend's ``query_error`` rejects score 0 and are kept."""
+    if config.max_raw_reward is None:
+        return rows
+    from .rewards import RetrievalReward
+
+    reward = RetrievalReward(search=search_backend, task=task, batch_size=config.search_batch_size,
+                             concurrency=config.search_concurrency, search_timeout=config.search_timeout)
+    queries = [r.query_text for r in rows]
+    start = time.perf_counter()
+    rankings = reward.cache.rankings(queries, [r.pub_date for r in rows])
+    scores = [0.0 if reward.query_check is not None and reward.query_check(q) is not None else reward.score(found, r.qrels)
+              for q, found, r in zip(queries, rankings, rows, strict=True)]
+    kept = [r for r, score in zip(rows, scores, strict=True) if score < config.max_raw_reward]
+    logger.info("max_raw_reward=%s: training on %d of %d queries (the rest already score at least that with the raw "
+                "query; searched in %.1f s)", config.max_raw_reward, len(kept), len(rows), time.perf_counter() - start)
+    if not kept:
+        raise DataError(f"max_raw_reward={config.max_raw_reward!r} leaves no training query: every raw query already "
+                        f"scores at least that (best {max(scores):.3f}, worst {min(scores):.3f}) through "
+                        f"{type(search_backend).__name__}; raise max_raw_reward or set it to null")
+    return kept
+
+
 def is_main_process() -> bool:
     """Rank 0 under ``accelerate launch`` (and the only process otherwise): it writes the run folder."""
     return os.environ.get("RANK", "0") == "0"
@@ -147,9 +173,10 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
     """
     config = config or TrainConfig()
     task = config.build_task()
-    rows = select_rows(training_rows(dataset), config)
+    rows = training_rows(dataset)
     check_batch(config)
     check_search(search_backend, rows, task.reward_k)
+    rows = select_rows(headroom_rows(search_backend, rows, config, task), config)
     if task.feedback is not None:
         document_search(search_backend, purpose=f"feedback_docs={task.feedback.docs}")
     run = RunDir(config.run_dir)

@@ -69,6 +69,29 @@ def _check_adapter(adapter, adi_test):
 
 
 @pytest.mark.slow
+def test_max_raw_reward_keeps_only_queries_the_raw_query_does_not_already_solve(tmp_path, adi_test):
+    from deepretrieval_trainer.grpo import headroom_rows, training_rows
+    from deepretrieval_trainer.metrics import ndcg_at_k
+    from deepretrieval_trainer.tasks import get_task
+
+    search = BM25Search(adi_test.corpus)
+    rows = training_rows(adi_test)
+    task = get_task("retrieval")
+    k = task.reward_k
+    raw = {r.query_id: ndcg_at_k(search.search([r.query_text], k)[0], r.qrels, k) for r in rows}
+    assert min(raw.values()) < 0.5 < max(raw.values())  # ADI has both: the filter must split them
+    assert headroom_rows(search, rows, tiny(tmp_path), task) == rows  # None: every query
+    kept = headroom_rows(search, rows, tiny(tmp_path, max_raw_reward=0.5), task)
+    assert {r.query_id for r in kept} == {q for q, v in raw.items() if v < 0.5}
+    with pytest.raises(DataError, match="leaves no training query.*raise max_raw_reward"):
+        headroom_rows(search, rows, tiny(tmp_path, max_raw_reward=0.0), task)  # nothing scores below 0
+    with pytest.raises(ConfigError, match="does not apply to task 'sql'"):
+        tiny(tmp_path, task="sql", max_raw_reward=0.5)
+    # training applies it before anything loads: an impossible threshold fails with the data error, not the model's
+    with pytest.raises(DataError, match="leaves no training query"):
+        train(search, adi_test, tiny(tmp_path / "run", model=NO_MODEL, max_raw_reward=0.0))
+
+
 def test_llamaindex_bm25_run_writes_adapter_and_resumes(tmp_path, adi_test, data_dir):
     import llamaindex_deepretrieval
     from llamaindex_deepretrieval import LlamaIndexSearch

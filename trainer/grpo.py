@@ -128,15 +128,18 @@ def headroom_rows(search_backend: SearchBackend, rows: list[TrainingRow], config
                              concurrency=config.search_concurrency, search_timeout=config.search_timeout)
     queries = [r.query_text for r in rows]
     start = time.perf_counter()
-    rankings = reward.cache.rankings(queries, [r.pub_date for r in rows])
-    scores = [0.0 if reward.query_check is not None and reward.query_check(q) is not None else reward.score(found, r.qrels)
-              for q, found, r in zip(queries, rankings, rows, strict=True)]
+    rejected = reward.query_check or (lambda query: None)
+    accepted = [i for i, query in enumerate(queries) if rejected(query) is None]  # a rejected query is not searched
+    rankings = reward.cache.rankings([queries[i] for i in accepted], [rows[i].pub_date for i in accepted])
+    scores = [0.0] * len(rows)
+    for i, found in zip(accepted, rankings, strict=True):
+        scores[i] = reward.score(found, rows[i].qrels)
     kept = [r for r, score in zip(rows, scores, strict=True) if score < config.max_raw_reward]
     logger.info("max_raw_reward=%s: training on %d of %d queries (the rest already score at least that with the raw "
                 "query; searched in %.1f s)", config.max_raw_reward, len(kept), len(rows), time.perf_counter() - start)
     if not kept:
         raise DataError(f"max_raw_reward={config.max_raw_reward!r} leaves no training query: every raw query already "
-                        f"scores at least that (best {max(scores):.3f}, worst {min(scores):.3f}) through "
+                        f"scores at least that (lowest {min(scores):.3f}, highest {max(scores):.3f}) through "
                         f"{type(search_backend).__name__}; raise max_raw_reward or set it to null")
     return kept
 

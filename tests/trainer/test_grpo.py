@@ -92,6 +92,19 @@ def test_max_raw_reward_keeps_only_queries_the_raw_query_does_not_already_solve(
         train(search, adi_test, tiny(tmp_path / "run", model=NO_MODEL, max_raw_reward=0.0))
 
 
+def test_max_raw_reward_keeps_a_query_the_engine_rejects_without_searching_it(tmp_path, adi_test, monkeypatch):
+    from deepretrieval_trainer.grpo import headroom_rows, training_rows
+    from deepretrieval_trainer.literature.fts5 import FTS5Search
+    from deepretrieval_trainer.tasks import get_task
+
+    monkeypatch.setenv("DEEPRETRIEVAL_CACHE", str(tmp_path / "cache"))
+    engine = FTS5Search(adi_test.corpus)  # malformed="raise": searching the bad query would raise
+    qid, qrels = next(iter(adi_test.qrels.items()))
+    rows = training_rows([{"query": "(indexing AND", "qrels": qrels}, {"query": adi_test.queries[qid], "qrels": qrels}])
+    kept = headroom_rows(engine, rows, tiny(tmp_path, max_raw_reward=1.0), get_task("retrieval"))
+    assert rows[0] in kept  # scored 0, so kept: the rewrite may still find something
+
+
 def test_llamaindex_bm25_run_writes_adapter_and_resumes(tmp_path, adi_test, data_dir):
     import llamaindex_deepretrieval
     from llamaindex_deepretrieval import LlamaIndexSearch

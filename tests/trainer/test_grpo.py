@@ -68,7 +68,6 @@ def _check_adapter(adapter, adi_test):
     assert isinstance(result.query, str) and result.query
 
 
-@pytest.mark.slow
 def test_max_raw_reward_keeps_only_queries_the_raw_query_does_not_already_solve(tmp_path, adi_test):
     from deepretrieval_trainer.grpo import headroom_rows, training_rows
     from deepretrieval_trainer.metrics import ndcg_at_k
@@ -105,6 +104,7 @@ def test_max_raw_reward_keeps_a_query_the_engine_rejects_without_searching_it(tm
     assert rows[0] in kept  # scored 0, so kept: the rewrite may still find something
 
 
+@pytest.mark.slow
 def test_llamaindex_bm25_run_writes_adapter_and_resumes(tmp_path, adi_test, data_dir):
     import llamaindex_deepretrieval
     from llamaindex_deepretrieval import LlamaIndexSearch

@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--max-hardness", choices=HARDNESS, default=None,
                         help="train only on examples at most this hard by Spider's rules (evaluation: all of dev)")
+    parser.add_argument("--drop-table-counts", action="store_true",
+                        help="train without the examples a whole-table count answers (evaluation: all of dev)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate OUT/run's adapter without training")
     parser.add_argument("--skip-trained", action="store_true", help="evaluate gold and base only (before training)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -78,10 +80,12 @@ def main(argv: list[str] | None = None) -> int:
                   max_minutes=args.max_minutes, save_steps=10, prompts_per_step=args.prompts_per_step,
                   num_generations=args.num_generations, max_completion_length=args.max_completion_length,
                   learning_rate=args.learning_rate, torch_threads=args.torch_threads,
-                  data={"path": args.data, "split": "train", "max_hardness": args.max_hardness})
+                  data={"path": args.data, "split": "train", "max_hardness": args.max_hardness,
+                        "drop_table_counts": args.drop_table_counts})
     config = TrainConfig(**{**fields, **extra_fields(args.set)})
     if not args.eval_only and not args.skip_trained:
-        train_sql(load_sql_examples(config.data.path, config.data.split, max_hardness=config.data.max_hardness), config)
+        train_sql(load_sql_examples(config.data.path, config.data.split, max_hardness=config.data.max_hardness,
+                                    drop_table_counts=config.data.drop_table_counts), config)
     specs = ["gold", "base"] + ([] if args.skip_trained else [f"trained=adapter:{run}"])
     sources = [parse_sql_source(s, max_new_tokens=args.max_new_tokens, batch_size=8) for s in specs]
     report = evaluate_sql(load_sql_examples(args.data, "dev"), sources, out_dir=out / "eval", progress=False)

@@ -63,6 +63,8 @@ class DataConfig:
     # text-to-SQL only: train on the examples whose gold SQL is at most this hard by Spider's rules
     # (easy | medium | hard | extra; deepretrieval_trainer.sql.hardness); None: all of the split
     max_hardness: str | None = None
+    # text-to-SQL only: leave out the examples a whole-table count answers (deepretrieval_trainer.sql.spider)
+    drop_table_counts: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, prefix="data.", error=ConfigError)
@@ -235,6 +237,9 @@ class TrainConfig:
         _choice("task", self.task, tuple(TASKS))
         if self.data.max_hardness is not None and self.task != "sql":
             raise ConfigError(f"data.max_hardness={self.data.max_hardness!r} grades gold SQL (Spider's levels): it "
+                              f"applies to task 'sql', not {self.task!r}; remove it")
+        if self.data.drop_table_counts and self.task != "sql":
+            raise ConfigError(f"data.drop_table_counts=true leaves out SQL examples a whole-table count answers: it "
                               f"applies to task 'sql', not {self.task!r}; remove it")
         _positive("sql_partial_credit", self.sql_partial_credit, allow_zero=True)
         if self.sql_partial_credit >= 1:

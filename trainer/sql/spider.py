@@ -21,6 +21,7 @@ import sqlglot
 from ..data import DataError
 from .guard import is_ordered
 from .hardness import HARDNESS, hardness
+from .results import results_match
 from .sqlite import SQLiteDatabase
 
 # 510 examples on 6 databases for training, 224 on 8 others for evaluation (../shared/data/spider's dev_exec.jsonl).
@@ -107,11 +108,14 @@ def _databases_for(split: str, databases: Sequence[str] | None) -> tuple[str, ..
 
 def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequence[str] | None = None,
                       timeout_s: float = 2.0, max_rows: int = 10_000, limit: int | None = None,
-                      max_hardness: str | None = None) -> SQLCollection:
+                      max_hardness: str | None = None, drop_table_counts: bool = False) -> SQLCollection:
     """The examples of ``split`` (or of ``databases``) and their read-only SQLite databases.
 
     ``max_hardness`` (``easy``, ``medium``, ``hard``, ``extra``) keeps only the examples whose gold SQL is at most that
     hard by Spider's rules (:mod:`.hardness`): a training curriculum; evaluate on the whole split.
+    ``drop_table_counts`` leaves out the examples whose expected result a whole-table count
+    (``SELECT count(*) FROM <a table of its database>``) already gives (see :func:`table_count_answers`): for training,
+    so that one template that runs everywhere is never paid as right; evaluate on the whole split.
     """
     if max_hardness is not None and max_hardness not in HARDNESS:
         raise DataError(f"max_hardness={max_hardness!r}: choose one of {list(HARDNESS)} (Spider's levels)")
@@ -145,6 +149,37 @@ def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequ
         if not sqlite_file.is_file():
             raise DataError(f"{sqlite_file}: missing; every db_id needs database/<db_id>/<db_id>.sqlite")
         opened[db_id] = SQLiteDatabase(sqlite_file, timeout_s=timeout_s, max_rows=max_rows)
+    meta: dict[str, Any] = {"max_hardness": max_hardness} if max_hardness else {}
+    if drop_table_counts:
+        shortcut = table_count_answers(examples, opened)
+        examples = [e for e in examples if e.id not in shortcut]
+        meta["dropped_table_counts"] = len(shortcut)
+        if not examples:
+            raise DataError(f"{file}: every example is answered by a whole-table count; drop_table_counts leaves none")
+        for db_id in set(opened) - {e.db_id for e in examples}:
+            opened.pop(db_id).close()
     digest = hashlib.sha256(json.dumps([[e.id, e.db_id, e.question, e.gold_sql] for e in examples]).encode())
-    meta = {"max_hardness": max_hardness} if max_hardness else {}
     return SQLCollection(folder, split, examples, opened, digest.hexdigest()[:16], meta)
+
+
+def table_count_answers(examples: Sequence[SQLExample], databases: dict[str, Any]) -> set[str]:
+    """The ids of the examples whose expected result equals ``SELECT count(*) FROM t`` for some table ``t`` of their
+    database (compared as the execution reward compares). On Spider's easy questions that is one in six ("How many
+    singers are there?"), and it is the query a small policy collapses to: it always runs and is sometimes right.
+    """
+    counts: dict[str, list[tuple]] = {}
+    found: set[str] = set()
+    for example in examples:
+        database = databases[example.db_id]
+        if example.db_id not in counts:
+            results = (database.execute(f'SELECT count(*) FROM "{table}"') for table in database.table_names())
+            counts[example.db_id] = [r.rows for r in results if r.ok]
+        gold = example.gold_rows
+        if gold is None:
+            result = database.execute(example.gold_sql)
+            if not result.ok:
+                raise DataError(f"example {example.id} ({example.db_id}): the gold query fails: {result.error}"[:400])
+            gold = result.rows
+        if any(results_match(rows, gold, ordered=False) for rows in counts[example.db_id]):
+            found.add(example.id)
+    return found

@@ -89,7 +89,8 @@ def train_from_config(config: TrainConfig, *, sample_values: int = 0) -> int:
     if not config.data.path:
         raise ValueError("no training data: set data.path (--data-path) to a folder in Spider's layout, "
                          "e.g. ../shared/data/spider")
-    collection = load_sql_examples(config.data.path, config.data.split, max_hardness=config.data.max_hardness)
+    collection = load_sql_examples(config.data.path, config.data.split, max_hardness=config.data.max_hardness,
+                                   drop_table_counts=config.data.drop_table_counts)
     logger.info("training on %d examples of databases %s", len(collection.examples), sorted(collection.databases))
     adapter = train_sql(collection, config, sample_values=sample_values)
     print(f"adapter: {adapter}")

@@ -27,3 +27,44 @@ def test_named_databases_and_errors(spider_dir, tmp_path):
     (tmp_path / "examples.jsonl").write_text(json.dumps({"db_id": "x", "question": "q?", "query": "SELECT 1"}) + "\n")
     with pytest.raises(DataError, match="x.sqlite: missing"):
         load_sql_examples(tmp_path, "all")
+
+
+def test_drop_table_counts_on_spider(spider_dir):
+    import re
+
+    easy = load_sql_examples(spider_dir, "train", max_hardness="easy")
+    kept = load_sql_examples(spider_dir, "train", max_hardness="easy", drop_table_counts=True)
+    bare = re.compile(r"select\s+count\(\*\)\s+from\s+\w+\s*;?", re.I)
+    assert (len(easy.examples), len(kept.examples)) == (130, 106)
+    assert kept.meta == {"max_hardness": "easy", "dropped_table_counts": 24}
+    assert kept.fingerprint != easy.fingerprint  # a resumed run sees the change
+    assert not any(bare.fullmatch(e.gold_sql.strip()) for e in kept.examples)
+    assert sum(bool(bare.fullmatch(e.gold_sql.strip())) for e in easy.examples) == 22  # +2 whose result is a count
+    # a count with a condition is a different answer, and stays
+    assert any(re.match(r"select\s+count\(\*\).*\bwhere\b", e.gold_sql, re.I | re.S) for e in kept.examples)
+
+
+def test_drop_table_counts_rows_reference_and_errors(tmp_path):
+    import sqlite3
+
+    from deepretrieval_trainer.config import ConfigError, TrainConfig
+
+    (tmp_path / "database" / "shop").mkdir(parents=True)
+    with sqlite3.connect(tmp_path / "database" / "shop" / "shop.sqlite") as db:
+        db.executescript("CREATE TABLE item (id INTEGER, name TEXT); INSERT INTO item VALUES (1, 'a'), (2, 'b'), (3, 'c');"
+                         "CREATE TABLE tag (id INTEGER); INSERT INTO tag VALUES (7);")
+    rows = [{"id": "n", "db_id": "shop", "question": "How many items?", "result": [[3]]},
+            {"id": "t", "db_id": "shop", "question": "How many tags?", "query": "SELECT count(*) FROM tag"},
+            {"id": "w", "db_id": "shop", "question": "Items after 1?", "query": "SELECT count(*) FROM item WHERE id > 1"},
+            {"id": "s", "db_id": "shop", "question": "Names?", "query": "SELECT name FROM item"}]
+    (tmp_path / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = load_sql_examples(tmp_path, "all", drop_table_counts=True)
+    assert [e.id for e in kept.examples] == ["w", "s"] and kept.meta["dropped_table_counts"] == 2
+    (tmp_path / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    with pytest.raises(DataError, match="drop_table_counts leaves none"):
+        load_sql_examples(tmp_path, "all", drop_table_counts=True)
+    (tmp_path / "examples.jsonl").write_text(json.dumps({**rows[3], "query": "SELECT nope FROM item"}) + "\n")
+    with pytest.raises(DataError, match="example s \\(shop\\): the gold query fails"):
+        load_sql_examples(tmp_path, "all", drop_table_counts=True)
+    with pytest.raises(ConfigError, match="applies to task 'sql'"):
+        TrainConfig(task="retrieval", data={"drop_table_counts": True})

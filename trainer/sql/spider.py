@@ -152,8 +152,8 @@ def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequ
     meta: dict[str, Any] = {"max_hardness": max_hardness} if max_hardness else {}
     if drop_table_counts:
         shortcut = table_count_answers(examples, opened)
-        examples = [e for e in examples if e.id not in shortcut]
-        meta["dropped_table_counts"] = len(shortcut)
+        examples = [e for e, counted in zip(examples, shortcut, strict=True) if not counted]
+        meta["dropped_table_counts"] = sum(shortcut)
         if not examples:
             raise DataError(f"{file}: every example is answered by a whole-table count; drop_table_counts leaves none")
         for db_id in set(opened) - {e.db_id for e in examples}:
@@ -162,17 +162,19 @@ def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequ
     return SQLCollection(folder, split, examples, opened, digest.hexdigest()[:16], meta)
 
 
-def table_count_answers(examples: Sequence[SQLExample], databases: dict[str, Any]) -> set[str]:
-    """The ids of the examples whose expected result equals ``SELECT count(*) FROM t`` for some table ``t`` of their
-    database (compared as the execution reward compares). On Spider's easy questions that is one in six ("How many
-    singers are there?"), and it is the query a small policy collapses to: it always runs and is sometimes right.
+def table_count_answers(examples: Sequence[SQLExample], databases: dict[str, Any]) -> list[bool]:
+    """For each example, whether its expected result equals ``SELECT count(*) FROM t`` for some table ``t`` of its
+    database (compared as the execution reward compares; by position, since ids need not be unique). On Spider's
+    easy questions that is one in six ("How many singers are there?"), and it is the query a small policy collapses
+    to: it always runs and is sometimes right.
     """
     counts: dict[str, list[tuple]] = {}
-    found: set[str] = set()
+    found: list[bool] = []
     for example in examples:
         database = databases[example.db_id]
         if example.db_id not in counts:
-            results = (database.execute(f'SELECT count(*) FROM "{table}"') for table in database.table_names())
+            quoted = ('"' + table.replace('"', '""') + '"' for table in database.table_names())
+            results = (database.execute(f"SELECT count(*) FROM {name}") for name in quoted)
             counts[example.db_id] = [r.rows for r in results if r.ok]
         gold = example.gold_rows
         if gold is None:
@@ -180,6 +182,5 @@ def table_count_answers(examples: Sequence[SQLExample], databases: dict[str, Any
             if not result.ok:
                 raise DataError(f"example {example.id} ({example.db_id}): the gold query fails: {result.error}"[:400])
             gold = result.rows
-        if any(results_match(rows, gold, ordered=False) for rows in counts[example.db_id]):
-            found.add(example.id)
+        found.append(any(results_match(rows, gold, ordered=False) for rows in counts[example.db_id]))
     return found

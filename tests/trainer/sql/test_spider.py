@@ -54,9 +54,9 @@ def test_drop_table_counts_rows_reference_and_errors(tmp_path):
         db.executescript("CREATE TABLE item (id INTEGER, name TEXT);"
                          "INSERT INTO item VALUES (1, 'a'), (2, 'b'), (3, 'c');"
                          "CREATE TABLE tag (id INTEGER); INSERT INTO tag VALUES (7);")
-    rows = [{"db_id": "shop", "question": "How many items?", "result": [[3]]},  # no id: kept apart by position
+    rows = [{"db_id": "shop", "question": "How many items?", "result": [[3]]},  # no ids here nor on the third: by position
             {"id": "t", "db_id": "shop", "question": "How many tags?", "query": "SELECT count(*) FROM tag"},
-            {"id": "w", "db_id": "shop", "question": "Items after 1?",
+            {"db_id": "shop", "question": "Items after 1?",
              "query": "SELECT count(*) FROM item WHERE id > 1"},
             {"id": "s", "db_id": "shop", "question": "Names?", "query": "SELECT name FROM item"}]
     (tmp_path / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

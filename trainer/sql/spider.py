@@ -21,7 +21,6 @@ import sqlglot
 from ..data import DataError
 from .guard import is_ordered
 from .hardness import HARDNESS, hardness
-from .results import results_match
 from .sqlite import SQLiteDatabase
 
 # 510 examples on 6 databases for training, 224 on 8 others for evaluation (../shared/data/spider's dev_exec.jsonl).
@@ -164,23 +163,21 @@ def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequ
 
 def table_count_answers(examples: Sequence[SQLExample], databases: dict[str, Any]) -> list[bool]:
     """For each example, whether its expected result equals ``SELECT count(*) FROM t`` for some table ``t`` of its
-    database (compared as the execution reward compares; by position, since ids need not be unique). On Spider's
-    easy questions that is one in six ("How many singers are there?"), and it is the query a small policy collapses
-    to: it always runs and is sometimes right.
+    database (scored by the reward's own :class:`.rewards.ExecutionScorer`; by position, since ids need not be
+    unique). On Spider's easy questions that is one in six ("How many singers are there?"), and it is the query a
+    small policy collapses to: it always runs and is sometimes right.
     """
-    counts: dict[str, list[tuple]] = {}
+    from .rewards import MATCH, ExecutionScorer
+
+    scorer = ExecutionScorer(databases)
+    tables: dict[str, list[str]] = {}
     found: list[bool] = []
-    for example in examples:
-        database = databases[example.db_id]
-        if example.db_id not in counts:
-            quoted = ('"' + table.replace('"', '""') + '"' for table in database.table_names())
-            results = (database.execute(f"SELECT count(*) FROM {name}") for name in quoted)
-            counts[example.db_id] = [r.rows for r in results if r.ok]
-        gold = example.gold_rows
-        if gold is None:
-            result = database.execute(example.gold_sql)
-            if not result.ok:
-                raise DataError(f"example {example.id} ({example.db_id}): the gold query fails: {result.error}"[:400])
-            gold = result.rows
-        found.append(any(results_match(rows, gold, ordered=False) for rows in counts[example.db_id]))
+    for e in examples:
+        reference = scorer.reference(e.db_id, e.gold_sql, e.gold_rows)
+        if not reference.ok:
+            raise DataError(f"example {e.id} ({e.db_id}): the gold query fails: {reference.error}"[:400])
+        if e.db_id not in tables:
+            tables[e.db_id] = ['"' + t.replace('"', '""') + '"' for t in scorer.database(e.db_id).table_names()]
+        found.append(any(scorer.outcome(e.db_id, f"SELECT count(*) FROM {table}", e.gold_sql, e.gold_rows,
+                                        e.ordered)[0] == MATCH for table in tables[e.db_id]))
     return found

@@ -54,7 +54,7 @@ def test_drop_table_counts_rows_reference_and_errors(tmp_path):
         db.executescript("CREATE TABLE item (id INTEGER, name TEXT);"
                          "INSERT INTO item VALUES (1, 'a'), (2, 'b'), (3, 'c');"
                          "CREATE TABLE tag (id INTEGER); INSERT INTO tag VALUES (7);")
-    rows = [{"db_id": "shop", "question": "How many items?", "result": [[3]]},  # no ids here nor on the third: by position
+    rows = [{"db_id": "shop", "question": "How many items?", "result": [[3]]},  # no id here nor on the 3rd
             {"id": "t", "db_id": "shop", "question": "How many tags?", "query": "SELECT count(*) FROM tag"},
             {"db_id": "shop", "question": "Items after 1?",
              "query": "SELECT count(*) FROM item WHERE id > 1"},

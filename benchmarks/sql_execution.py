@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from deepretrieval_trainer.config import TrainConfig
     from deepretrieval_trainer.sql.evaluate import evaluate_sql, format_sql_table, parse_sql_source, write_sql_outputs
     from deepretrieval_trainer.sql.spider import load_sql_examples
-    from deepretrieval_trainer.sql.train import train_sql
+    from deepretrieval_trainer.sql.train import train_sql, training_collection
 
     torch.set_num_threads(args.torch_threads)
     out = Path(args.out)
@@ -84,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                         "drop_table_counts": args.drop_table_counts})
     config = TrainConfig(**{**fields, **extra_fields(args.set)})
     if not args.eval_only and not args.skip_trained:
-        train_sql(load_sql_examples(config.data.path, config.data.split, max_hardness=config.data.max_hardness,
-                                    drop_table_counts=config.data.drop_table_counts), config)
+        train_sql(training_collection(config), config)
     specs = ["gold", "base"] + ([] if args.skip_trained else [f"trained=adapter:{run}"])
     sources = [parse_sql_source(s, max_new_tokens=args.max_new_tokens, batch_size=8) for s in specs]
     report = evaluate_sql(load_sql_examples(args.data, "dev"), sources, out_dir=out / "eval", progress=False)

@@ -18,7 +18,7 @@ from ..run_dir import RunDir, checkpoint_step
 from ..tasks import Task
 from .rewards import build_sql_rewards
 from .schema import describe, prompt_input
-from .spider import SQLCollection, SQLExample
+from .spider import SQLCollection, SQLExample, load_sql_examples
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +82,19 @@ def _dataset_info(collection: SQLCollection, rows: list[dict]) -> dict[str, Any]
             "split": collection.split, "databases": sorted(collection.databases), **collection.meta}
 
 
+def training_collection(config: TrainConfig) -> SQLCollection:
+    """``data.path``'s examples of ``data.split``, filtered as the ``data`` section says (max_hardness,
+    drop_table_counts): the training run and the benchmark load them the same way."""
+    return load_sql_examples(config.data.path, config.data.split, max_hardness=config.data.max_hardness,
+                             drop_table_counts=config.data.drop_table_counts)
+
+
 def train_from_config(config: TrainConfig, *, sample_values: int = 0) -> int:
     """``deepretrieval train --task sql``: train on ``data.path`` (Spider layout), split ``data.split``."""
-    from .spider import load_sql_examples
-
     if not config.data.path:
         raise ValueError("no training data: set data.path (--data-path) to a folder in Spider's layout, "
                          "e.g. ../shared/data/spider")
-    collection = load_sql_examples(config.data.path, config.data.split, max_hardness=config.data.max_hardness,
-                                   drop_table_counts=config.data.drop_table_counts)
+    collection = training_collection(config)
     logger.info("training on %d examples of databases %s", len(collection.examples), sorted(collection.databases))
     adapter = train_sql(collection, config, sample_values=sample_values)
     print(f"adapter: {adapter}")

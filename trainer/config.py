@@ -65,6 +65,9 @@ class DataConfig:
     max_hardness: str | None = None
     # text-to-SQL only: leave out the examples a whole-table count answers (deepretrieval_trainer.sql.spider)
     drop_table_counts: bool = False
+    # text-to-SQL only: databases of data.split that training leaves out, kept to choose the checkpoint on
+    # (deepretrieval_trainer.sql.train.validation_collection; docs/sql.md)
+    validation_databases: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_fields(self, prefix="data.", error=ConfigError)
@@ -241,6 +244,9 @@ class TrainConfig:
         if self.data.drop_table_counts and self.task != "sql":
             raise ConfigError(f"data.drop_table_counts=true leaves out SQL examples a whole-table count answers: it "
                               f"applies to task 'sql', not {self.task!r}; remove it")
+        if self.data.validation_databases and self.task != "sql":
+            raise ConfigError(f"data.validation_databases={self.data.validation_databases!r} holds SQL databases out "
+                              f"of training: it applies to task 'sql', not {self.task!r}; remove it")
         _positive("sql_partial_credit", self.sql_partial_credit, allow_zero=True)
         if self.sql_partial_credit >= 1:
             raise ConfigError(f"sql_partial_credit={self.sql_partial_credit!r} must be below 1 (0 = off, e.g. 0.5): "

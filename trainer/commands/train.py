@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import types
 import typing
 from typing import Any
 
@@ -27,9 +28,11 @@ def _flag(name: str) -> str:
 
 
 def _kind(cls: type, name: str) -> Any:
+    """The field's type, an Optional/Union unwrapped to its first member (``list[str]`` stays ``list[str]``)."""
     hint = typing.get_type_hints(cls)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    return hint if not args else args[0]
+    if typing.get_origin(hint) not in (typing.Union, types.UnionType):
+        return hint
+    return next(a for a in typing.get_args(hint) if a is not type(None))
 
 
 def _add_fields(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
@@ -56,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         _add_fields(parser.add_argument_group(f"{name} section"), cls, prefix=f"{name}_")
 
 
+def _nested_value(cls: type, name: str, value: Any) -> Any:
+    """A nested flag's value: list fields (e.g. --data-validation-databases '[flight_2]') are YAML."""
+    import yaml
+
+    return yaml.safe_load(value) if typing.get_origin(_kind(cls, name)) is list else value
+
+
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The flags given on the command line, as (nested) config values."""
     import yaml
@@ -69,7 +79,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
             parse_yaml = f.name in ("reward_tiers", "lora_target_modules")
             values[f.name] = yaml.safe_load(value) if parse_yaml else value
     for name, cls in NESTED.items():
-        nested = {f.name: getattr(args, f"{name}_{f.name}") for f in dataclasses.fields(cls)
+        nested = {f.name: _nested_value(cls, f.name, getattr(args, f"{name}_{f.name}")) for f in dataclasses.fields(cls)
                   if getattr(args, f"{name}_{f.name}", None) is not None}
         if nested:
             values[name] = nested

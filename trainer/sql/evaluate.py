@@ -137,6 +137,53 @@ def evaluate_sql(collection: SQLCollection, sources: Sequence[SQLSource], *, out
     return report
 
 
+@dataclass
+class CheckpointChoice:
+    """Which training step did best on the validation databases, and the figures behind the choice."""
+
+    step: int  # 0: the base model (no checkpoint beat it)
+    checkpoint: Path | None  # None when the base model is chosen
+    accuracy: dict[int, float]  # step -> validation execution accuracy (0: the base model)
+    report: SQLReport
+
+    def to_dict(self) -> dict:
+        return {"chosen_step": self.step, "chosen_checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "rule": "highest validation execution accuracy; ties go to the earliest step (the base model is "
+                        "step 0)", "examples": self.report.settings.get("examples"),
+                "databases": self.report.databases, "accuracy": {str(k): v for k, v in self.accuracy.items()},
+                "correct": {name: sum(o.correct for o in outcomes) for name, outcomes in self.report.sources.items()}}
+
+
+def best_step(accuracy: dict[int, float]) -> int:
+    """The step with the highest accuracy; ties go to the earliest (the fewest updates away from the base)."""
+    if not accuracy:
+        raise ValueError("no steps to choose from")
+    return min(accuracy, key=lambda step: (-accuracy[step], step))
+
+
+def choose_checkpoint(collection: SQLCollection, checkpoints: Sequence[str | Path], *, out_dir: str | Path | None,
+                      model: str | None = None, max_new_tokens: int = 128, batch_size: int = 8,
+                      sample_values: int = 0, progress: bool = False) -> CheckpointChoice:
+    """Score the base model and every ``checkpoint-N`` folder on ``collection`` (databases training never saw, not
+    the held-out ones) greedily, and choose the step: :func:`best_step`. Answers are cached in ``out_dir``."""
+    from ..run_dir import checkpoint_step
+
+    folders = sorted((Path(c) for c in checkpoints), key=checkpoint_step)
+    if not folders:
+        raise ValueError("no checkpoints to choose from: keep them with save_steps / save_total_limit "
+                         "(e.g. --save-total-limit 20) and point at RUN/checkpoints/checkpoint-N folders")
+    specs = ["base"] + [f"step-{checkpoint_step(f)}=adapter:{f}" for f in folders]
+    sources = [parse_sql_source(s, model=model, max_new_tokens=max_new_tokens, batch_size=batch_size) for s in specs]
+    report = evaluate_sql(collection, sources, out_dir=out_dir, batch_size=batch_size, sample_values=sample_values,
+                          progress=progress)
+    report.tests = [t for t in report.tests if t.first == "base"]  # each step against the base, not every pair
+    accuracy = {0: report.accuracy("base"), **{checkpoint_step(f): report.accuracy(f"step-{checkpoint_step(f)}")
+                                               for f in folders}}
+    step = best_step(accuracy)
+    chosen = next((f for f in folders if checkpoint_step(f) == step), None)
+    return CheckpointChoice(step, chosen, accuracy, report)
+
+
 def _score(scorer: ExecutionScorer, example, answer: SQLGeneration) -> SQLOutcome:
     if not answer.ok:
         return SQLOutcome(example.id, example.db_id, example.question, None, False, "no_answer", answer.reason,

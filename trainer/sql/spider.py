@@ -107,7 +107,8 @@ def _databases_for(split: str, databases: Sequence[str] | None) -> tuple[str, ..
 
 def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequence[str] | None = None,
                       timeout_s: float = 2.0, max_rows: int = 10_000, limit: int | None = None,
-                      max_hardness: str | None = None, drop_table_counts: bool = False) -> SQLCollection:
+                      max_hardness: str | None = None, drop_table_counts: bool = False,
+                      exclude_databases: Sequence[str] = ()) -> SQLCollection:
     """The examples of ``split`` (or of ``databases``) and their read-only SQLite databases.
 
     ``max_hardness`` (``easy``, ``medium``, ``hard``, ``extra``) keeps only the examples whose gold SQL is at most that
@@ -115,6 +116,8 @@ def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequ
     ``drop_table_counts`` leaves out the examples whose expected result a whole-table count
     (``SELECT count(*) FROM <a table of its database>``) already gives (see :func:`table_count_answers`): for training,
     so that one template that runs everywhere is never paid as right; evaluate on the whole split.
+    ``exclude_databases`` leaves those databases of the split out (kept for validation: choosing the training step
+    on databases that training never sees, before the held-out split is looked at); each must be in the split.
     """
     if max_hardness is not None and max_hardness not in HARDNESS:
         raise DataError(f"max_hardness={max_hardness!r}: choose one of {list(HARDNESS)} (Spider's levels)")
@@ -124,7 +127,9 @@ def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequ
         raise DataError(f"{folder}: no {' or '.join(EXAMPLE_FILES)}; give a folder in Spider's layout "
                         "(examples JSONL + database/<db_id>/<db_id>.sqlite)")
     wanted = _databases_for(split, databases)
+    excluded = set(exclude_databases)
     examples = []
+    seen: set[str] = set()
     for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -134,9 +139,15 @@ def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequ
             raise DataError(f"{file}:{number}: not JSON ({exc})") from None
         example = _example(row, f"{file}:{number}")
         if wanted is None or example.db_id in wanted:
+            seen.add(example.db_id)
+            if example.db_id in excluded:
+                continue
             if max_hardness is not None and not _at_most(example, max_hardness, f"{file}:{number}"):
                 continue
             examples.append(example)
+    if excluded - seen:
+        raise DataError(f"exclude_databases {sorted(excluded - seen)}: not databases of split {split!r} in {file} "
+                        f"(it has {sorted(seen)}); name databases of the split")
     if limit is not None:
         examples = examples[:limit]
     if not examples:
@@ -149,6 +160,8 @@ def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequ
             raise DataError(f"{sqlite_file}: missing; every db_id needs database/<db_id>/<db_id>.sqlite")
         opened[db_id] = SQLiteDatabase(sqlite_file, timeout_s=timeout_s, max_rows=max_rows)
     meta: dict[str, Any] = {"max_hardness": max_hardness} if max_hardness else {}
+    if excluded:
+        meta["excluded_databases"] = sorted(excluded)
     if drop_table_counts:
         shortcut = table_count_answers(examples, opened)
         examples = [e for e, counted in zip(examples, shortcut, strict=True) if not counted]

@@ -14,11 +14,12 @@ from typing import Any
 
 from ..config import ConfigError, TrainConfig
 from ..grpo import check_batch, is_main_process, prompt_text, run_training, timed_trainer
-from ..run_dir import RunDir, checkpoint_step
+from ..run_dir import RunDir, checkpoint_complete, checkpoint_step
 from ..tasks import Task
+from .evaluate import CheckpointChoice, choose_checkpoint
 from .rewards import build_sql_rewards
 from .schema import describe, prompt_input
-from .spider import SQLCollection, SQLExample, load_sql_examples
+from .spider import SPLITS, SQLCollection, SQLExample, load_sql_examples
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +85,40 @@ def _dataset_info(collection: SQLCollection, rows: list[dict]) -> dict[str, Any]
 
 def training_collection(config: TrainConfig) -> SQLCollection:
     """``data.path``'s examples of ``data.split``, filtered as the ``data`` section says (max_hardness,
-    drop_table_counts): the training run and the benchmark load them the same way."""
+    drop_table_counts, validation_databases left out): the training run and the benchmark load them the same way."""
     return load_sql_examples(config.data.path, config.data.split, max_hardness=config.data.max_hardness,
-                             drop_table_counts=config.data.drop_table_counts)
+                             drop_table_counts=config.data.drop_table_counts,
+                             exclude_databases=config.data.validation_databases)
+
+
+def validation_collection(config: TrainConfig) -> SQLCollection:
+    """The examples of ``data.validation_databases`` (at most ``data.max_hardness`` hard, table counts kept: the
+    questions as a user asks them), on which to choose the checkpoint: databases training never saw, so the choice
+    does not look at the held-out split."""
+    if not config.data.validation_databases:
+        raise ConfigError("no validation databases: set data.validation_databases (--data-validation-databases) "
+                          "to databases of data.split to keep out of training, e.g. '[flight_2]'")
+    in_split = SPLITS.get(config.data.split)
+    if in_split is not None and set(config.data.validation_databases) - set(in_split):
+        raise ConfigError(f"data.validation_databases {sorted(set(config.data.validation_databases) - set(in_split))}"
+                          f" are not databases of split {config.data.split!r} ({list(in_split)}): name some of those")
+    return load_sql_examples(config.data.path, config.data.split, databases=config.data.validation_databases,
+                             max_hardness=config.data.max_hardness)
+
+
+def choose_on_validation(config: TrainConfig, run_dir: str | Path | None = None, *,
+                         max_new_tokens: int = 128, sample_values: int = 0) -> CheckpointChoice:
+    """Score the base model and every complete checkpoint of the run on ``data.validation_databases``
+    (:func:`validation_collection`) and choose the step (:func:`.evaluate.choose_checkpoint`); the answers go to
+    RUN/validation/, the choice to RUN/validation.json."""
+    run = RunDir(run_dir or config.run_dir)
+    folders = [f for f in run.checkpoint_folders() if checkpoint_complete(f)]
+    choice = choose_checkpoint(validation_collection(config), folders, out_dir=run.path / "validation",
+                               model=config.model, max_new_tokens=max_new_tokens, batch_size=8,
+                               sample_values=sample_values)
+    if is_main_process():
+        (run.path / "validation.json").write_text(json.dumps(choice.to_dict(), indent=1) + "\n", encoding="utf-8")
+    return choice
 
 
 def train_from_config(config: TrainConfig, *, sample_values: int = 0) -> int:
@@ -98,7 +130,17 @@ def train_from_config(config: TrainConfig, *, sample_values: int = 0) -> int:
     logger.info("training on %d examples of databases %s", len(collection.examples), sorted(collection.databases))
     adapter = train_sql(collection, config, sample_values=sample_values)
     print(f"adapter: {adapter}")
+    chosen = adapter.parent
+    if config.data.validation_databases:
+        choice = choose_on_validation(config, sample_values=sample_values)
+        print(f"validation ({', '.join(choice.report.databases)}, {choice.report.settings['examples']} examples): "
+              + ", ".join(f"step {k} {v:.1%}" for k, v in choice.accuracy.items()))
+        if choice.checkpoint is None:
+            print("chosen: the base model (no checkpoint beat it on the validation databases)")
+        else:
+            chosen = choice.checkpoint
+            print(f"chosen: step {choice.step}, {chosen}")
     print(f"evaluate it: deepretrieval eval --task sql --data {config.data.path} --split dev --source gold "
-          f"--source base --source trained=adapter:{adapter.parent}")
-    print(f"serve it: deepretrieval serve --adapter {adapter.parent}")
+          f"--source base --source trained=adapter:{chosen}")
+    print(f"serve it: deepretrieval serve --adapter {chosen}")
     return 0

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from deepretrieval_trainer.config import TrainConfig
+from deepretrieval_trainer.sql.evaluate import best_step
 from tests.postgres_fixtures import copy_sqlite
 
 from .conftest import spider_db
@@ -110,3 +111,12 @@ def test_every_block_runs(reader_database, monkeypatch, capsys, tmp_path):
     assert "exact McNemar" in done.stdout
     dataset = json.loads((tmp_path / "runs" / "sql-doc" / "run.json").read_text())["dataset"]
     assert dataset["max_hardness"] == "easy" and dataset["queries"] == 4  # the curriculum flag reached the run
+    # the step was chosen on network_1, which training never saw: base (step 0) and checkpoints 1 and 2
+    assert "network_1" not in dataset["databases"] and dataset["excluded_databases"] == ["network_1"]
+    choice = json.loads((tmp_path / "runs" / "sql-doc" / "validation.json").read_text())
+    assert choice["databases"] == ["network_1"] and choice["examples"] == 12  # its easy questions
+    accuracy = {int(step): value for step, value in choice["accuracy"].items()}
+    assert set(accuracy) == {0, 1, 2} and choice["chosen_step"] == best_step(accuracy)
+    assert re.search(r"^validation \(network_1, 12 examples\): step 0 \d", done.stdout, re.M)
+    assert "chosen: " in done.stdout
+    assert (tmp_path / "runs" / "sql-doc" / "validation" / "generations" / "step-2.jsonl").is_file()

@@ -52,3 +52,20 @@ def test_cli_eval_task_sql_gold(spider_dir, tmp_path, capsys):
 def test_sources_that_mean_nothing_for_sql_are_refused():
     with pytest.raises(ValueError, match="no meaning for text-to-SQL"):
         parse_sql_source("raw")
+
+
+def test_best_step_takes_the_highest_accuracy_and_the_earliest_on_ties():
+    from deepretrieval_trainer.sql.evaluate import best_step
+
+    assert best_step({0: 0.02, 5: 0.04, 10: 0.08, 15: 0.08, 20: 0.0}) == 10
+    assert best_step({0: 0.04, 5: 0.04, 10: 0.02}) == 0  # a checkpoint must beat the base model to be chosen
+    assert best_step({30: 0.1, 10: 0.1}) == 10
+    with pytest.raises(ValueError, match="no steps"):
+        best_step({})
+
+
+def test_choose_checkpoint_needs_checkpoints(spider_dir):
+    from deepretrieval_trainer.sql.evaluate import choose_checkpoint
+
+    with pytest.raises(ValueError, match="save_total_limit"):
+        choose_checkpoint(load_sql_examples(spider_dir, "train", limit=2), [], out_dir=None)

@@ -71,3 +71,39 @@ def test_drop_table_counts_rows_reference_and_errors(tmp_path):
         load_sql_examples(tmp_path, "all", drop_table_counts=True)
     with pytest.raises(ConfigError, match="applies to task 'sql'"):
         TrainConfig(task="retrieval", data={"drop_table_counts": True})
+
+
+def test_validation_databases_are_kept_out_of_training(spider_dir):
+    from deepretrieval_trainer.commands.train import overrides
+    from deepretrieval_trainer.config import ConfigError, TrainConfig
+    from deepretrieval_trainer.sql.train import training_collection, validation_collection
+
+    config = TrainConfig(task="sql", data={"path": str(spider_dir), "max_hardness": "easy",
+                                           "validation_databases": ["flight_2", "network_1"]})
+    train, validation = training_collection(config), validation_collection(config)
+    assert set(train.databases) == set(TRAIN_DATABASES) - {"flight_2", "network_1"}
+    assert set(validation.databases) == {"flight_2", "network_1"}
+    assert (len(train.examples), len(validation.examples)) == (130 - 26 - 12, 26 + 12)  # easy ones, as trained
+    assert train.meta["excluded_databases"] == ["flight_2", "network_1"]
+    assert train.fingerprint != training_collection(TrainConfig(task="sql", data={
+        "path": str(spider_dir), "max_hardness": "easy"})).fingerprint  # a resumed run sees the change
+    with pytest.raises(DataError, match=r"exclude_databases \['pets_1'\]: not databases of split 'train'"):
+        load_sql_examples(spider_dir, "train", exclude_databases=["pets_1"])
+    with pytest.raises(DataError, match="no examples"):
+        load_sql_examples(spider_dir, "train", exclude_databases=TRAIN_DATABASES)
+    with pytest.raises(ConfigError, match=r"validation_databases \['pets_1'\] are not databases of split 'train'"):
+        validation_collection(TrainConfig(task="sql", data={"path": str(spider_dir),
+                                                            "validation_databases": ["pets_1"]}))
+    with pytest.raises(ConfigError, match="no validation databases"):
+        validation_collection(TrainConfig(task="sql", data={"path": str(spider_dir)}))
+    with pytest.raises(ConfigError, match="applies to task 'sql'"):
+        TrainConfig(task="retrieval", data={"validation_databases": ["flight_2"]})
+    # the CLI flag takes a YAML list, as the YAML file's data: {validation_databases: [...]} does
+    import argparse
+
+    from deepretrieval_trainer.commands.train import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--task", "sql", "--data-validation-databases", "[flight_2, network_1]"])
+    assert overrides(args)["data"] == {"validation_databases": ["flight_2", "network_1"]}

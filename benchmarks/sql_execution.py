@@ -4,9 +4,12 @@ on Spider databases never seen in training, with exact McNemar tests, and the re
     python benchmarks/sql_execution.py --out /tmp/sql-bench --max-minutes 40 --torch-threads 1
 
 Trains on the ``train`` split's databases (``deepretrieval_trainer.sql.spider.TRAIN_DATABASES``), evaluates on the
-``dev`` split's (``EVAL_DATABASES``). The run folder is OUT/run (re-running resumes or reuses it), the evaluation
-OUT/eval (answers are cached there, so ``--eval-only`` or a re-run only executes). Not a test: a measurement,
-recorded in docs/benchmarks.md.
+``dev`` split's (``EVAL_DATABASES``). With ``--validation-databases``, those train databases are kept out of
+training, the base model and every kept checkpoint (``--set save_steps=5 save_total_limit=20``) answer their
+questions, and the best on them (ties: the earliest step) is the adapter evaluated on dev, so the step is chosen
+without looking at dev. The run folder is OUT/run (re-running resumes or reuses it), the evaluation OUT/eval
+(answers are cached there, so ``--eval-only`` or a re-run only executes). Not a test: a measurement, recorded in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -58,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="train only on examples at most this hard by Spider's rules (evaluation: all of dev)")
     parser.add_argument("--drop-table-counts", action="store_true",
                         help="train without the examples a whole-table count answers (evaluation: all of dev)")
+    parser.add_argument("--validation-databases", nargs="+", default=[], metavar="DB_ID",
+                        help="train databases to keep out of training: every checkpoint is scored on their questions "
+                             "(at most --max-hardness) and the best is the one evaluated on dev")
     parser.add_argument("--eval-only", action="store_true", help="evaluate OUT/run's adapter without training")
+    parser.add_argument("--train-only", action="store_true", help="train, evaluate nothing (then run with --eval-only)")
     parser.add_argument("--skip-trained", action="store_true", help="evaluate gold and base only (before training)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="any TrainConfig field (YAML value), e.g. 'reward_tiers=[[1.0, 1.0]]' reward_floor=-0.5; "
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from deepretrieval_trainer.config import TrainConfig
     from deepretrieval_trainer.sql.evaluate import evaluate_sql, format_sql_table, parse_sql_source, write_sql_outputs
     from deepretrieval_trainer.sql.spider import load_sql_examples
-    from deepretrieval_trainer.sql.train import train_sql, training_collection
+    from deepretrieval_trainer.sql.train import choose_on_validation, train_sql, training_collection
 
     torch.set_num_threads(args.torch_threads)
     out = Path(args.out)
@@ -81,11 +88,22 @@ def main(argv: list[str] | None = None) -> int:
                   num_generations=args.num_generations, max_completion_length=args.max_completion_length,
                   learning_rate=args.learning_rate, torch_threads=args.torch_threads,
                   data={"path": args.data, "split": "train", "max_hardness": args.max_hardness,
-                        "drop_table_counts": args.drop_table_counts})
+                        "drop_table_counts": args.drop_table_counts,
+                        "validation_databases": args.validation_databases})
     config = TrainConfig(**{**fields, **extra_fields(args.set)})
     if not args.eval_only and not args.skip_trained:
         train_sql(training_collection(config), config)
-    specs = ["gold", "base"] + ([] if args.skip_trained else [f"trained=adapter:{run}"])
+    if args.train_only:
+        return 0
+    trained = None if args.skip_trained else run
+    if args.validation_databases and not args.skip_trained:
+        choice = choose_on_validation(config, run, max_new_tokens=args.max_new_tokens)
+        print(format_sql_table(choice.report))
+        print(json.dumps({k: v for k, v in choice.to_dict().items() if k != "databases"}, indent=1))
+        trained = choice.checkpoint  # None: the base model won on validation, so there is no adapter to evaluate
+        if trained is None:
+            print("validation chose the base model: no trained adapter is evaluated on dev")
+    specs = ["gold", "base"] + ([] if trained is None else [f"trained=adapter:{trained}"])
     sources = [parse_sql_source(s, max_new_tokens=args.max_new_tokens, batch_size=8) for s in specs]
     report = evaluate_sql(load_sql_examples(args.data, "dev"), sources, out_dir=out / "eval", progress=False)
     write_sql_outputs(report, out / "eval")

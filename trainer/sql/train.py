@@ -127,6 +127,10 @@ def train_from_config(config: TrainConfig, *, sample_values: int = 0) -> int:
         raise ValueError("no training data: set data.path (--data-path) to a folder in Spider's layout, "
                          "e.g. ../shared/data/spider")
     collection = training_collection(config)
+    if config.data.validation_databases and config.save_total_limit < 3:
+        logger.warning("data.validation_databases chooses among the kept checkpoints, and save_total_limit=%d keeps "
+                       "only the last %d: raise it (e.g. --save-total-limit 20 with --save-steps 5) to choose among "
+                       "more steps", config.save_total_limit, config.save_total_limit)
     logger.info("training on %d examples of databases %s", len(collection.examples), sorted(collection.databases))
     adapter = train_sql(collection, config, sample_values=sample_values)
     print(f"adapter: {adapter}")

@@ -6,10 +6,10 @@ on Spider databases never seen in training, with exact McNemar tests, and the re
 Trains on the ``train`` split's databases (``deepretrieval_trainer.sql.spider.TRAIN_DATABASES``), evaluates on the
 ``dev`` split's (``EVAL_DATABASES``). With ``--validation-databases``, those train databases are kept out of
 training, the base model and every kept checkpoint (``--set save_steps=5 save_total_limit=20``) answer their
-questions, and the best on them (ties: the earliest step) is the adapter evaluated on dev, so the step is chosen
-without looking at dev. The run folder is OUT/run (re-running resumes or reuses it), the evaluation OUT/eval
-(answers are cached there, so ``--eval-only`` or a re-run only executes). Not a test: a measurement, recorded in
-docs/benchmarks.md.
+questions, and the best on them (ties: the earliest step; not a checkpoint that gives one query shape to over half
+of them) is the adapter evaluated on dev, so the step is chosen without looking at dev. The run folder is OUT/run
+(re-running resumes or reuses it), the evaluation OUT/eval (answers are cached there, so ``--eval-only`` or a re-run
+only executes). Not a test: a measurement, recorded in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="train without the examples a whole-table count answers (evaluation: all of dev)")
     parser.add_argument("--validation-databases", nargs="+", default=[], metavar="DB_ID",
                         help="train databases to keep out of training: every checkpoint is scored on their questions "
-                             "(at most --max-hardness) and the best is the one evaluated on dev")
+                             "(at most --max-hardness, less those whose gold result is empty or all zeros) and the "
+                             "best not collapsed to one query shape is the one evaluated on dev")
     parser.add_argument("--eval-only", action="store_true", help="evaluate OUT/run's adapter without training")
     parser.add_argument("--train-only", action="store_true", help="train, evaluate nothing (then run with --eval-only)")
     parser.add_argument("--skip-trained", action="store_true", help="evaluate gold and base only (before training)")

@@ -137,6 +137,9 @@ def evaluate_sql(collection: SQLCollection, sources: Sequence[SQLSource], *, out
     return report
 
 
+MAX_TEMPLATE_SHARE = 0.5  # a checkpoint that gives one query shape to more than this share has collapsed
+
+
 @dataclass
 class CheckpointChoice:
     """Which training step did best on the validation databases, and the figures behind the choice."""
@@ -145,29 +148,84 @@ class CheckpointChoice:
     checkpoint: Path | None  # None when the base model is chosen
     accuracy: dict[int, float]  # step -> validation execution accuracy (0: the base model)
     report: SQLReport
+    template_share: dict[int, float] = field(default_factory=dict)  # step -> share of its commonest query shape
+    max_template_share: float = MAX_TEMPLATE_SHARE
+    filters: dict = field(default_factory=dict)  # what the validation collection left out (its meta)
+
+    @property
+    def collapsed(self) -> list[int]:
+        """The steps not eligible: their commonest query shape answers more than ``max_template_share``."""
+        return sorted(step for step, share in self.template_share.items()
+                      if step != 0 and share > self.max_template_share)
 
     def to_dict(self) -> dict:
         return {"chosen_step": self.step, "chosen_checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                "rule": "highest validation execution accuracy; ties go to the earliest step (the base model is "
-                        "step 0)", "examples": self.report.settings.get("examples"),
-                "databases": self.report.databases, "accuracy": {str(k): v for k, v in self.accuracy.items()},
+                "rule": "highest validation execution accuracy among the steps whose commonest query shape answers "
+                        f"at most {self.max_template_share:.0%} of the questions; ties go to the earliest step (the "
+                        "base model is step 0)", "examples": self.report.settings.get("examples"),
+                "databases": self.report.databases, "filters": self.filters,
+                "accuracy": {str(k): v for k, v in self.accuracy.items()},
+                "template_share": {str(k): v for k, v in self.template_share.items()},
+                "collapsed": self.collapsed,
                 "correct": {name: sum(o.correct for o in outcomes) for name, outcomes in self.report.sources.items()}}
 
 
-def best_step(accuracy: dict[int, float]) -> int:
-    """The step with the highest accuracy; ties go to the earliest (the fewest updates away from the base)."""
-    if not accuracy:
+def best_step(accuracy: dict[int, float], excluded: Sequence[int] = ()) -> int:
+    """The step with the highest accuracy, leaving out ``excluded`` steps; ties go to the earliest (the fewest
+    updates away from the base). Step 0 (the base model) can never be excluded."""
+    eligible = {step: value for step, value in accuracy.items() if step == 0 or step not in set(excluded)}
+    if not eligible:
         raise ValueError("no steps to choose from")
-    return min(accuracy, key=lambda step: (-accuracy[step], step))
+    return min(eligible, key=lambda step: (-eligible[step], step))
+
+
+def query_shape(sql: str) -> str:
+    """``sql`` with every name and literal replaced, lower-cased: ``SELECT count(*) FROM singer`` and ``select
+    COUNT(*) from stadium`` have one shape, ``select x from x where x = ?`` is another. Unparsable SQL is its own
+    text."""
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        tree = sqlglot.parse_one(sql, read="sqlite")
+    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError):
+        return sql.strip().lower()
+    if tree is None:
+        return sql.strip().lower()
+
+    def blank(node):
+        if isinstance(node, exp.Literal):
+            return exp.Placeholder()
+        if isinstance(node, exp.Identifier):
+            return exp.to_identifier("x")
+        return node
+
+    return tree.transform(blank).sql(dialect="sqlite").lower()
+
+
+def template_share(outcomes: Sequence[SQLOutcome]) -> float:
+    """The share of ``outcomes`` (no answers included in the count, never in a shape) answered with the commonest
+    :func:`query_shape`: near 1 for a policy that collapsed to one template (``SELECT count(*) FROM <table>`` for
+    every question), well under 1/2 for one that writes SQL for the question."""
+    from collections import Counter
+
+    shapes = Counter(query_shape(o.sql) for o in outcomes if o.sql)
+    return max(shapes.values()) / len(outcomes) if shapes else 0.0
 
 
 def choose_checkpoint(collection: SQLCollection, checkpoints: Sequence[str | Path], *, out_dir: str | Path | None,
                       model: str | None = None, max_new_tokens: int = 128, batch_size: int = 8,
-                      sample_values: int = 0, progress: bool = False) -> CheckpointChoice:
+                      sample_values: int = 0, progress: bool = False,
+                      max_template_share: float = MAX_TEMPLATE_SHARE) -> CheckpointChoice:
     """Score the base model and every ``checkpoint-N`` folder on ``collection`` (databases training never saw, not
-    the held-out ones) greedily, and choose the step: :func:`best_step`. Answers are cached in ``out_dir``."""
+    the held-out ones) greedily, and choose the step: :func:`best_step`, leaving out the checkpoints that collapsed
+    to a template (the commonest :func:`query_shape` answers more than ``max_template_share`` of the questions: a
+    collapsed policy can still score on the validation questions that template happens to answer, and not on
+    others). Answers are cached in ``out_dir``."""
     from ..run_dir import checkpoint_step
 
+    if not 0 < max_template_share <= 1:
+        raise ValueError(f"max_template_share={max_template_share!r}: give a share in (0, 1], e.g. 0.5 (1 = no limit)")
     folders = sorted((Path(c) for c in checkpoints), key=checkpoint_step)
     if not folders:
         raise ValueError("no checkpoints to choose from: keep them with save_steps / save_total_limit "
@@ -177,11 +235,13 @@ def choose_checkpoint(collection: SQLCollection, checkpoints: Sequence[str | Pat
     report = evaluate_sql(collection, sources, out_dir=out_dir, batch_size=batch_size, sample_values=sample_values,
                           progress=progress)
     report.tests = [t for t in report.tests if t.first == "base"]  # each step against the base, not every pair
-    accuracy = {0: report.accuracy("base"), **{checkpoint_step(f): report.accuracy(f"step-{checkpoint_step(f)}")
-                                               for f in folders}}
-    step = best_step(accuracy)
-    chosen = next((f for f in folders if checkpoint_step(f) == step), None)
-    return CheckpointChoice(step, chosen, accuracy, report)
+    names = {0: "base", **{checkpoint_step(f): f"step-{checkpoint_step(f)}" for f in folders}}
+    accuracy = {step: report.accuracy(name) for step, name in names.items()}
+    shares = {step: template_share(report.sources[name]) for step, name in names.items()}
+    choice = CheckpointChoice(0, None, accuracy, report, shares, max_template_share, dict(collection.meta))
+    choice.step = best_step(accuracy, excluded=choice.collapsed)
+    choice.checkpoint = next((f for f in folders if checkpoint_step(f) == choice.step), None)
+    return choice
 
 
 def _score(scorer: ExecutionScorer, example, answer: SQLGeneration) -> SQLOutcome:

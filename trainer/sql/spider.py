@@ -108,7 +108,7 @@ def _databases_for(split: str, databases: Sequence[str] | None) -> tuple[str, ..
 def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequence[str] | None = None,
                       timeout_s: float = 2.0, max_rows: int = 10_000, limit: int | None = None,
                       max_hardness: str | None = None, drop_table_counts: bool = False,
-                      exclude_databases: Sequence[str] = ()) -> SQLCollection:
+                      drop_uninformative: bool = False, exclude_databases: Sequence[str] = ()) -> SQLCollection:
     """The examples of ``split`` (or of ``databases``) and their read-only SQLite databases.
 
     ``max_hardness`` (``easy``, ``medium``, ``hard``, ``extra``) keeps only the examples whose gold SQL is at most that
@@ -116,6 +116,8 @@ def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequ
     ``drop_table_counts`` leaves out the examples whose expected result a whole-table count
     (``SELECT count(*) FROM <a table of its database>``) already gives (see :func:`table_count_answers`): for training,
     so that one template that runs everywhere is never paid as right; evaluate on the whole split.
+    ``drop_uninformative`` leaves out the examples whose expected result cannot tell a right query from a wrong one
+    (see :func:`uninformative_answers`): for choosing a checkpoint, where such matches are noise.
     ``exclude_databases`` leaves those databases of the split out (kept for validation: choosing the training step
     on databases that training never sees, before the held-out split is looked at); each must be in the split.
     """
@@ -170,6 +172,15 @@ def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequ
             raise DataError(f"{file}: every example is answered by a whole-table count; drop_table_counts leaves none")
         for db_id in set(opened) - {e.db_id for e in examples}:
             opened.pop(db_id).close()
+    if drop_uninformative:
+        blind = uninformative_answers(examples, opened)
+        examples = [e for e, uninformative in zip(examples, blind, strict=True) if not uninformative]
+        meta["dropped_uninformative"] = sum(blind)
+        if not examples:
+            raise DataError(f"{file}: every example's expected result is empty or all zeros; drop_uninformative "
+                            "leaves none")
+        for db_id in set(opened) - {e.db_id for e in examples}:
+            opened.pop(db_id).close()
     digest = hashlib.sha256(json.dumps([[e.id, e.db_id, e.question, e.gold_sql] for e in examples]).encode())
     return SQLCollection(folder, split, examples, opened, digest.hexdigest()[:16], meta)
 
@@ -193,4 +204,23 @@ def table_count_answers(examples: Sequence[SQLExample], databases: dict[str, Any
             tables[e.db_id] = ['"' + t.replace('"', '""') + '"' for t in scorer.database(e.db_id).table_names()]
         found.append(any(scorer.outcome(e.db_id, f"SELECT count(*) FROM {table}", e.gold_sql, e.gold_rows,
                                         e.ordered)[0] == MATCH for table in tables[e.db_id]))
+    return found
+
+
+def uninformative_answers(examples: Sequence[SQLExample], databases: dict[str, Any]) -> list[bool]:
+    """For each example, whether its expected result is no rows, or one row of only zeros and NULLs (a count or sum
+    over nothing). Any query whose filter finds nothing matches such a result, right or wrong: on Spider's flight_2,
+    which stores its codes and cities padded with a space (``' APG'``), the gold filters find nothing, and so does
+    every guess, so those matches are coincidences, not answers. Gold queries that fail raise a DataError.
+    """
+    from .rewards import ExecutionScorer
+
+    scorer = ExecutionScorer(databases)
+    found: list[bool] = []
+    for e in examples:
+        reference = scorer.reference(e.db_id, e.gold_sql, e.gold_rows)
+        if not reference.ok:
+            raise DataError(f"example {e.id} ({e.db_id}): the gold query fails: {reference.error}"[:400])
+        rows = reference.rows
+        found.append(not rows or (len(rows) == 1 and all(v in (0, None) for v in rows[0])))
     return found

@@ -94,7 +94,9 @@ def training_collection(config: TrainConfig) -> SQLCollection:
 def validation_collection(config: TrainConfig) -> SQLCollection:
     """The examples of ``data.validation_databases`` (at most ``data.max_hardness`` hard, table counts kept: the
     questions as a user asks them), on which to choose the checkpoint: databases training never saw, so the choice
-    does not look at the held-out split."""
+    does not look at the held-out split. The examples whose expected result is empty or all zeros are left out
+    (:func:`.spider.uninformative_answers`): any query that finds nothing matches them, so they would choose by
+    coincidence."""
     if not config.data.validation_databases:
         raise ConfigError("no validation databases: set data.validation_databases (--data-validation-databases) "
                           "to databases of data.split to keep out of training, e.g. '[flight_2]'")
@@ -103,7 +105,7 @@ def validation_collection(config: TrainConfig) -> SQLCollection:
         raise ConfigError(f"data.validation_databases {sorted(set(config.data.validation_databases) - set(in_split))}"
                           f" are not databases of split {config.data.split!r} ({list(in_split)}): name some of those")
     return load_sql_examples(config.data.path, config.data.split, databases=config.data.validation_databases,
-                             max_hardness=config.data.max_hardness)
+                             max_hardness=config.data.max_hardness, drop_uninformative=True)
 
 
 def choose_on_validation(config: TrainConfig, run_dir: str | Path | None = None, *,
@@ -139,6 +141,9 @@ def train_from_config(config: TrainConfig, *, sample_values: int = 0) -> int:
         choice = choose_on_validation(config, sample_values=sample_values)
         print(f"validation ({', '.join(choice.report.databases)}, {choice.report.settings['examples']} examples): "
               + ", ".join(f"step {k} {v:.1%}" for k, v in choice.accuracy.items()))
+        if choice.collapsed:
+            print(f"not eligible (one query shape answers over {choice.max_template_share:.0%} of the questions): "
+                  + ", ".join(f"step {k} ({choice.template_share[k]:.0%})" for k in choice.collapsed))
         if choice.checkpoint is None:
             print("chosen: the base model (no checkpoint beat it on the validation databases)")
         else:

@@ -116,7 +116,11 @@ def test_every_block_runs(reader_database, monkeypatch, capsys, tmp_path):
     choice = json.loads((tmp_path / "runs" / "sql-doc" / "validation.json").read_text())
     assert choice["databases"] == ["network_1"] and choice["examples"] == 12  # its easy questions
     accuracy = {int(step): value for step, value in choice["accuracy"].items()}
-    assert set(accuracy) == {0, 1, 2} and choice["chosen_step"] == best_step(accuracy)
+    shares = {int(step): value for step, value in choice["template_share"].items()}
+    assert set(accuracy) == set(shares) == {0, 1, 2} and all(0 <= v <= 1 for v in shares.values())
+    assert choice["collapsed"] == [s for s in (1, 2) if shares[s] > 0.5]  # one query shape for most questions
+    assert choice["chosen_step"] == best_step(accuracy, excluded=choice["collapsed"])
+    assert choice["filters"]["dropped_uninformative"] == 0  # network_1's easy gold results all hold rows
     assert re.search(r"^validation \(network_1, 12 examples\): step 0 \d", done.stdout, re.M)
     assert "chosen: " in done.stdout
     assert (tmp_path / "runs" / "sql-doc" / "validation" / "generations" / "step-2.jsonl").is_file()

@@ -62,6 +62,51 @@ def test_best_step_takes_the_highest_accuracy_and_the_earliest_on_ties():
     assert best_step({30: 0.1, 10: 0.1}) == 10
     with pytest.raises(ValueError, match="no steps"):
         best_step({})
+    # collapsed steps are not eligible; the base model (step 0) always is
+    assert best_step({0: 0.0, 35: 0.14, 40: 0.14, 55: 0.24}, excluded=[55]) == 35
+    assert best_step({0: 0.02, 5: 0.3}, excluded=[5, 0]) == 0
+
+
+def test_query_shape_blanks_names_and_literals():
+    from deepretrieval_trainer.sql.evaluate import query_shape
+
+    count = query_shape("SELECT count(*) FROM singer")
+    assert count == query_shape("select COUNT(*) from stadium;") == query_shape('SELECT count(*) FROM "Concert"')
+    filtered = query_shape("SELECT name FROM teacher WHERE age = 32")
+    assert filtered == query_shape("SELECT Hometown FROM people WHERE Name = 'Ann'") != count
+    assert query_shape("SELECT name FROM teacher ORDER BY age") != filtered
+    assert query_shape("SELEC oops ((") == "selec oops (("  # unparsable SQL is its own shape
+
+
+def test_choice_leaves_out_checkpoints_collapsed_to_a_template(spider_dir, tmp_path):
+    from deepretrieval_trainer.sql.evaluate import CheckpointChoice, best_step, template_share
+
+    validation = load_sql_examples(spider_dir, "train", databases=["student_transcripts_tracking"],
+                                   max_hardness="easy", drop_uninformative=True)
+
+    class PerQuestion(ScriptedRewriter):  # a varied writer: a different query shape per question
+        shapes = ["SELECT count(*) FROM Courses", "SELECT course_name FROM Courses",
+                  "SELECT course_name FROM Courses ORDER BY course_name",
+                  "SELECT course_name FROM Courses WHERE course_id = 1"]
+
+        def _complete(self, conversations):
+            self.calls.append(conversations)
+            done = sum(len(c) for c in self.calls)
+            return [f"</think><answer>{self.shapes[(done - i) % 4]}</answer>" for i in range(len(conversations))]
+
+    template = SQLWriter(backend=ScriptedRewriter("</think><answer>SELECT count(*) FROM Courses</answer>"))
+    sources = [parse_sql_source("gold"), SQLSource("step-5", SQLWriter(backend=PerQuestion()), ""),
+               SQLSource("step-10", template, "")]
+    report = evaluate_sql(validation, sources, out_dir=None, progress=False)
+    shares = {0: template_share(report.sources["gold"]), 5: template_share(report.sources["step-5"]),
+              10: template_share(report.sources["step-10"])}
+    assert shares[10] == 1.0 and shares[5] < 0.5  # one query for every question, against four shapes
+    accuracy = {0: 0.0, 5: report.accuracy("step-5"), 10: report.accuracy("step-10")}
+    assert 0 < accuracy[10]  # the count template is right on the count questions...
+    choice = CheckpointChoice(0, None, accuracy, report, shares)
+    assert choice.collapsed == [10]  # ...and is not eligible all the same
+    assert best_step(accuracy, excluded=choice.collapsed) in (0, 5)
+    assert choice.to_dict()["collapsed"] == [10] and "at most 50%" in choice.to_dict()["rule"]
 
 
 def test_choose_checkpoint_needs_checkpoints(spider_dir):

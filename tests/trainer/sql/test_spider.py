@@ -73,6 +73,39 @@ def test_drop_table_counts_rows_reference_and_errors(tmp_path):
         TrainConfig(task="retrieval", data={"drop_table_counts": True})
 
 
+def test_uninformative_answers_on_spider_and_on_rows(spider_dir, tmp_path):
+    import sqlite3
+
+    from deepretrieval_trainer.sql.spider import uninformative_answers
+
+    # flight_2 pads its codes and cities with a space, so 10 of its 26 easy gold queries find nothing (or count 0)
+    flights = load_sql_examples(spider_dir, "train", databases=["flight_2"], max_hardness="easy")
+    blind = uninformative_answers(flights.examples, flights.databases)
+    assert (len(blind), sum(blind)) == (26, 10)
+    assert all(('"APG"' in e.gold_sql or '"ATO"' in e.gold_sql or '"Aberdeen"' in e.gold_sql)
+               for e, b in zip(flights.examples, blind) if b)
+    kept = load_sql_examples(spider_dir, "train", databases=["flight_2"], max_hardness="easy",
+                             drop_uninformative=True)
+    assert len(kept.examples) == 16 and kept.meta["dropped_uninformative"] == 10
+    assert kept.fingerprint != flights.fingerprint
+    assert not any(uninformative_answers(kept.examples, kept.databases))
+    (tmp_path / "database" / "shop").mkdir(parents=True)
+    with sqlite3.connect(tmp_path / "database" / "shop" / "shop.sqlite") as db:
+        db.executescript("CREATE TABLE item (id INTEGER, price REAL); INSERT INTO item VALUES (1, 0), (2, NULL);")
+    rows = [{"db_id": "shop", "question": "Items over 5?", "query": "SELECT id FROM item WHERE id > 5"},  # no rows
+            {"db_id": "shop", "question": "How many over 5?", "query": "SELECT count(*) FROM item WHERE id > 5"},
+            {"db_id": "shop", "question": "Price and note of 2?", "result": [[None, 0]]},
+            {"db_id": "shop", "question": "Price of 1?", "query": "SELECT price FROM item WHERE id = 1"},  # 0: blind
+            {"id": "k", "db_id": "shop", "question": "How many?", "query": "SELECT count(*) FROM item"},
+            {"db_id": "shop", "question": "Zero rows of two?", "result": [[0], [0]]}]  # two rows: informative
+    (tmp_path / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = load_sql_examples(tmp_path, "all", drop_uninformative=True)
+    assert [e.question for e in kept.examples] == ["How many?", "Zero rows of two?"]
+    (tmp_path / "examples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    with pytest.raises(DataError, match="drop_uninformative leaves none"):
+        load_sql_examples(tmp_path, "all", drop_uninformative=True)
+
+
 def test_validation_databases_are_kept_out_of_training(spider_dir):
     from deepretrieval_trainer.commands.train import overrides
     from deepretrieval_trainer.config import ConfigError, TrainConfig
@@ -83,7 +116,9 @@ def test_validation_databases_are_kept_out_of_training(spider_dir):
     train, validation = training_collection(config), validation_collection(config)
     assert set(train.databases) == set(TRAIN_DATABASES) - {"flight_2", "network_1"}
     assert set(validation.databases) == {"flight_2", "network_1"}
-    assert (len(train.examples), len(validation.examples)) == (130 - 26 - 12, 26 + 12)  # easy ones, as trained
+    assert len(train.examples) == 130 - 26 - 12  # the easy ones, as trained
+    # validation: the easy ones too, less the 10 of flight_2 whose gold finds nothing (any empty guess would match)
+    assert len(validation.examples) == 26 - 10 + 12 and validation.meta["dropped_uninformative"] == 10
     assert train.meta["excluded_databases"] == ["flight_2", "network_1"]
     assert train.fingerprint != training_collection(TrainConfig(task="sql", data={
         "path": str(spider_dir), "max_hardness": "easy"})).fingerprint  # a resumed run sees the change

@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     from deepretrieval_trainer.config import TrainConfig
     from deepretrieval_trainer.sql.evaluate import evaluate_sql, format_sql_table, parse_sql_source, write_sql_outputs
     from deepretrieval_trainer.sql.spider import load_sql_examples
-    from deepretrieval_trainer.sql.train import choose_on_validation, train_sql, training_collection
+    from deepretrieval_trainer.sql.train import (
+        choice_reason, choose_on_validation, train_sql, training_collection, validation_collection,
+    )
 
     torch.set_num_threads(args.torch_threads)
     out = Path(args.out)
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                         "drop_table_counts": args.drop_table_counts,
                         "validation_databases": args.validation_databases})
     config = TrainConfig(**{**fields, **extra_fields(args.set)})
+    if args.validation_databases:
+        validation_collection(config)  # its errors before training, not after
     if not args.eval_only and not args.skip_trained:
         train_sql(training_collection(config), config)
     if args.train_only:
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({k: v for k, v in choice.to_dict().items() if k != "databases"}, indent=1))
         trained = choice.checkpoint  # None: the base model won on validation, so there is no adapter to evaluate
         if trained is None:
-            print("validation chose the base model: no trained adapter is evaluated on dev")
+            print(f"validation chose the base model ({choice_reason(choice)}): no trained adapter is evaluated "
+                  "on dev")
     specs = ["gold", "base"] + ([] if trained is None else [f"trained=adapter:{trained}"])
     sources = [parse_sql_source(s, max_new_tokens=args.max_new_tokens, batch_size=8) for s in specs]
     report = evaluate_sql(load_sql_examples(args.data, "dev"), sources, out_dir=out / "eval", progress=False)

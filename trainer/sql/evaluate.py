@@ -151,19 +151,28 @@ class CheckpointChoice:
     template_share: dict[int, float] = field(default_factory=dict)  # step -> share of its commonest query shape
     max_template_share: float = MAX_TEMPLATE_SHARE
     filters: dict = field(default_factory=dict)  # what the validation collection left out (its meta)
+    gold_template_share: float = 0.0  # the gold SQL's own commonest shape share on these questions
+
+    @property
+    def cutoff(self) -> float:
+        """The share above which a checkpoint has collapsed: ``max_template_share``, or the gold SQL's own share
+        where that is higher (a set of questions the gold answers with one shape, half the time, is no sign of a
+        template)."""
+        return max(self.max_template_share, self.gold_template_share)
 
     @property
     def collapsed(self) -> list[int]:
-        """The steps not eligible: their commonest query shape answers more than ``max_template_share``."""
-        return sorted(step for step, share in self.template_share.items()
-                      if step != 0 and share > self.max_template_share)
+        """The checkpoints not eligible: their commonest query shape answers more than :attr:`cutoff` of the
+        questions. Step 0, the base model, is always eligible."""
+        return sorted(step for step, share in self.template_share.items() if step != 0 and share > self.cutoff)
 
     def to_dict(self) -> dict:
         return {"chosen_step": self.step, "chosen_checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                "rule": "highest validation execution accuracy among the steps whose commonest query shape answers "
-                        f"at most {self.max_template_share:.0%} of the questions; ties go to the earliest step (the "
-                        "base model is step 0)", "examples": self.report.settings.get("examples"),
+                "rule": "highest validation execution accuracy among the base model (step 0) and the checkpoints "
+                        f"whose commonest query shape answers at most {self.cutoff:.0%} of the questions; ties go to "
+                        "the earliest step", "examples": self.report.settings.get("examples"),
                 "databases": self.report.databases, "filters": self.filters,
+                "gold_template_share": self.gold_template_share,
                 "accuracy": {str(k): v for k, v in self.accuracy.items()},
                 "template_share": {str(k): v for k, v in self.template_share.items()},
                 "collapsed": self.collapsed,
@@ -180,27 +189,28 @@ def best_step(accuracy: dict[int, float], excluded: Sequence[int] = ()) -> int:
 
 
 def query_shape(sql: str) -> str:
-    """``sql`` with every name and literal replaced, lower-cased: ``SELECT count(*) FROM singer`` and ``select
-    COUNT(*) from stadium`` have one shape, ``select x from x where x = ?`` is another. Unparsable SQL is its own
-    text."""
-    import sqlglot
+    """``sql`` with every name and literal replaced by ``x``, lower-cased: ``SELECT count(*) FROM singer`` and
+    ``select COUNT(*) from stadium`` have one shape, ``select x from x where x = x`` is another (a double-quoted
+    value, which SQLite reads as a name when no column has it, has the same shape as a single-quoted one). SQL that
+    does not parse is its own text."""
     from sqlglot import exp
 
+    from .guard import UnsafeSQL, _parse
+
     try:
-        tree = sqlglot.parse_one(sql, read="sqlite")
-    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError):
+        trees = _parse(sql, "sqlite")
+    except UnsafeSQL:
         return sql.strip().lower()
-    if tree is None:
+    if len(trees) != 1:
         return sql.strip().lower()
 
     def blank(node):
-        if isinstance(node, exp.Literal):
-            return exp.Placeholder()
-        if isinstance(node, exp.Identifier):
-            return exp.to_identifier("x")
-        return node
+        return exp.to_identifier("x") if isinstance(node, (exp.Literal, exp.Identifier)) else node
 
-    return tree.transform(blank).sql(dialect="sqlite").lower()
+    try:
+        return trees[0].transform(blank).sql(dialect="sqlite").lower()
+    except RecursionError:  # as deep as check_sql allows, from deep in a caller's stack
+        return sql.strip().lower()
 
 
 def template_share(outcomes: Sequence[SQLOutcome]) -> float:
@@ -219,9 +229,10 @@ def choose_checkpoint(collection: SQLCollection, checkpoints: Sequence[str | Pat
                       max_template_share: float = MAX_TEMPLATE_SHARE) -> CheckpointChoice:
     """Score the base model and every ``checkpoint-N`` folder on ``collection`` (databases training never saw, not
     the held-out ones) greedily, and choose the step: :func:`best_step`, leaving out the checkpoints that collapsed
-    to a template (the commonest :func:`query_shape` answers more than ``max_template_share`` of the questions: a
-    collapsed policy can still score on the validation questions that template happens to answer, and not on
-    others). Answers are cached in ``out_dir``."""
+    to a template (the commonest :func:`query_shape` answers more than ``max_template_share`` of the questions, or
+    than the gold SQL's own share where that is higher: :attr:`CheckpointChoice.cutoff`). A collapsed policy can
+    still score on the validation questions its template happens to answer, and on no others. Answers are cached
+    in ``out_dir``."""
     from ..run_dir import checkpoint_step
 
     if not 0 < max_template_share <= 1:
@@ -238,7 +249,9 @@ def choose_checkpoint(collection: SQLCollection, checkpoints: Sequence[str | Pat
     names = {0: "base", **{checkpoint_step(f): f"step-{checkpoint_step(f)}" for f in folders}}
     accuracy = {step: report.accuracy(name) for step, name in names.items()}
     shares = {step: template_share(report.sources[name]) for step, name in names.items()}
-    choice = CheckpointChoice(0, None, accuracy, report, shares, max_template_share, dict(collection.meta))
+    gold = template_share([SQLOutcome(e.id, e.db_id, e.question, e.gold_sql, True, "match", None, 0.0)
+                           for e in collection.examples])
+    choice = CheckpointChoice(0, None, accuracy, report, shares, max_template_share, dict(collection.meta), gold)
     choice.step = best_step(accuracy, excluded=choice.collapsed)
     choice.checkpoint = next((f for f in folders if checkpoint_step(f) == choice.step), None)
     return choice

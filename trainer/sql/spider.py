@@ -165,24 +165,42 @@ def load_sql_examples(path: str | Path, split: str = "train", *, databases: Sequ
     if excluded:
         meta["excluded_databases"] = sorted(excluded)
     if drop_table_counts:
-        shortcut = table_count_answers(examples, opened)
-        examples = [e for e, counted in zip(examples, shortcut, strict=True) if not counted]
-        meta["dropped_table_counts"] = sum(shortcut)
-        if not examples:
-            raise DataError(f"{file}: every example is answered by a whole-table count; drop_table_counts leaves none")
-        for db_id in set(opened) - {e.db_id for e in examples}:
-            opened.pop(db_id).close()
+        examples = _drop(examples, table_count_answers(examples, opened), opened, meta, "dropped_table_counts",
+                         f"{file}: every example is answered by a whole-table count; drop_table_counts leaves none")
     if drop_uninformative:
-        blind = uninformative_answers(examples, opened)
-        examples = [e for e, uninformative in zip(examples, blind, strict=True) if not uninformative]
-        meta["dropped_uninformative"] = sum(blind)
-        if not examples:
-            raise DataError(f"{file}: every example's expected result is empty or all zeros; drop_uninformative "
-                            "leaves none")
-        for db_id in set(opened) - {e.db_id for e in examples}:
-            opened.pop(db_id).close()
+        examples = _drop(examples, uninformative_answers(examples, opened), opened, meta, "dropped_uninformative",
+                         f"{file}: every example's expected result is empty or all zeros; drop_uninformative "
+                         "leaves none")
     digest = hashlib.sha256(json.dumps([[e.id, e.db_id, e.question, e.gold_sql] for e in examples]).encode())
     return SQLCollection(folder, split, examples, opened, digest.hexdigest()[:16], meta)
+
+
+def _drop(examples: list[SQLExample], flags: list[bool], opened: dict[str, Any], meta: dict[str, Any], key: str,
+          empty: str) -> list[SQLExample]:
+    """``examples`` less the flagged ones (their count recorded as ``meta[key]``), closing the databases no example
+    is left on; a DataError saying ``empty`` when none are left."""
+    kept = [e for e, flagged in zip(examples, flags, strict=True) if not flagged]
+    meta[key] = sum(flags)
+    if not kept:
+        raise DataError(empty)
+    for db_id in set(opened) - {e.db_id for e in kept}:
+        opened.pop(db_id).close()
+    return kept
+
+
+def _gold_results(examples: Sequence[SQLExample], databases: dict[str, Any]):
+    """(scorer, each example's gold result), the scorer being the reward's own :class:`.rewards.ExecutionScorer`;
+    a DataError naming the example when a gold query fails."""
+    from .rewards import ExecutionScorer
+
+    scorer = ExecutionScorer(databases)
+    results = []
+    for e in examples:
+        reference = scorer.reference(e.db_id, e.gold_sql, e.gold_rows)
+        if not reference.ok:
+            raise DataError(f"example {e.id} ({e.db_id}): the gold query fails: {reference.error}"[:400])
+        results.append(reference)
+    return scorer, results
 
 
 def table_count_answers(examples: Sequence[SQLExample], databases: dict[str, Any]) -> list[bool]:
@@ -191,15 +209,12 @@ def table_count_answers(examples: Sequence[SQLExample], databases: dict[str, Any
     unique). On Spider's easy questions that is one in six ("How many singers are there?"), and it is the query a
     small policy collapses to: it always runs and is sometimes right.
     """
-    from .rewards import MATCH, ExecutionScorer
+    from .rewards import MATCH
 
-    scorer = ExecutionScorer(databases)
+    scorer, _ = _gold_results(examples, databases)
     tables: dict[str, list[str]] = {}
     found: list[bool] = []
     for e in examples:
-        reference = scorer.reference(e.db_id, e.gold_sql, e.gold_rows)
-        if not reference.ok:
-            raise DataError(f"example {e.id} ({e.db_id}): the gold query fails: {reference.error}"[:400])
         if e.db_id not in tables:
             tables[e.db_id] = ['"' + t.replace('"', '""') + '"' for t in scorer.database(e.db_id).table_names()]
         found.append(any(scorer.outcome(e.db_id, f"SELECT count(*) FROM {table}", e.gold_sql, e.gold_rows,
@@ -209,18 +224,16 @@ def table_count_answers(examples: Sequence[SQLExample], databases: dict[str, Any
 
 def uninformative_answers(examples: Sequence[SQLExample], databases: dict[str, Any]) -> list[bool]:
     """For each example, whether its expected result is no rows, or one row of only zeros and NULLs (a count or sum
-    over nothing). Any query whose filter finds nothing matches such a result, right or wrong: on Spider's flight_2,
-    which stores its codes and cities padded with a space (``' APG'``), the gold filters find nothing, and so does
-    every guess, so those matches are coincidences, not answers. Gold queries that fail raise a DataError.
+    over nothing; values normalized as the comparison does). Any query whose filter finds nothing matches such a
+    result, right or wrong: on Spider's flight_2, which stores its codes and cities padded with a space
+    (``' APG'``), the gold filters find nothing, and so does every guess, so those matches are coincidences, not
+    answers. Gold queries that fail raise a DataError.
     """
-    from .rewards import ExecutionScorer
+    from .results import normalize_rows
 
-    scorer = ExecutionScorer(databases)
+    _, results = _gold_results(examples, databases)
     found: list[bool] = []
-    for e in examples:
-        reference = scorer.reference(e.db_id, e.gold_sql, e.gold_rows)
-        if not reference.ok:
-            raise DataError(f"example {e.id} ({e.db_id}): the gold query fails: {reference.error}"[:400])
-        rows = reference.rows
+    for reference in results:
+        rows = normalize_rows(reference.rows)
         found.append(not rows or (len(rows) == 1 and all(v in (0, None) for v in rows[0])))
     return found

@@ -123,12 +123,24 @@ def choose_on_validation(config: TrainConfig, run_dir: str | Path | None = None,
     return choice
 
 
+def choice_reason(choice: CheckpointChoice) -> str:
+    """Why the base model was chosen: no eligible checkpoint beat it, or every checkpoint collapsed."""
+    if set(choice.collapsed) >= set(choice.accuracy) - {0}:
+        return (f"every checkpoint answers over {choice.cutoff:.0%} of the validation questions with one query "
+                "shape: collapsed to a template")
+    return "no checkpoint that kept its variety beat it on the validation databases"
+
+
 def train_from_config(config: TrainConfig, *, sample_values: int = 0) -> int:
     """``deepretrieval train --task sql``: train on ``data.path`` (Spider layout), split ``data.split``."""
     if not config.data.path:
         raise ValueError("no training data: set data.path (--data-path) to a folder in Spider's layout, "
                          "e.g. ../shared/data/spider")
     collection = training_collection(config)
+    if config.data.validation_databases:  # its errors (a failing gold query, nothing left) before training, not after
+        validation = validation_collection(config)
+        logger.info("choosing the step on %d examples of databases %s", len(validation.examples),
+                    sorted(validation.databases))
     if config.data.validation_databases and config.save_total_limit < 3:
         logger.warning("data.validation_databases chooses among the kept checkpoints, and save_total_limit=%d keeps "
                        "only the last %d: raise it (e.g. --save-total-limit 20 with --save-steps 5) to choose among "
@@ -145,7 +157,7 @@ def train_from_config(config: TrainConfig, *, sample_values: int = 0) -> int:
             print(f"not eligible (one query shape answers over {choice.max_template_share:.0%} of the questions): "
                   + ", ".join(f"step {k} ({choice.template_share[k]:.0%})" for k in choice.collapsed))
         if choice.checkpoint is None:
-            print("chosen: the base model (no checkpoint beat it on the validation databases)")
+            print(f"chosen: the base model ({choice_reason(choice)})")
         else:
             chosen = choice.checkpoint
             print(f"chosen: step {choice.step}, {chosen}")

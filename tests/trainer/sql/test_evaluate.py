@@ -65,6 +65,7 @@ def test_best_step_takes_the_highest_accuracy_and_the_earliest_on_ties():
     # collapsed steps are not eligible; the base model (step 0) always is
     assert best_step({0: 0.0, 35: 0.14, 40: 0.14, 55: 0.24}, excluded=[55]) == 35
     assert best_step({0: 0.02, 5: 0.3}, excluded=[5, 0]) == 0
+    assert best_step({0: 0.5, 5: 0.3}, excluded=[5, 0]) == 0
 
 
 def test_query_shape_blanks_names_and_literals():
@@ -76,15 +77,20 @@ def test_query_shape_blanks_names_and_literals():
     assert filtered == query_shape("SELECT Hometown FROM people WHERE Name = 'Ann'") != count
     assert query_shape("SELECT name FROM teacher ORDER BY age") != filtered
     assert query_shape("SELEC oops ((") == "selec oops (("  # unparsable SQL is its own shape
+    # a double-quoted value (a name to sqlglot, a string to SQLite when no column has it) is the same shape
+    assert query_shape('SELECT a FROM t WHERE b = "Kyle"') == query_shape("SELECT a FROM t WHERE b = 'Kyle'")
+    deep = "SELECT " + "(" * 46 + "1" + ")" * 46  # as deep as check_sql accepts
+    assert query_shape(deep).startswith("select")
 
 
-def test_choice_leaves_out_checkpoints_collapsed_to_a_template(spider_dir, tmp_path):
-    from deepretrieval_trainer.sql.evaluate import CheckpointChoice, best_step, template_share
+def test_choice_leaves_out_checkpoints_collapsed_to_a_template(spider_dir, tmp_path, monkeypatch):
+    import deepretrieval_trainer.sql.evaluate as evaluate
+    from deepretrieval_trainer.sql.train import choice_reason
 
     validation = load_sql_examples(spider_dir, "train", databases=["student_transcripts_tracking"],
                                    max_hardness="easy", drop_uninformative=True)
 
-    class PerQuestion(ScriptedRewriter):  # a varied writer: a different query shape per question
+    class Cycle(ScriptedRewriter):  # a varied writer: four query shapes in turn, one right on a count question
         shapes = ["SELECT count(*) FROM Courses", "SELECT course_name FROM Courses",
                   "SELECT course_name FROM Courses ORDER BY course_name",
                   "SELECT course_name FROM Courses WHERE course_id = 1"]
@@ -94,19 +100,31 @@ def test_choice_leaves_out_checkpoints_collapsed_to_a_template(spider_dir, tmp_p
             done = sum(len(c) for c in self.calls)
             return [f"</think><answer>{self.shapes[(done - i) % 4]}</answer>" for i in range(len(conversations))]
 
-    template = SQLWriter(backend=ScriptedRewriter("</think><answer>SELECT count(*) FROM Courses</answer>"))
-    sources = [parse_sql_source("gold"), SQLSource("step-5", SQLWriter(backend=PerQuestion()), ""),
-               SQLSource("step-10", template, "")]
-    report = evaluate_sql(validation, sources, out_dir=None, progress=False)
-    shares = {0: template_share(report.sources["gold"]), 5: template_share(report.sources["step-5"]),
-              10: template_share(report.sources["step-10"])}
-    assert shares[10] == 1.0 and shares[5] < 0.5  # one query for every question, against four shapes
-    accuracy = {0: 0.0, 5: report.accuracy("step-5"), 10: report.accuracy("step-10")}
-    assert 0 < accuracy[10]  # the count template is right on the count questions...
-    choice = CheckpointChoice(0, None, accuracy, report, shares)
-    assert choice.collapsed == [10]  # ...and is not eligible all the same
-    assert best_step(accuracy, excluded=choice.collapsed) in (0, 5)
-    assert choice.to_dict()["collapsed"] == [10] and "at most 50%" in choice.to_dict()["rule"]
+    count = "</think><answer>SELECT count(*) FROM Courses</answer>"
+    writers = {"base": lambda: ScriptedRewriter("</think><answer>no SQL</answer>"), "step-5": Cycle,
+               "step-10": lambda: ScriptedRewriter(count)}  # step 10: one template for every question
+
+    def scripted(spec, **_):  # the real parse for the names; a scripted backend instead of the model
+        name = spec.split("=", 1)[0]
+        return SQLSource(name, SQLWriter(backend=writers[name]()), "")
+
+    monkeypatch.setattr(evaluate, "parse_sql_source", scripted)
+    folders = [tmp_path / "checkpoint-10", tmp_path / "checkpoint-5"]
+    choice = evaluate.choose_checkpoint(validation, folders, out_dir=None)
+    assert choice.template_share[10] == 1.0 and choice.template_share[5] < 0.5 and choice.template_share[0] == 0
+    assert choice.accuracy[10] > choice.accuracy[5] > 0  # the count template is right more often on this set...
+    assert choice.collapsed == [10] and (choice.step, choice.checkpoint) == (5, tmp_path / "checkpoint-5")  # ...yet
+    assert 0 < choice.gold_template_share < 0.5 and choice.cutoff == 0.5
+    summary = choice.to_dict()
+    assert summary["collapsed"] == [10] and "at most 50%" in summary["rule"]
+    assert summary["filters"]["dropped_uninformative"] == 0 and summary["chosen_step"] == 5
+    # with every checkpoint collapsed, the base model is chosen, and the reason says so
+    writers["step-5"] = lambda: ScriptedRewriter(count)
+    choice = evaluate.choose_checkpoint(validation, folders, out_dir=None)
+    assert (choice.step, choice.checkpoint, choice.collapsed) == (0, None, [5, 10])
+    assert "collapsed to a template" in choice_reason(choice)
+    with pytest.raises(ValueError, match="max_template_share=0"):
+        evaluate.choose_checkpoint(validation, folders, out_dir=None, max_template_share=0)
 
 
 def test_choose_checkpoint_needs_checkpoints(spider_dir):

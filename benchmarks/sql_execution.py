@@ -94,15 +94,14 @@ def main(argv: list[str] | None = None) -> int:
                         "drop_table_counts": args.drop_table_counts,
                         "validation_databases": args.validation_databases})
     config = TrainConfig(**{**fields, **extra_fields(args.set)})
-    if args.validation_databases:
-        validation_collection(config)  # its errors before training, not after
+    validation = validation_collection(config) if args.validation_databases else None  # its errors first
     if not args.eval_only and not args.skip_trained:
         train_sql(training_collection(config), config)
     if args.train_only:
         return 0
     trained = None if args.skip_trained else run
-    if args.validation_databases and not args.skip_trained:
-        choice = choose_on_validation(config, run, max_new_tokens=args.max_new_tokens)
+    if validation is not None and not args.skip_trained:
+        choice = choose_on_validation(config, run, collection=validation, max_new_tokens=args.max_new_tokens)
         print(format_sql_table(choice.report))
         print(json.dumps({k: v for k, v in choice.to_dict().items() if k != "databases"}, indent=1))
         trained = choice.checkpoint  # None: the base model won on validation, so there is no adapter to evaluate

@@ -213,14 +213,14 @@ def query_shape(sql: str) -> str:
         return sql.strip().lower()
 
 
-def template_share(outcomes: Sequence[SQLOutcome]) -> float:
-    """The share of ``outcomes`` (no answers included in the count, never in a shape) answered with the commonest
-    :func:`query_shape`: near 1 for a policy that collapsed to one template (``SELECT count(*) FROM <table>`` for
-    every question), well under 1/2 for one that writes SQL for the question."""
+def template_share(answers: Sequence[str | None]) -> float:
+    """The share of ``answers`` (one SQL text per question, or None for no answer: counted, never a shape) written
+    in the commonest :func:`query_shape`: near 1 for a policy that collapsed to one template (``SELECT count(*) FROM
+    <table>`` for every question), well under 1/2 for one that writes SQL for the question."""
     from collections import Counter
 
-    shapes = Counter(query_shape(o.sql) for o in outcomes if o.sql)
-    return max(shapes.values()) / len(outcomes) if shapes else 0.0
+    shapes = Counter(query_shape(sql) for sql in answers if sql)
+    return max(shapes.values()) / len(answers) if shapes else 0.0
 
 
 def choose_checkpoint(collection: SQLCollection, checkpoints: Sequence[str | Path], *, out_dir: str | Path | None,
@@ -248,9 +248,8 @@ def choose_checkpoint(collection: SQLCollection, checkpoints: Sequence[str | Pat
     report.tests = [t for t in report.tests if t.first == "base"]  # each step against the base, not every pair
     names = {0: "base", **{checkpoint_step(f): f"step-{checkpoint_step(f)}" for f in folders}}
     accuracy = {step: report.accuracy(name) for step, name in names.items()}
-    shares = {step: template_share(report.sources[name]) for step, name in names.items()}
-    gold = template_share([SQLOutcome(e.id, e.db_id, e.question, e.gold_sql, True, "match", None, 0.0)
-                           for e in collection.examples])
+    shares = {step: template_share([o.sql for o in report.sources[name]]) for step, name in names.items()}
+    gold = template_share([e.gold_sql for e in collection.examples])
     choice = CheckpointChoice(0, None, accuracy, report, shares, max_template_share, dict(collection.meta), gold)
     choice.step = best_step(accuracy, excluded=choice.collapsed)
     choice.checkpoint = next((f for f in folders if checkpoint_step(f) == choice.step), None)

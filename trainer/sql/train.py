@@ -109,13 +109,14 @@ def validation_collection(config: TrainConfig) -> SQLCollection:
 
 
 def choose_on_validation(config: TrainConfig, run_dir: str | Path | None = None, *,
-                         max_new_tokens: int = 128, sample_values: int = 0) -> CheckpointChoice:
+                         collection: SQLCollection | None = None, max_new_tokens: int = 128,
+                         sample_values: int = 0) -> CheckpointChoice:
     """Score the base model and every complete checkpoint of the run on ``data.validation_databases``
-    (:func:`validation_collection`) and choose the step (:func:`.evaluate.choose_checkpoint`); the answers go to
-    RUN/validation/, the choice to RUN/validation.json."""
+    (``collection``, or :func:`validation_collection` when not given) and choose the step
+    (:func:`.evaluate.choose_checkpoint`); the answers go to RUN/validation/, the choice to RUN/validation.json."""
     run = RunDir(run_dir or config.run_dir)
     folders = [f for f in run.checkpoint_folders() if checkpoint_complete(f)]
-    choice = choose_checkpoint(validation_collection(config), folders, out_dir=run.path / "validation",
+    choice = choose_checkpoint(collection or validation_collection(config), folders, out_dir=run.path / "validation",
                                model=config.model, max_new_tokens=max_new_tokens, batch_size=8,
                                sample_values=sample_values)
     if is_main_process():
@@ -137,6 +138,7 @@ def train_from_config(config: TrainConfig, *, sample_values: int = 0) -> int:
         raise ValueError("no training data: set data.path (--data-path) to a folder in Spider's layout, "
                          "e.g. ../shared/data/spider")
     collection = training_collection(config)
+    validation = None
     if config.data.validation_databases:  # its errors (a failing gold query, nothing left) before training, not after
         validation = validation_collection(config)
         logger.info("choosing the step on %d examples of databases %s", len(validation.examples),
@@ -149,12 +151,12 @@ def train_from_config(config: TrainConfig, *, sample_values: int = 0) -> int:
     adapter = train_sql(collection, config, sample_values=sample_values)
     print(f"adapter: {adapter}")
     chosen = adapter.parent
-    if config.data.validation_databases:
-        choice = choose_on_validation(config, sample_values=sample_values)
+    if validation is not None:
+        choice = choose_on_validation(config, collection=validation, sample_values=sample_values)
         print(f"validation ({', '.join(choice.report.databases)}, {choice.report.settings['examples']} examples): "
               + ", ".join(f"step {k} {v:.1%}" for k, v in choice.accuracy.items()))
         if choice.collapsed:
-            print(f"not eligible (one query shape answers over {choice.max_template_share:.0%} of the questions): "
+            print(f"not eligible (one query shape answers over {choice.cutoff:.0%} of the questions): "
                   + ", ".join(f"step {k} ({choice.template_share[k]:.0%})" for k in choice.collapsed))
         if choice.checkpoint is None:
             print(f"chosen: the base model ({choice_reason(choice)})")

@@ -68,6 +68,18 @@ def test_best_step_takes_the_highest_accuracy_and_the_earliest_on_ties():
     assert best_step({0: 0.5, 5: 0.3}, excluded=[5, 0]) == 0
 
 
+def test_the_template_cutoff_is_never_below_the_gold_sqls_own_share():
+    from deepretrieval_trainer.sql.evaluate import CheckpointChoice
+
+    report = SQLReport("c", "train", [], {})
+    shares = {0: 0.9, 5: 0.55, 10: 0.65, 15: 0.45}
+    # questions the gold SQL itself answers with one shape 60% of the time: 55% is no sign of a template
+    choice = CheckpointChoice(0, None, {}, report, shares, 0.5, gold_template_share=0.6)
+    assert choice.cutoff == 0.6 and choice.collapsed == [10]  # the base model (step 0) is never left out
+    assert "at most 60%" in choice.to_dict()["rule"]
+    assert CheckpointChoice(0, None, {}, report, shares, 0.5, gold_template_share=0.3).collapsed == [5, 10]
+
+
 def test_query_shape_blanks_names_and_literals():
     from deepretrieval_trainer.sql.evaluate import query_shape
 

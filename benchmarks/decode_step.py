@@ -28,7 +28,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from deepretrieval_trainer.models import resolve_model
+    from deepretrieval_trainer.common.models import resolve_model
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)

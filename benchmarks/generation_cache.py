@@ -31,8 +31,8 @@ def main() -> None:
 
     import torch
 
-    from deepretrieval_trainer.data import load_beir
-    from deepretrieval_trainer.rewriters import LocalRewriter
+    from deepretrieval_trainer.retrieval.data import load_beir
+    from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
 
     torch.set_num_threads(args.threads)
     queries = list(load_beir(DATA / "scifact", "dev").judged_queries.values())[: args.queries]

@@ -13,9 +13,9 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from deepretrieval_trainer.answer import parse_answer
 from deepretrieval_trainer.literature.http import HttpPolicy
 from deepretrieval_trainer.literature.pubmed import PubMedSearch
+from deepretrieval_trainer.rewriting.answer import parse_answer
 
 BODY = json.dumps({"esearchresult": {"count": "0", "idlist": []}}).encode()
 COMPLETIONS = {

@@ -16,8 +16,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from deepretrieval_trainer.data import load_beir
-from deepretrieval_trainer.metrics import mean_metric
+from deepretrieval_trainer.retrieval.data import load_beir
+from deepretrieval_trainer.retrieval.metrics import mean_metric
 from haystack_deepretrieval import HaystackSearch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -34,9 +34,10 @@ PAIRED_METRICS = ("ndcg@10", "recall@100")  # the headline metric, and the one n
 
 def build_search(framework: str, path: Path):
     """BM25 over the collection through the named framework (the CLI's own builder)."""
-    from deepretrieval_trainer.config import RetrieverConfig
+    from deepretrieval_trainer.training.config import RetrieverConfig
+    from deepretrieval_trainer.training.retrievers import build_search as build
 
-    return RetrieverConfig(framework=framework, kind="bm25").build(str(path))
+    return build(RetrieverConfig(framework=framework, kind="bm25"), str(path))
 
 
 def fifth_means(values: list[float]) -> tuple[float, float]:
@@ -70,12 +71,12 @@ def summarize_training(rows: list[dict]) -> dict:
 
 
 def run_one(collection: str, framework: str, args: argparse.Namespace) -> dict:
-    from deepretrieval_trainer.config import TrainConfig
-    from deepretrieval_trainer.data import load_beir
-    from deepretrieval_trainer.evaluate import evaluate
-    from deepretrieval_trainer.grpo import train
-    from deepretrieval_trainer.run_dir import RunDir
-    from deepretrieval_trainer.sources import parse_source
+    from deepretrieval_trainer.evaluation.evaluate import evaluate
+    from deepretrieval_trainer.evaluation.sources import parse_source
+    from deepretrieval_trainer.retrieval.data import load_beir
+    from deepretrieval_trainer.training.config import TrainConfig
+    from deepretrieval_trainer.training.retrieval import train
+    from deepretrieval_trainer.training.run_dir import RunDir
 
     path = DATA / collection
     drop = collection in DROP_UNKNOWN
@@ -101,7 +102,7 @@ def run_one(collection: str, framework: str, args: argparse.Namespace) -> dict:
                       retriever=f"{framework} bm25", progress=False, batch_size=args.eval_batch)
     eval_s = time.perf_counter() - start
     rows = RunDir(run_dir).read_metrics()
-    from deepretrieval_trainer.evaluate import compare
+    from deepretrieval_trainer.evaluation.evaluate import compare
 
     trained = report.source("trained")
     versus = {f"{name} {metric}": dataclasses.asdict(compare(trained, report.source(name), metric))
@@ -155,7 +156,7 @@ def print_result(result: dict) -> None:
 
 
 def main() -> None:
-    from deepretrieval_trainer.config import TrainConfig
+    from deepretrieval_trainer.training.config import TrainConfig
 
     defaults = TrainConfig()  # the training defaults are the measured CPU recipe: use them as they are
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -204,7 +205,7 @@ def main() -> None:
 
 def plot(png: str, result_files: list[Path]) -> None:
     """One PNG with the reward curves of every run in the given results.json files."""
-    from deepretrieval_trainer.run_dir import plot_curves
+    from deepretrieval_trainer.training.run_dir import plot_curves
 
     results = [r for f in result_files for r in json.loads(Path(f).read_text())]
     plot_curves({f"{r['collection']}/{r['framework']}": r["curve"] for r in results}, png)

@@ -25,11 +25,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from deepretrieval_trainer.data import load_beir  # noqa: E402
 from deepretrieval_trainer.literature.boolean import BooleanQueryError  # noqa: E402
 from deepretrieval_trainer.literature.dataset import from_collection, training_rows  # noqa: E402
 from deepretrieval_trainer.literature.fts5 import FTS5Search  # noqa: E402
-from deepretrieval_trainer.metrics import recall_at_k  # noqa: E402
+from deepretrieval_trainer.retrieval.data import load_beir  # noqa: E402
+from deepretrieval_trainer.retrieval.metrics import recall_at_k  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 logger = logging.getLogger("benchmarks.literature")
@@ -50,7 +50,7 @@ def evaluate(engine: FTS5Search, examples, texts: list[str], valid: list[bool]) 
 
 
 def rewrite_condition(engine, examples, adapter: str | None, max_new_tokens: int) -> tuple[dict, list[dict]]:
-    from deepretrieval_trainer.rewriters import LocalRewriter
+    from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
 
     rewriter = LocalRewriter(adapter=adapter, task="literature", max_new_tokens=max_new_tokens, batch_size=8)
     start = time.perf_counter()
@@ -84,8 +84,8 @@ def learning_curve(run_dir: Path) -> dict:
 
 
 def train(engine, train_examples, args) -> Path:
-    from deepretrieval_trainer.config import TrainConfig
-    from deepretrieval_trainer.grpo import train as grpo_train
+    from deepretrieval_trainer.training.config import TrainConfig
+    from deepretrieval_trainer.training.retrieval import train as grpo_train
 
     config = TrainConfig(task="literature", run_dir=str(args.out / "run"), max_steps=args.steps,
                          save_steps=max(args.steps, 1), prompts_per_step=args.prompts_per_step,
@@ -122,7 +122,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/literature-benchmark"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("deepretrieval_trainer.rewriters", "httpx"):
+    for noisy in ("deepretrieval_trainer.rewriting.rewriters", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     args.out.mkdir(parents=True, exist_ok=True)
 

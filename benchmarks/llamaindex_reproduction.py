@@ -15,8 +15,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from deepretrieval_trainer.data import load_beir
-from deepretrieval_trainer.metrics import mean_metric
+from deepretrieval_trainer.retrieval.data import load_beir
+from deepretrieval_trainer.retrieval.metrics import mean_metric
 from llamaindex_deepretrieval import LlamaIndexSearch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

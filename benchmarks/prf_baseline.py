@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from deepretrieval_trainer.cli import main as cli
-from deepretrieval_trainer.evaluate import paired_t_test
+from deepretrieval_trainer.evaluation.evaluate import paired_t_test
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SOURCES = ["prf", "prf:docs=5", "prf:docs=3", "prf:docs=10,weight=0.7"]

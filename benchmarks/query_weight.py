@@ -32,12 +32,13 @@ def main() -> None:
     parser.add_argument("--cache", default="/tmp/deepretrieval-query-weight")
     args = parser.parse_args()
 
-    from deepretrieval_trainer.config import RetrieverConfig
-    from deepretrieval_trainer.data import load_beir
-    from deepretrieval_trainer.evaluate import paired_t_test
-    from deepretrieval_trainer.framing import fused_search, search_text
-    from deepretrieval_trainer.metrics import ndcg_at_k, recall_at_k
-    from deepretrieval_trainer.rewriters import LocalRewriter
+    from deepretrieval_trainer.evaluation.evaluate import paired_t_test
+    from deepretrieval_trainer.retrieval.data import load_beir
+    from deepretrieval_trainer.retrieval.framing import fused_search, search_text
+    from deepretrieval_trainer.retrieval.metrics import ndcg_at_k, recall_at_k
+    from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
+    from deepretrieval_trainer.training.config import RetrieverConfig
+    from deepretrieval_trainer.training.retrievers import build_search
 
     rewriter = LocalRewriter(dtype=args.dtype, batch_size=8, max_new_tokens=128)
     Path(args.cache).mkdir(parents=True, exist_ok=True)
@@ -54,7 +55,7 @@ def main() -> None:
             print(f"{name}: rewrote {len(items)} queries in {time.perf_counter() - start:.0f} s, "
                   f"{sum(r is None for r in rewrites)} fell back (searched as the raw query)")
         for framework in args.frameworks:
-            search = RetrieverConfig(framework=framework, kind="bm25").build(str(DATA / name))
+            search = build_search(RetrieverConfig(framework=framework, kind="bm25"), str(DATA / name))
             qrels = [collection.qrels[qid] for qid, _ in items]
 
             def score(runs: list[list[str]]) -> tuple[list[float], list[float]]:

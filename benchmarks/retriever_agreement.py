@@ -1,7 +1,7 @@
 """Do LlamaIndex and Haystack give the same evaluation numbers as the core bm25s retriever for the same BM25 setup?
 
 Raw queries of a collection's split through each retriever configuration, scored by ``deepretrieval eval``'s
-own :func:`~deepretrieval_trainer.evaluate.evaluate`; per configuration: nDCG@10, Recall@100, MRR, how many
+own :func:`~deepretrieval_trainer.evaluation.evaluate.evaluate`; per configuration: nDCG@10, Recall@100, MRR, how many
 queries rank exactly the same top 10 as the core ``BM25Search`` (bm25s, k1=0.9, b=0.4, English stop-words, no
 stemming) and the mean top-10 overlap with it. Findings are explained in docs/evaluation.md.
 
@@ -15,10 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from deepretrieval_trainer.bm25 import BM25Search
-from deepretrieval_trainer.data import load_beir
-from deepretrieval_trainer.evaluate import evaluate
-from deepretrieval_trainer.sources import Source
+from deepretrieval_trainer.evaluation.evaluate import evaluate
+from deepretrieval_trainer.evaluation.sources import Source
+from deepretrieval_trainer.retrieval.bm25 import BM25Search
+from deepretrieval_trainer.retrieval.data import load_beir
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -27,6 +27,7 @@ def configurations(path: Path, corpus: dict):
     """(label, SearchBackend factory) pairs, the reference first."""
     from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
     from haystack.document_stores.in_memory import InMemoryDocumentStore
+
     from haystack_deepretrieval import HaystackSearch
     from haystack_deepretrieval.beir import beir_documents
     from llamaindex_deepretrieval import LlamaIndexSearch

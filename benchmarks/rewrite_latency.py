@@ -7,7 +7,7 @@ ADI test queries, repeated as needed. Prints a table (and --json writes the figu
 
     python benchmarks/rewrite_latency.py --adapter RUN_DIR_OR_ADAPTER [--base-url URL --name NAME]
 
-Without --base-url the script starts ``vllm serve`` itself (deepretrieval_trainer.serve) and stops it at the end.
+Without --base-url the script starts ``vllm serve`` itself (deepretrieval_trainer.rewriting.serve) and stops it at the end.
 Without --adapter it makes a peft LoRA adapter (r=8, attention projections, identity initialization) in a temp dir.
 """
 
@@ -98,8 +98,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def run_vllm(args, adapter: Path, pool: list[str], dtype: str, bind: str) -> list[dict]:
-    from deepretrieval_trainer.openai_compat import OpenAIRewriter
-    from deepretrieval_trainer.serve import ServerConfig, VLLMServer
+    from deepretrieval_trainer.rewriting.openai_compat import OpenAIRewriter
+    from deepretrieval_trainer.rewriting.serve import ServerConfig, VLLMServer
 
     rows, server, base_url = [], None, args.base_url
     if base_url is None:
@@ -127,7 +127,7 @@ def run_vllm(args, adapter: Path, pool: list[str], dtype: str, bind: str) -> lis
 
 
 def run_in_process(args, adapter: Path, pool: list[str], dtype: str) -> list[dict]:
-    from deepretrieval_trainer.rewriters import LocalRewriter
+    from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
 
     rows = []
     local = LocalRewriter(adapter=adapter, max_new_tokens=args.max_tokens, batch_size=max(args.concurrency),
@@ -144,8 +144,8 @@ def run_in_process(args, adapter: Path, pool: list[str], dtype: str) -> list[dic
 
 def main() -> int:
     args = parse_args()
-    from deepretrieval_trainer.data import load_beir
-    from deepretrieval_trainer.serve import find_adapter
+    from deepretrieval_trainer.retrieval.data import load_beir
+    from deepretrieval_trainer.rewriting.serve import find_adapter
 
     if len(args.queries) != len(args.concurrency):
         raise SystemExit("give one --queries count per --concurrency level")

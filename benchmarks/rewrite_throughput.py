@@ -35,7 +35,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 def unmerged_rewriter(adapter: Path, batch_size: int, max_new_tokens: int):
     """LocalRewriter as it ran before: float32 weights, peft LoRA layers at decode time, no stop strings."""
-    from deepretrieval_trainer.rewriters import LocalRewriter
+    from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
 
     class Unmerged(LocalRewriter):
         def load(self) -> None:
@@ -45,7 +45,7 @@ def unmerged_rewriter(adapter: Path, batch_size: int, max_new_tokens: int):
                 from peft import PeftModel
                 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-                from deepretrieval_trainer.models import resolve_model
+                from deepretrieval_trainer.common.models import resolve_model
 
                 name = resolve_model(None)
                 tokenizer = AutoTokenizer.from_pretrained(name)
@@ -62,7 +62,7 @@ def unmerged_rewriter(adapter: Path, batch_size: int, max_new_tokens: int):
 
 
 def build(setting: str, adapter: Path | None, batch_size: int, max_new_tokens: int):
-    from deepretrieval_trainer.rewriters import LocalRewriter
+    from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
 
     setting, _, batch = setting.partition("@")
     batch_size = int(batch) if batch else batch_size
@@ -96,10 +96,10 @@ def main() -> None:
     import torch
     import yaml
 
-    from deepretrieval_trainer.data import load_beir
-    from deepretrieval_trainer.evaluate import paired_t_test
-    from deepretrieval_trainer.metrics import ndcg_at_k
-    from deepretrieval_trainer.serve import find_adapter
+    from deepretrieval_trainer.evaluation.evaluate import paired_t_test
+    from deepretrieval_trainer.retrieval.data import load_beir
+    from deepretrieval_trainer.retrieval.metrics import ndcg_at_k
+    from deepretrieval_trainer.rewriting.serve import find_adapter
     from llamaindex_deepretrieval import LlamaIndexSearch
 
     adapter = None if args.adapter == "none" else find_adapter(args.adapter)

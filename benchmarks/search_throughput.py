@@ -34,9 +34,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from deepretrieval_trainer.data import load_beir, load_corpus  # noqa: E402
-from deepretrieval_trainer.metrics import mean_metric  # noqa: E402
-from deepretrieval_trainer.models import cache_dir  # noqa: E402
+from deepretrieval_trainer.common.models import cache_dir  # noqa: E402
+from deepretrieval_trainer.retrieval.data import load_beir, load_corpus  # noqa: E402
+from deepretrieval_trainer.retrieval.metrics import mean_metric  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 K = 1000
@@ -115,13 +115,14 @@ def doc_embeddings(name: str, corpus: dict[str, dict[str, str]], model):
 
 def build(backend: str, corpus: dict):
     if backend == "bm25s":
-        from deepretrieval_trainer.bm25 import BM25Search
+        from deepretrieval_trainer.retrieval.bm25 import BM25Search
 
         return BM25Search(corpus)
     if backend == "rank-bm25":
         return RankBM25Search(corpus)
     if backend == "llamaindex":
         from llama_index.core.schema import TextNode
+
         from llamaindex_deepretrieval import LlamaIndexSearch
         from llamaindex_deepretrieval.bm25 import build_bm25
 
@@ -131,6 +132,7 @@ def build(backend: str, corpus: dict):
         from haystack import Document
         from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
         from haystack.document_stores.in_memory import InMemoryDocumentStore
+
         from haystack_deepretrieval import HaystackSearch
 
         store = InMemoryDocumentStore(bm25_algorithm="BM25L")

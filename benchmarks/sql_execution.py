@@ -20,8 +20,9 @@ import logging
 import statistics
 from pathlib import Path
 
-from deepretrieval_trainer.sql.hardness import HARDNESS
 from learning_curve import extra_fields  # the same --set parsing; benchmarks/ is sys.path[0] when run as a script
+
+from deepretrieval_trainer.sql.hardness import HARDNESS
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spider"
 
@@ -76,12 +77,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from deepretrieval_trainer.config import TrainConfig
     from deepretrieval_trainer.sql.evaluate import evaluate_sql, format_sql_table, parse_sql_source, write_sql_outputs
     from deepretrieval_trainer.sql.spider import load_sql_examples
     from deepretrieval_trainer.sql.train import (
-        choice_reason, choose_on_validation, train_sql, training_collection, validation_collection,
+        choice_reason,
+        choose_on_validation,
+        train_sql,
+        training_collection,
+        validation_collection,
     )
+    from deepretrieval_trainer.training.config import TrainConfig
 
     torch.set_num_threads(args.torch_threads)
     out = Path(args.out)

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from deepretrieval_trainer.rewriters import LocalRewriter
+from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
+from deepretrieval_trainer.rewriting.tasks import sql_task
 from deepretrieval_trainer.sql.evaluate import _score  # the evaluation's own scoring of one answer
 from deepretrieval_trainer.sql.rewards import ExecutionScorer
 from deepretrieval_trainer.sql.schema import describe
 from deepretrieval_trainer.sql.spider import load_sql_examples
 from deepretrieval_trainer.sql.writer import SQLWriter
-from deepretrieval_trainer.tasks import sql_task
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spider"
 

@@ -44,17 +44,18 @@ def worker(spec: str, steps: int, out: Path, threads: int | None, collection: st
     """Train one setting (in this child process) and write its metrics rows to ``out``."""
     import logging
 
-    from deepretrieval_trainer.config import RetrieverConfig, TrainConfig
-    from deepretrieval_trainer.data import load_beir
-    from deepretrieval_trainer.grpo import train
-    from deepretrieval_trainer.run_dir import RunDir
+    from deepretrieval_trainer.retrieval.data import load_beir
+    from deepretrieval_trainer.training.config import RetrieverConfig, TrainConfig
+    from deepretrieval_trainer.training.retrieval import train
+    from deepretrieval_trainer.training.retrievers import build_search
+    from deepretrieval_trainer.training.run_dir import RunDir
 
     logging.basicConfig(level=logging.WARNING)
     path = DATA / collection
     run_dir = out / "run"
     config = TrainConfig(run_dir=str(run_dir), max_steps=steps, save_steps=10_000, seed=0, torch_threads=threads,
                          **parse_setting(spec))
-    search = RetrieverConfig(framework="llamaindex", kind="bm25").build(str(path))
+    search = build_search(RetrieverConfig(framework="llamaindex", kind="bm25"), str(path))
     train(search, load_beir(path, "train"), config)
     rows = RunDir(run_dir).read_metrics()
     info = json.loads((run_dir / "run.json").read_text())

@@ -28,7 +28,7 @@ _LAZY = {
     "ReadOnlySQLQuery": ("haystack_deepretrieval.sql", "ReadOnlySQLQuery"),
     "LiteratureSearchRetriever": ("haystack_deepretrieval.literature", "LiteratureSearchRetriever"),
     "beir_documents": ("haystack_deepretrieval.beir", "beir_documents"),
-    "train": ("deepretrieval_trainer.grpo", "train"),
+    "train": ("deepretrieval_trainer.training.retrieval", "train"),
 }
 
 __all__ = ["DeepRetrievalQueryRewriter", "DeepRetrievalSQLWriter", "HaystackSearch", "LiteratureSearchRetriever",

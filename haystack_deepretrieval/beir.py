@@ -9,7 +9,7 @@ from pathlib import Path
 from haystack import Document, Pipeline
 from haystack.document_stores.types import DuplicatePolicy
 
-from deepretrieval_trainer.data import load_corpus
+from deepretrieval_trainer.retrieval.data import load_corpus
 
 logger = logging.getLogger(__name__)
 

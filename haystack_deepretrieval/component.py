@@ -8,7 +8,7 @@ warning, unless ``strict=True``.
 With ``feedback_docs`` > 0 (an adapter trained with ``feedback_docs``) the prompt also shows the titles or leading
 sentences of the query's first-pass results: connect a first retriever's ``documents`` to the ``documents`` input
 (docs/haystack.md has the pipeline); they become prompt text exactly as in training
-(``deepretrieval_trainer.feedback``).
+(``deepretrieval_trainer.rewriting.feedback``).
 
 For an adapter trained with ``framing: fuse``, connect ``query`` (the rewrite) to one retriever, give the user's
 query to a second retriever over the same store, and join both with ``QueryFusionJoiner`` (``fusion.py``).
@@ -27,19 +27,18 @@ from typing import Any, Literal
 
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.core.errors import SerializationError
-from haystack.core.serialization import allow_deserialization_module
 from haystack.utils import Secret, deserialize_secrets_inplace
 
-from deepretrieval_trainer.fields import check_arguments
-from deepretrieval_trainer.framing import search_text
-from deepretrieval_trainer.precision import check_dtype
-from deepretrieval_trainer.rewriters import Rewriter, RewriteResult
-from deepretrieval_trainer.tasks import Task, get_task
+from deepretrieval_trainer.common.fields import check_arguments
+from deepretrieval_trainer.common.precision import check_dtype
+from deepretrieval_trainer.retrieval.framing import search_text
+from deepretrieval_trainer.rewriting.rewriters import Rewriter, RewriteResult
+from deepretrieval_trainer.rewriting.tasks import Task, get_task
+
+from .documents import document_hit
+from .serialization import refuse_clear_secrets
 
 logger = logging.getLogger(__name__)
-
-# Haystack 3 imports only allowlisted modules when it loads a pipeline: register ours, the supported way.
-allow_deserialization_module("haystack_deepretrieval")
 
 Backend = Literal["local", "openai"]
 BACKENDS = ("local", "openai")
@@ -205,7 +204,7 @@ class DeepRetrievalQueryRewriter:
 
     def _build_rewriter(self) -> Rewriter:
         if self.backend == "local":
-            from deepretrieval_trainer.rewriters import LocalRewriter
+            from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
 
             rewriter = LocalRewriter(
                 self.model, adapter=self.adapter, task=self._task, device=self.device, dtype=self.dtype,
@@ -214,10 +213,10 @@ class DeepRetrievalQueryRewriter:
             rewriter.load()
             return rewriter
         try:
-            from deepretrieval_trainer.openai_compat import OpenAIRewriter
+            from deepretrieval_trainer.rewriting.openai_compat import OpenAIRewriter
         except ImportError as exc:
             raise ImportError(
-                f"backend='openai' needs deepretrieval_trainer.openai_compat ({exc}); "
+                f"backend='openai' needs deepretrieval_trainer.rewriting.openai_compat ({exc}); "
                 "reinstall the project: pip install -e '.[haystack]'"
             ) from exc
         options: dict[str, Any] = {"base_url": self.base_url} if self.base_url else {}
@@ -264,8 +263,6 @@ class DeepRetrievalQueryRewriter:
         if documents is None:
             raise ValueError(f"feedback_docs={feedback.docs}: the prompt shows the query's first-pass results; "
                              "connect a first retriever's documents to this component's 'documents' input")
-        from .search import document_hit
-
         kept: dict[str, Any] = {}
         for document in documents:
             kept.setdefault(document.id, document_hit(document))
@@ -305,23 +302,6 @@ class DeepRetrievalQueryRewriter:
         return default_from_dict(cls, data)
 
 
-def refuse_clear_secrets(data: dict[str, Any], keys: list[str]) -> None:
-    """Refuse a secret written in clear in serialized init parameters, masking it in ``data`` first.
-
-    Haystack's pipeline loader repeats a failing component's whole data in its error message: the mask keeps the
-    key out of that message (and out of any log of it). Only the environment-variable form may be serialized.
-    """
-    params = data.get("init_parameters") if isinstance(data, dict) else None
-    for key in keys:
-        value = params.get(key) if isinstance(params, dict) else None
-        if value is None or (isinstance(value, dict) and value.get("type") == "env_var"):
-            continue
-        params[key] = "***"
-        raise ValueError(f"init parameter {key!r} holds a secret in clear text (masked here); a pipeline file may "
-                         f"only name environment variables: {key}: {{type: env_var, env_vars: [MY_API_KEY], "
-                         "strict: false}, with the key itself in $MY_API_KEY")
-
-
 def _build_task(name: str, system_prompt: str | None, user_prompt: str | None, feedback_docs: int = 0) -> Task:
     if not isinstance(name, str):
         raise TypeError(f"task={name!r}: pass a built-in task name (a str) so that the component serializes")
@@ -330,7 +310,7 @@ def _build_task(name: str, system_prompt: str | None, user_prompt: str | None, f
     task = get_task(name)
     changes = {key: value for key, value in (("system", system_prompt), ("user", user_prompt)) if value is not None}
     if feedback_docs:
-        from deepretrieval_trainer.feedback import with_feedback
+        from deepretrieval_trainer.rewriting.tasks import with_feedback
 
         # the feedback template is added to the built-in one, as training does, and then a user_prompt may replace it
         task = with_feedback(task, feedback_docs)

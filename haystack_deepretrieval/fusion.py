@@ -3,7 +3,7 @@
 Under ``framing: fuse`` the user's query and the model's rewrite are searched separately through the same retriever,
 and each document's scores are summed, the query's times ``query_weight``. In a pipeline: one retriever gets the
 user's query, a second one (same store, same settings) the rewriter's ``query`` output, and this component joins
-their documents with the core's :func:`deepretrieval_trainer.framing.fuse_scores` (the ranking ``fuse_hits`` gives
+their documents with the core's :func:`deepretrieval_trainer.retrieval.framing.fuse_scores` (the ranking ``fuse_hits`` gives
 the reward), so the served ranking is the one the reward scored.
 
 The two lists arrive on two named inputs, ``query_documents`` and ``rewrite_documents``. Haystack's
@@ -19,14 +19,13 @@ import dataclasses
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
-from haystack.core.serialization import allow_deserialization_module
 
-from deepretrieval_trainer.framing import check_framing, fuse_scores
-from deepretrieval_trainer.search import DocumentHit
+from deepretrieval_trainer.retrieval.framing import check_framing, fuse_scores
+from deepretrieval_trainer.retrieval.search import DocumentHit
+
+from . import serialization as _serialization  # noqa: F401 - registers this package with the YAML allowlist
 
 # Haystack 3 imports only allowlisted modules when it loads a pipeline: register ours, the supported way.
-allow_deserialization_module("haystack_deepretrieval")
-
 
 @component
 class QueryFusionJoiner:
@@ -38,7 +37,7 @@ class QueryFusionJoiner:
         :param query_weight: the weight of the user's query's scores, as the adapter was trained
             (``TrainConfig.query_weight`` of a run with ``framing: fuse``).
         :param top_k: the most documents to return (None: all of them). Give each retriever a ``top_k`` of at
-            least ``deepretrieval_trainer.framing.FUSION_DEPTH`` (100), the depth training fuses.
+            least ``deepretrieval_trainer.retrieval.framing.FUSION_DEPTH`` (100), the depth training fuses.
         """
         check_framing("fuse", query_weight)
         _check_top_k(top_k)

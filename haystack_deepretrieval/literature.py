@@ -13,17 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 from haystack import Document, component, default_from_dict, default_to_dict
-from haystack.core.serialization import allow_deserialization_module
 from haystack.utils import Secret, deserialize_secrets_inplace
 
-from deepretrieval_trainer.fields import check_arguments
-from deepretrieval_trainer.literature.dates import DateRange, asearch_with_dates, search_with_dates
+from deepretrieval_trainer.common.fields import check_arguments
 from deepretrieval_trainer.literature.engines import ENGINES, EngineName, build_engine, hits, id_key
-from deepretrieval_trainer.search import check_k
+from deepretrieval_trainer.retrieval.dates import DateRange, asearch_with_dates, search_with_dates
+from deepretrieval_trainer.retrieval.search import check_k
 
-from .component import refuse_clear_secrets
-
-allow_deserialization_module("haystack_deepretrieval")
+from .serialization import refuse_clear_secrets
 
 
 @component

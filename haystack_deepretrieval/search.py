@@ -21,9 +21,11 @@ from typing import Any
 
 from haystack import Document, Pipeline
 
-from deepretrieval_trainer.search import DocumentHit, check_k, check_queries
+from deepretrieval_trainer.common.errors import ConfigError
+from deepretrieval_trainer.retrieval.search import DocumentHit, check_k, check_queries
 
-from . import component as _component  # noqa: F401 - registers haystack_deepretrieval with the YAML allowlist
+from . import serialization as _serialization  # noqa: F401 - registers this package with the YAML allowlist
+from .documents import document_hit
 
 logger = logging.getLogger(__name__)
 
@@ -233,18 +235,18 @@ class HaystackSearch:
             ) from None
 
 
-def document_hit(document: Document, *, doc_id: str | None = None, title_meta_key: str | None = "title") -> DocumentHit:
-    """A Haystack ``Document`` as a core ``DocumentHit``: ``content`` without a leading title, the title from
-    ``meta[title_meta_key]``, ``score``; ``doc_id`` defaults to ``Document.id``."""
-    title = document.meta.get(title_meta_key) if title_meta_key else None
-    return DocumentHit.from_content(doc_id if doc_id is not None else document.id, document.content,
-                                    title=str(title) if title is not None else "", score=document.score)
+def search_from_config(retriever: Any, path: str) -> HaystackSearch:
+    """What ``retriever.framework: haystack`` builds for ``deepretrieval train``/``eval`` (the package's entry point
+    in the group ``deepretrieval.search_backends``): the pipeline YAML in ``path`` (``kind: pipeline``, with the
+    config's sockets and id key), else BM25 over the BEIR corpus in ``path``."""
+    if retriever.kind == "pipeline":
+        return HaystackSearch.from_yaml(path, input_socket=retriever.input_socket,
+                                        output_socket=retriever.output_socket, id_meta_key=retriever.id_meta_key)
+    return HaystackSearch.from_beir(path)
 
 
 def load_pipeline(file: Path) -> Pipeline:
     """``Pipeline.loads`` of a YAML file, with every failure one error naming the file, the cause and the fix."""
-    from deepretrieval_trainer.config import ConfigError
-
     try:
         return Pipeline.loads(file.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

@@ -16,14 +16,13 @@ import threading
 from typing import Any, Literal, Optional
 
 from haystack import component, default_from_dict, default_to_dict
-from haystack.core.serialization import allow_deserialization_module
 from haystack.utils import Secret, deserialize_secrets_inplace
 
-from deepretrieval_trainer.rewriters import RewriteError
+from deepretrieval_trainer.rewriting.rewriters import RewriteError
+
+from . import serialization as _serialization  # noqa: F401 - registers this package with the YAML allowlist
 
 logger = logging.getLogger(__name__)
-
-allow_deserialization_module("haystack_deepretrieval")
 
 PASSWORD_ENV = "DEEPRETRIEVAL_SQL_PASSWORD"
 API_KEY_ENV_VARS = ["DEEPRETRIEVAL_API_KEY", "OPENAI_API_KEY"]

@@ -6,7 +6,7 @@
 - :class:`DeepRetrievalSQLRetriever` / :class:`DeepRetrievalSQLQueryEngine`: text-to-SQL over a ``SQLDatabase``,
   where ``NLSQLRetriever`` / ``NLSQLTableQueryEngine`` go, read-only (``llamaindex_deepretrieval.sql``).
 - :class:`LiteratureRetriever`: the literature-search engines (embedded FTS5, PubMed, ClinicalTrials.gov) as retrievers.
-- ``train``: ``deepretrieval_trainer.grpo.train``, imported on first use (it needs torch and TRL).
+- ``train``: ``deepretrieval_trainer.training.retrieval.train``, imported on first use (it needs torch and TRL).
 
 Imports nothing heavy: torch, transformers and TRL load only when a rewriter or ``train`` runs.
 """
@@ -32,7 +32,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(sql, name)
     if name == "train":
-        from deepretrieval_trainer.grpo import train
+        from deepretrieval_trainer.training.retrieval import train
 
         return train
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

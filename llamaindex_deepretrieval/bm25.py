@@ -21,7 +21,7 @@ def beir_nodes(path: str | Path) -> list[TextNode]:
     """One node per BEIR document: ``id_`` = the document id, text = title + text, and the title also in
     ``metadata["title"]`` (for the first-pass documents of feedback), excluded from the embedded and LLM text so
     that what a retriever indexes is title + text alone."""
-    from deepretrieval_trainer.data import load_corpus
+    from deepretrieval_trainer.retrieval.data import load_corpus
 
     corpus = load_corpus(path)
     return [TextNode(id_=doc_id, text=f"{doc['title']} {doc['text']}".strip(), metadata={"title": doc["title"]},

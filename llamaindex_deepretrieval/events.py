@@ -14,8 +14,8 @@ from typing import Any, Optional
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.base import BaseEvent
 
-from deepretrieval_trainer.rewriters import Rewriter, RewriteError, RewriteResult
-from deepretrieval_trainer.search import DocumentHit
+from deepretrieval_trainer.retrieval.search import DocumentHit
+from deepretrieval_trainer.rewriting.rewriters import RewriteError, Rewriter, RewriteResult
 
 logger = logging.getLogger(__name__)
 dispatcher = get_dispatcher(__name__)

@@ -14,9 +14,9 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks.base import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 
-from deepretrieval_trainer.literature.dates import DateRange, asearch_with_dates, search_with_dates
 from deepretrieval_trainer.literature.engines import Hit, engine_name, hits, id_key
-from deepretrieval_trainer.search import SearchBackend, check_k
+from deepretrieval_trainer.retrieval.dates import DateRange, asearch_with_dates, search_with_dates
+from deepretrieval_trainer.retrieval.search import SearchBackend, check_k
 
 
 class LiteratureRetriever(BaseRetriever):

@@ -10,8 +10,8 @@ as in training (:meth:`LlamaIndexSearch.hits`, then ``Feedback.text``), and then
 ``similarity_top_k`` of at least the feedback's ``docs`` (training's first pass runs at the retriever's own top-k).
 
 ``mode="fuse"`` (an adapter trained with ``framing: fuse``): the wrapped retriever retrieves the user's query and the
-rewrite apart, each at least :data:`~deepretrieval_trainer.framing.FUSION_DEPTH` deep as in training, and each
-document's scores are summed, the query's times ``query_weight`` (:func:`deepretrieval_trainer.framing.fuse_hits`,
+rewrite apart, each at least :data:`~deepretrieval_trainer.retrieval.framing.FUSION_DEPTH` deep as in training, and each
+document's scores are summed, the query's times ``query_weight`` (:func:`deepretrieval_trainer.retrieval.framing.fuse_hits`,
 the reward's own function). The result is cut at ``top_k`` (default: the wrapped retriever's ``similarity_top_k``),
 each node carrying its fused score; on a fallback it is the user's query's own ranking.
 """
@@ -26,9 +26,9 @@ from llama_index.core.callbacks.base import CallbackManager
 from llama_index.core.prompts.mixin import PromptMixinType
 from llama_index.core.schema import NodeWithScore, QueryBundle
 
-from deepretrieval_trainer.framing import FUSION_DEPTH, check_framing, fuse_scores
-from deepretrieval_trainer.rewriters import Rewriter
-from deepretrieval_trainer.tasks import Task
+from deepretrieval_trainer.retrieval.framing import FUSION_DEPTH, check_framing, fuse_scores
+from deepretrieval_trainer.rewriting.rewriters import Rewriter
+from deepretrieval_trainer.rewriting.tasks import Task
 
 from .search import LlamaIndexSearch
 from .transform import DeepRetrievalQueryTransform

@@ -29,7 +29,7 @@ from typing import Any, Optional
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryType
 
-from deepretrieval_trainer.search import DocumentHit, check_k, check_queries
+from deepretrieval_trainer.retrieval.search import DocumentHit, check_k, check_queries
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,15 @@ class LlamaIndexSearch:
                 "pass a folder written by one of them"
             )
         return cls(retriever, id_key=id_key, max_concurrency=max_concurrency)
+
+
+def search_from_config(retriever: Any, path: str) -> LlamaIndexSearch:
+    """What ``retriever.framework: llamaindex`` builds for ``deepretrieval train``/``eval`` (the package's entry point
+    in the group ``deepretrieval.search_backends``): the persisted storage in ``path`` (``kind: storage``, with the
+    config's id key), else BM25 over the BEIR corpus in ``path``."""
+    if retriever.kind == "storage":
+        return LlamaIndexSearch.from_storage(path, id_key=retriever.id_key)
+    return LlamaIndexSearch.from_beir(path)
 
 
 def node_hits(nodes: Sequence[NodeWithScore], k: int, *, doc_id: Callable[[BaseNode], str] | None = None,

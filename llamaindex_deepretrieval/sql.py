@@ -23,7 +23,7 @@ from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.schema import NodeWithScore, QueryBundle, QueryType, TextNode
 from llama_index.core.utilities.sql_wrapper import SQLDatabase
 
-from deepretrieval_trainer.rewriters import RewriteError
+from deepretrieval_trainer.rewriting.rewriters import RewriteError
 from deepretrieval_trainer.sql.engines import open_database
 from deepretrieval_trainer.sql.results import QueryResult
 from deepretrieval_trainer.sql.schema import describe

@@ -10,7 +10,7 @@ Modes decide where the rewrite goes in the :class:`QueryBundle`:
 On any failure the original bundle comes back unchanged and a warning says why (see :mod:`.events`).
 
 A task whose prompt shows the query's first-pass results (``task.feedback``, see
-:mod:`deepretrieval_trainer.feedback`) needs them in ``metadata["first_pass"]`` (``DocumentHit`` objects, or the
+:mod:`deepretrieval_trainer.rewriting.feedback`) needs them in ``metadata["first_pass"]`` (``DocumentHit`` objects, or the
 ``NodeWithScore`` list a retriever returned): :class:`~llamaindex_deepretrieval.retriever.DeepRetrievalRetriever`
 passes them from the retriever it wraps.
 """
@@ -25,10 +25,10 @@ from llama_index.core.prompts import PromptTemplate
 from llama_index.core.prompts.mixin import PromptDictType
 from llama_index.core.schema import QueryBundle, QueryType
 
-from deepretrieval_trainer.framing import check_framing, search_text
-from deepretrieval_trainer.rewriters import Rewriter, RewriteResult
-from deepretrieval_trainer.search import DocumentHit
-from deepretrieval_trainer.tasks import Task, get_task
+from deepretrieval_trainer.retrieval.framing import check_framing, search_text
+from deepretrieval_trainer.retrieval.search import DocumentHit
+from deepretrieval_trainer.rewriting.rewriters import Rewriter, RewriteResult
+from deepretrieval_trainer.rewriting.tasks import Task, get_task
 
 from .events import arewrite_query, rewrite_query
 
@@ -44,7 +44,7 @@ class DeepRetrievalQueryTransform(BaseQueryTransform):
     ``task`` (a name or :class:`Task`), when given, becomes the rewriter's task. The task's system and user templates
     are the transform's prompts (``system_prompt``, ``user_prompt``): ``update_prompts`` changes the task the
     rewriter uses. ``query_weight`` (``expand`` only): how many times the original query precedes the rewrite in
-    ``query_str``, as the adapter was trained (``TrainConfig.query_weight``; deepretrieval_trainer.framing).
+    ``query_str``, as the adapter was trained (``TrainConfig.query_weight``; deepretrieval_trainer.retrieval.framing).
     """
 
     def __init__(self, *, rewriter: Rewriter, mode: Mode = "replace", task: str | Task | None = None,

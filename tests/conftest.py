@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from deepretrieval_trainer.data import load_beir
-from deepretrieval_trainer.rewriters import BaseRewriter
+from deepretrieval_trainer.retrieval.data import load_beir
+from deepretrieval_trainer.rewriting.rewriters import BaseRewriter
 
 # the session-scoped real vLLM server (one start per test session, shared by every test that needs it)
 pytest_plugins = ["tests.vllm_fixtures", "tests.postgres_fixtures"]  # and a throwaway PostgreSQL server
@@ -46,7 +46,7 @@ def adi_test():
 @pytest.fixture(scope="session")
 def local_rewriter():
     """The embedded SmolLM2 model in-process (greedy, 64 new tokens). Slow: use in tests marked slow."""
-    from deepretrieval_trainer.rewriters import LocalRewriter
+    from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
 
     rewriter = LocalRewriter(max_new_tokens=64, strict=True)
     rewriter.load()

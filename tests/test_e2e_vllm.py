@@ -21,8 +21,8 @@ from llama_index.core.llms.mock import MockLLM
 from llama_index.core.query_engine import RetrieverQueryEngine, TransformQueryEngine
 from llama_index.core.response_synthesizers.no_text import NoText
 
-from deepretrieval_trainer.openai_compat import OpenAIRewriter
-from deepretrieval_trainer.serve import load_adapter, unload_adapter
+from deepretrieval_trainer.rewriting.openai_compat import OpenAIRewriter
+from deepretrieval_trainer.rewriting.serve import load_adapter, unload_adapter
 from haystack_deepretrieval import DeepRetrievalQueryRewriter
 from llamaindex_deepretrieval import DeepRetrievalQueryTransform, DeepRetrievalRetriever
 from llamaindex_deepretrieval.bm25 import build_beir_bm25

@@ -15,13 +15,13 @@ from haystack import Pipeline
 from llama_index.core import SQLDatabase
 from sqlalchemy import create_engine
 
-from deepretrieval_trainer.config import TrainConfig
-from deepretrieval_trainer.serve import load_adapter
+from deepretrieval_trainer.rewriting.serve import load_adapter
 from deepretrieval_trainer.sql.schema import describe
 from deepretrieval_trainer.sql.spider import load_sql_examples
 from deepretrieval_trainer.sql.sqlite import SQLiteDatabase
 from deepretrieval_trainer.sql.train import train_sql
 from deepretrieval_trainer.sql.writer import SQLWriter
+from deepretrieval_trainer.training.config import TrainConfig
 from haystack_deepretrieval import DeepRetrievalSQLWriter, ReadOnlySQLQuery
 from llamaindex_deepretrieval import DeepRetrievalSQLRetriever
 from tests.conftest import collection_path

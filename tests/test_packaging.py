@@ -1,7 +1,8 @@
 """A non-editable install (``pip install .``, a wheel) ships exactly what pyproject lists: every subpackage must be there."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -33,7 +33,7 @@ def make_peft_adapter(folder: Path, *, seed: int = 0, scale: float = 0.0) -> Pat
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from deepretrieval_trainer.models import prepare_model
+    from deepretrieval_trainer.common.models import prepare_model
 
     model = AutoModelForCausalLM.from_pretrained(str(prepare_model()))
     config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
@@ -53,10 +53,10 @@ def train_adapter(run_dir: Path) -> Path:
     """A real GRPO run of the trainer (2 steps, BM25 over ADI as the reward's retriever); returns its adapter folder.
 
     The trainer's default LoRA (r=16 on all linear layers) also exercises the --max-lora-rank choice."""
-    from deepretrieval_trainer.bm25 import BM25Search
-    from deepretrieval_trainer.config import TrainConfig
-    from deepretrieval_trainer.data import load_beir
-    from deepretrieval_trainer.grpo import train
+    from deepretrieval_trainer.retrieval.bm25 import BM25Search
+    from deepretrieval_trainer.retrieval.data import load_beir
+    from deepretrieval_trainer.training.config import TrainConfig
+    from deepretrieval_trainer.training.retrieval import train
 
     from .conftest import collection_path
 
@@ -75,7 +75,7 @@ def served_adapter(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def vllm_server(served_adapter, tmp_path_factory):
     """A real ``vllm serve`` on 127.0.0.1 with ``served_adapter`` as ``SERVED_NAME``; stopped at session end."""
-    from deepretrieval_trainer.serve import ServerConfig, VLLMServer
+    from deepretrieval_trainer.rewriting.serve import ServerConfig, VLLMServer
 
     # float32 explicitly: the prefill test compares the served text with the in-process model's token for token,
     # which bf16's different kernels do not promise (test_serve.py starts a bf16 server of its own)

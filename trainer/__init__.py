@@ -3,11 +3,11 @@
 Imports nothing heavy: torch, transformers, trl and peft load only when a feature that needs them runs.
 """
 
-from .answer import Rewrite, parse_answer
-from .data import Collection, DataError, load_beir
-from .rewriters import BaseRewriter, LocalRewriter, Rewriter, RewriteError, RewriteResult
-from .search import SearchBackend
-from .tasks import TASKS, Task, Tiers, get_task
+from .retrieval.data import Collection, DataError, load_beir
+from .retrieval.search import SearchBackend
+from .rewriting.answer import Rewrite, parse_answer
+from .rewriting.rewriters import BaseRewriter, LocalRewriter, RewriteError, Rewriter, RewriteResult
+from .rewriting.tasks import TASKS, Task, Tiers, get_task
 
 __all__ = [
     "BaseRewriter", "Collection", "DataError", "LocalRewriter", "Rewrite", "RewriteError", "RewriteResult",

@@ -13,7 +13,7 @@ import os
 import sys
 import warnings
 
-from .run_dir import TrainingError
+from .common.errors import TrainingError
 
 # name -> (module holding add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -13,7 +13,7 @@ from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.core.errors import PipelineRuntimeError, SerializationError
 from haystack.utils import Secret
 
-from deepretrieval_trainer.rewriters import RewriteError
+from deepretrieval_trainer.rewriting.rewriters import RewriteError
 from haystack_deepretrieval import DeepRetrievalQueryRewriter
 from tests.haystack.conftest import VALID_COMPLETION, RecordingBM25Retriever
 

@@ -47,7 +47,7 @@ def test_every_block_runs(monkeypatch, capsys):
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "SciFact dev nDCG@10, raw queries: 0.6616" in out
-    assert "fell_back: False" in out and "deepretrieval_trainer.grpo" in out
+    assert "fell_back: False" in out and "deepretrieval_trainer.training.retrieval" in out
     assert "DeepRetrievalQueryRewriter True" in out
     assert "'type': 'env_var'" in out
     assert "same ranking as the reward: True" in out  # the fuse pipeline serves what the reward scored

@@ -16,7 +16,7 @@ from haystack.components.joiners import DocumentJoiner
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 
 import haystack_deepretrieval
-from deepretrieval_trainer.framing import FUSION_DEPTH, fused_search
+from deepretrieval_trainer.retrieval.framing import FUSION_DEPTH, fused_search
 from haystack_deepretrieval import DeepRetrievalQueryRewriter, HaystackSearch, QueryFusionJoiner
 from tests.conftest import collection_path
 from tests.haystack.conftest import VALID_COMPLETION

@@ -18,7 +18,7 @@ def test_import_loads_neither_torch_nor_haystack():
 
 
 def test_public_names_load_lazily():
-    from deepretrieval_trainer import grpo
+    from deepretrieval_trainer.training import retrieval as grpo
     from haystack_deepretrieval.component import DeepRetrievalQueryRewriter
     from haystack_deepretrieval.search import HaystackSearch
 

@@ -10,8 +10,8 @@ from haystack import Document, Pipeline, component
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 
-from deepretrieval_trainer.metrics import mean_metric
-from deepretrieval_trainer.search import SearchBackend
+from deepretrieval_trainer.retrieval.metrics import mean_metric
+from deepretrieval_trainer.retrieval.search import SearchBackend
 from haystack_deepretrieval import HaystackSearch, beir_documents
 from tests.conftest import collection_path
 
@@ -184,8 +184,8 @@ def test_bad_k_and_query_list(adi_store):
 
 
 def test_search_documents_gives_the_ranking_with_the_core_hits(scifact_search, scifact_dev):
-    from deepretrieval_trainer.bm25 import BM25Search
-    from deepretrieval_trainer.search import DocumentSearch
+    from deepretrieval_trainer.retrieval.bm25 import BM25Search
+    from deepretrieval_trainer.retrieval.search import DocumentSearch
 
     queries = list(scifact_dev.judged_queries.values())[:20]
     hits = scifact_search.search_documents(queries, 5)

@@ -12,7 +12,7 @@ from haystack import Pipeline
 from haystack.core.errors import SerializationError
 from haystack.utils import Secret
 
-from deepretrieval_trainer.rewriters import RewriteError
+from deepretrieval_trainer.rewriting.rewriters import RewriteError
 from deepretrieval_trainer.sql.writer import SQLWriter
 from haystack_deepretrieval import DeepRetrievalSQLWriter, ReadOnlySQLQuery
 from tests.conftest import ScriptedRewriter

@@ -7,7 +7,9 @@ import pytest
 from haystack import Pipeline
 from haystack.core.errors import DeserializationError
 
-from deepretrieval_trainer.config import ConfigError, RetrieverConfig
+from deepretrieval_trainer.common.errors import ConfigError
+from deepretrieval_trainer.training.config import RetrieverConfig
+from deepretrieval_trainer.training.retrievers import build_search
 from haystack_deepretrieval import DeepRetrievalQueryRewriter, HaystackSearch
 from haystack_deepretrieval.literature import LiteratureSearchRetriever
 
@@ -57,7 +59,7 @@ def test_a_malformed_pipeline_yaml_is_one_error_naming_the_file(tmp_path, text):
         HaystackSearch.from_yaml(file)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no chained traceback
     with pytest.raises(ConfigError, match=r"retriever\.yaml"):
-        RetrieverConfig(framework="haystack", kind="pipeline", path=str(file)).build("")
+        build_search(RetrieverConfig(framework="haystack", kind="pipeline", path=str(file)), "")
 
 
 def test_cli_reports_a_malformed_pipeline_in_one_line(tmp_path, capsys, data_dir):

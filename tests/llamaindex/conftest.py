@@ -79,7 +79,7 @@ def minilm():
 def adi_vector_index(minilm):
     from llama_index.core import Document, VectorStoreIndex
 
-    from deepretrieval_trainer.data import load_corpus
+    from deepretrieval_trainer.retrieval.data import load_corpus
 
     corpus = load_corpus(collection_path("adi"))
     documents = [Document(id_=doc_id, text=f"{doc['title']} {doc['text']}".strip()) for doc_id, doc in corpus.items()]

@@ -37,4 +37,4 @@ def test_every_python_block_runs(monkeypatch, capsys):
         root.event_handlers[:] = handlers  # the doc attaches a handler to the root dispatcher
     out = capsys.readouterr().out
     assert "SciFact dev nDCG@10, raw queries: 0.7050" in out
-    assert "fell_back=" in out and "deepretrieval_trainer.grpo" in out
+    assert "fell_back=" in out and "deepretrieval_trainer.training.retrieval" in out

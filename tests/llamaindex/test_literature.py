@@ -7,10 +7,10 @@ import pytest
 from llama_index.core.base.base_retriever import BaseRetriever
 
 from deepretrieval_trainer.literature.boolean import BooleanQueryError
-from deepretrieval_trainer.literature.dates import DateRange
 from deepretrieval_trainer.literature.fts5 import FTS5Search
 from deepretrieval_trainer.literature.http import HttpPolicy
 from deepretrieval_trainer.literature.pubmed import PubMedSearch
+from deepretrieval_trainer.retrieval.dates import DateRange
 from llamaindex_deepretrieval import DeepRetrievalRetriever
 from llamaindex_deepretrieval.literature import LiteratureRetriever
 from tests.conftest import ScriptedRewriter, collection_path

@@ -22,7 +22,7 @@ def test_import_loads_no_heavy_library():
 
 
 def test_train_is_the_trainers_and_other_names_fail():
-    from deepretrieval_trainer import grpo
+    from deepretrieval_trainer.training import retrieval as grpo
 
     assert llamaindex_deepretrieval.train is grpo.train
     with pytest.raises(AttributeError, match="no attribute 'trian'"):

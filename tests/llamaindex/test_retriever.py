@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from deepretrieval_trainer.rewriters import BaseRewriter
+from deepretrieval_trainer.rewriting.rewriters import BaseRewriter
 from llamaindex_deepretrieval import DeepRetrievalQueryTransform, DeepRetrievalRetriever, QueryRewriteEvent
 
 QUERY = "Vitamin D deficiency is linked to bone loss."
@@ -75,8 +75,8 @@ def test_rejects_a_non_retriever(scripted_rewriter):
 
 
 def _reward_ranking(scifact_bm25, rewrite, weight=3):
-    """What the trainer's reward ranks for QUERY + rewrite under framing 'fuse' (deepretrieval_trainer.framing)."""
-    from deepretrieval_trainer.framing import fused_search
+    """What the trainer's reward ranks for QUERY + rewrite under framing 'fuse' (deepretrieval_trainer.retrieval.framing)."""
+    from deepretrieval_trainer.retrieval.framing import fused_search
     from llamaindex_deepretrieval import LlamaIndexSearch
 
     return fused_search(LlamaIndexSearch(scifact_bm25), [QUERY], [rewrite], 10, weight)[0]

@@ -12,9 +12,9 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.retrievers.bm25 import BM25Retriever
 
-from deepretrieval_trainer.data import load_corpus
-from deepretrieval_trainer.metrics import mean_metric
-from deepretrieval_trainer.search import SearchBackend
+from deepretrieval_trainer.retrieval.data import load_corpus
+from deepretrieval_trainer.retrieval.metrics import mean_metric
+from deepretrieval_trainer.retrieval.search import SearchBackend
 from llamaindex_deepretrieval import LlamaIndexSearch
 from llamaindex_deepretrieval.bm25 import persist_bm25
 from tests.conftest import collection_path
@@ -185,8 +185,8 @@ async def test_concurrent_batches_with_different_k_do_not_mix(adi_bm25, adi_test
 
 
 def test_search_documents_gives_the_ranking_with_the_core_hits(scifact_bm25, scifact_dev):
-    from deepretrieval_trainer.bm25 import BM25Search
-    from deepretrieval_trainer.search import DocumentSearch
+    from deepretrieval_trainer.retrieval.bm25 import BM25Search
+    from deepretrieval_trainer.retrieval.search import DocumentSearch
 
     queries = list(scifact_dev.judged_queries.values())[:20]
     search = LlamaIndexSearch(scifact_bm25)

@@ -12,7 +12,7 @@ from llama_index.core import SQLDatabase
 from llama_index.core.indices.struct_store.sql_retriever import SQLRetriever
 from sqlalchemy import create_engine
 
-from deepretrieval_trainer.rewriters import RewriteError
+from deepretrieval_trainer.rewriting.rewriters import RewriteError
 from deepretrieval_trainer.sql.writer import SQLWriter
 from llamaindex_deepretrieval import DeepRetrievalSQLQueryEngine, DeepRetrievalSQLRetriever
 from tests.conftest import ScriptedRewriter

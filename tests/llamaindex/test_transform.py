@@ -13,7 +13,7 @@ from llama_index.core.response_synthesizers.no_text import NoText
 from llama_index.core.retrievers import TransformRetriever
 from llama_index.core.schema import QueryBundle
 
-from deepretrieval_trainer.rewriters import RewriteResult
+from deepretrieval_trainer.rewriting.rewriters import RewriteResult
 from llamaindex_deepretrieval import DeepRetrievalQueryTransform, QueryRewriteEvent
 
 QUERY = "Vitamin D deficiency is linked to bone loss."
@@ -83,7 +83,7 @@ class BrokenRewriter:
     """A rewriter outside the core's BaseRewriter that breaks in a way the core cannot catch."""
 
     def __init__(self, results):
-        from deepretrieval_trainer.tasks import get_task
+        from deepretrieval_trainer.rewriting.tasks import get_task
 
         self.task = get_task("retrieval")
         self.results = results

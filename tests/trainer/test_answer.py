@@ -1,7 +1,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepretrieval_trainer.answer import MAX_QUERY_CHARS, Rewrite, parse_answer
+from deepretrieval_trainer.rewriting.answer import MAX_QUERY_CHARS, Rewrite, parse_answer
 
 
 def test_canonical_format():

@@ -9,7 +9,8 @@ import pytest
 
 from deepretrieval_trainer.cli import build_parser
 from deepretrieval_trainer.commands.train import NESTED, load_config
-from deepretrieval_trainer.config import ConfigError, RetrieverConfig, TrainConfig
+from deepretrieval_trainer.common.errors import ConfigError
+from deepretrieval_trainer.training.config import RetrieverConfig, TrainConfig
 
 
 @pytest.mark.parametrize(("values", "message"), [

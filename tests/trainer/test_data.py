@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from deepretrieval_trainer.data import DataError, available_splits, load_beir
+from deepretrieval_trainer.common.errors import DataError
+from deepretrieval_trainer.retrieval.data import available_splits, load_beir
 
 
 def _write_collection(root, corpus=None, queries=None, qrels="query-id\tcorpus-id\tscore\nq1\td1\t1\n"):

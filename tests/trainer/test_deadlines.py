@@ -13,7 +13,7 @@ import pytest
 
 from deepretrieval_trainer.literature.http import HttpPolicy, SearchServiceError
 from deepretrieval_trainer.literature.pubmed import PubMedSearch
-from deepretrieval_trainer.openai_compat import OpenAIRewriter
+from deepretrieval_trainer.rewriting.openai_compat import OpenAIRewriter
 from tests.trainer.literature.loopback import Answer, Loopback, fake_esearch, pubmed_ids
 from tests.trainer.test_openai_compat import server  # noqa: F401 - the loopback chat server fixture
 
@@ -115,7 +115,7 @@ def test_haystack_component_falls_back_at_the_deadline(server):  # noqa: F811
 def test_call_within_abandons_a_call_that_blocks_and_passes_results_and_errors_through():
     import threading
 
-    from deepretrieval_trainer.deadline import DeadlineExceeded, call_within
+    from deepretrieval_trainer.common.deadline import DeadlineExceeded, call_within
 
     release = threading.Event()
     with pytest.raises(DeadlineExceeded, match="the store did not return within 0.2s"):

@@ -4,11 +4,12 @@ import zipfile
 
 import pytest
 
-from deepretrieval_trainer import beir_download
-from deepretrieval_trainer.beir_download import resolve_collection
 from deepretrieval_trainer.cli import main
 from deepretrieval_trainer.commands.demo import _splits
-from deepretrieval_trainer.data import DataError, load_beir
+from deepretrieval_trainer.common.errors import DataError
+from deepretrieval_trainer.retrieval import beir_download
+from deepretrieval_trainer.retrieval.beir_download import resolve_collection
+from deepretrieval_trainer.retrieval.data import load_beir
 
 
 def test_splits_use_what_the_collection_has(data_dir, tmp_path, caplog):

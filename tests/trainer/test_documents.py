@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from deepretrieval_trainer.bm25 import BM25Search
 from deepretrieval_trainer.literature.fts5 import FTS5Search
-from deepretrieval_trainer.search import DocumentHit, DocumentSearch, SearchBackend, document_search
+from deepretrieval_trainer.retrieval.bm25 import BM25Search
+from deepretrieval_trainer.retrieval.search import DocumentHit, DocumentSearch, SearchBackend, document_search
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ import math
 
 import pytest
 
-from deepretrieval_trainer.bm25 import BM25Search
-from deepretrieval_trainer.evaluate import METRICS, compare, evaluate, paired_t_test, select_queries
-from deepretrieval_trainer.metrics import mean_metric
-from deepretrieval_trainer.report import format_table, to_markdown, write_outputs
-from deepretrieval_trainer.rewriters import BaseRewriter
-from deepretrieval_trainer.sources import Source, parse_source
-from deepretrieval_trainer.tasks import HYDE_TASK
+from deepretrieval_trainer.evaluation.evaluate import METRICS, compare, evaluate, paired_t_test, select_queries
+from deepretrieval_trainer.evaluation.report import format_table, to_markdown, write_outputs
+from deepretrieval_trainer.evaluation.sources import Source, parse_source
+from deepretrieval_trainer.retrieval.bm25 import BM25Search
+from deepretrieval_trainer.retrieval.metrics import mean_metric
+from deepretrieval_trainer.rewriting.rewriters import BaseRewriter
+from deepretrieval_trainer.rewriting.tasks import HYDE_TASK
 
 
 @pytest.fixture(scope="module")

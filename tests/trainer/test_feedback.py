@@ -8,13 +8,14 @@ import json
 import pytest
 from haystack import Pipeline
 
-from deepretrieval_trainer.config import ConfigError, TrainConfig
-from deepretrieval_trainer.evaluate import evaluate
-from deepretrieval_trainer.feedback import NO_RESULTS, Feedback, first_pass, leading_sentence, with_feedback
-from deepretrieval_trainer.grpo import prompt_rows, training_rows
-from deepretrieval_trainer.search import DocumentHit
-from deepretrieval_trainer.sources import Source
-from deepretrieval_trainer.tasks import TASKS, Task
+from deepretrieval_trainer.common.errors import ConfigError
+from deepretrieval_trainer.evaluation.evaluate import evaluate
+from deepretrieval_trainer.evaluation.sources import Source
+from deepretrieval_trainer.retrieval.search import DocumentHit
+from deepretrieval_trainer.rewriting.feedback import NO_RESULTS, Feedback, leading_sentence
+from deepretrieval_trainer.rewriting.tasks import TASKS, Task, first_pass, with_feedback
+from deepretrieval_trainer.training.config import TrainConfig
+from deepretrieval_trainer.training.retrieval import prompt_rows, training_rows
 from haystack_deepretrieval import DeepRetrievalQueryRewriter, HaystackSearch
 from llamaindex_deepretrieval import DeepRetrievalRetriever, LlamaIndexSearch
 from llamaindex_deepretrieval.bm25 import build_beir_bm25
@@ -139,7 +140,7 @@ def test_a_feedback_component_without_documents_names_the_fix():
 
 
 def test_eval_caches_feedback_rewrites_per_first_pass(adi_test, tmp_path):
-    from deepretrieval_trainer.bm25 import BM25Search
+    from deepretrieval_trainer.retrieval.bm25 import BM25Search
 
     task = with_feedback("retrieval", 2)
     recorder = ScriptedRewriter(task=task)
@@ -155,7 +156,7 @@ def test_eval_caches_feedback_rewrites_per_first_pass(adi_test, tmp_path):
 
 
 def test_eval_sources_show_feedback_as_configured_or_as_the_run_was_trained(tmp_path):
-    from deepretrieval_trainer.sources import parse_source
+    from deepretrieval_trainer.evaluation.sources import parse_source
 
     assert parse_source("base").rewriter.task.feedback is None
     base = parse_source("base", feedback_docs=2)
@@ -172,7 +173,7 @@ def test_eval_sources_show_feedback_as_configured_or_as_the_run_was_trained(tmp_
 
 
 def test_training_refuses_a_backend_without_document_text_before_the_model_loads(adi_test, tmp_path):
-    from deepretrieval_trainer.grpo import train
+    from deepretrieval_trainer.training.retrieval import train
 
     class IdsOnly:
         def search(self, queries, k):
@@ -185,9 +186,9 @@ def test_training_refuses_a_backend_without_document_text_before_the_model_loads
 
 @pytest.mark.slow
 def test_a_feedback_run_trains_and_is_evaluated_with_its_prompt(adi_test, tmp_path):
-    from deepretrieval_trainer.bm25 import BM25Search
-    from deepretrieval_trainer.grpo import train
-    from deepretrieval_trainer.sources import parse_source
+    from deepretrieval_trainer.evaluation.sources import parse_source
+    from deepretrieval_trainer.retrieval.bm25 import BM25Search
+    from deepretrieval_trainer.training.retrieval import train
 
     search = BM25Search(adi_test.corpus)
     config = TrainConfig(run_dir=str(tmp_path / "run"), max_steps=1, save_steps=1, prompts_per_step=1,

@@ -13,12 +13,13 @@ import typing
 
 import pytest
 
-from deepretrieval_trainer.config import ConfigError, DataConfig, RetrieverConfig, TrainConfig
-from deepretrieval_trainer.data import DataError, load_beir
-from deepretrieval_trainer.fields import FieldTypeError, check_value
+from deepretrieval_trainer.common.errors import ConfigError, DataError
+from deepretrieval_trainer.common.fields import FieldTypeError, check_value
 from deepretrieval_trainer.literature.dataset import load_literature
 from deepretrieval_trainer.literature.http import HttpPolicy
-from deepretrieval_trainer.openai_compat import EndpointConfig
+from deepretrieval_trainer.retrieval.data import load_beir
+from deepretrieval_trainer.rewriting.openai_compat import EndpointConfig
+from deepretrieval_trainer.training.config import DataConfig, RetrieverConfig, TrainConfig
 
 
 def _kind(hint):
@@ -156,7 +157,7 @@ def test_non_utf8_literature_and_config_files(tmp_path):
 
 
 def test_an_annotation_only_type_checkers_can_resolve_leaves_the_other_fields_checked():
-    from deepretrieval_trainer.fields import check_fields
+    from deepretrieval_trainer.common.fields import check_fields
 
     @dataclasses.dataclass
     class Settings:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from deepretrieval_trainer.config import ConfigError, TrainConfig
-from deepretrieval_trainer.framing import check_framing, new_words, search_text
+from deepretrieval_trainer.common.errors import ConfigError
+from deepretrieval_trainer.retrieval.framing import check_framing, new_words, search_text
+from deepretrieval_trainer.training.config import TrainConfig
 
 ORIGINAL, REWRITE = "vitamin d fractures", "cholecalciferol bone density elderly"
 
@@ -43,10 +44,10 @@ def test_config_checks_query_weight():
 def test_every_path_searches_the_same_text(scripted_rewriter):
     pytest.importorskip("llama_index.core")
     pytest.importorskip("haystack")
-    from deepretrieval_trainer.bm25 import BM25Search
-    from deepretrieval_trainer.evaluate import _search_query
-    from deepretrieval_trainer.rewards import RetrievalReward
-    from deepretrieval_trainer.sources import Source
+    from deepretrieval_trainer.evaluation.evaluate import _search_query
+    from deepretrieval_trainer.evaluation.sources import Source
+    from deepretrieval_trainer.retrieval.bm25 import BM25Search
+    from deepretrieval_trainer.training.rewards import RetrievalReward
     from haystack_deepretrieval import DeepRetrievalQueryRewriter
     from llamaindex_deepretrieval import DeepRetrievalQueryTransform
 
@@ -68,13 +69,13 @@ def test_every_path_searches_the_same_text(scripted_rewriter):
 
 
 def _hits(*pairs):
-    from deepretrieval_trainer.search import DocumentHit
+    from deepretrieval_trainer.retrieval.search import DocumentHit
 
     return [DocumentHit(doc_id, score=score) for doc_id, score in pairs]
 
 
 def test_fuse_sums_scores_with_the_original_weighted():
-    from deepretrieval_trainer.framing import fuse_hits
+    from deepretrieval_trainer.retrieval.framing import fuse_hits
 
     original = _hits(("a", 2.0), ("b", 1.0))
     rewrite = _hits(("c", 5.0), ("b", 2.5), ("a", 0.5))
@@ -87,8 +88,8 @@ def test_fuse_sums_scores_with_the_original_weighted():
 
 
 def test_fuse_refuses_a_retriever_without_scores():
-    from deepretrieval_trainer.framing import fuse_hits
-    from deepretrieval_trainer.search import DocumentHit
+    from deepretrieval_trainer.retrieval.framing import fuse_hits
+    from deepretrieval_trainer.retrieval.search import DocumentHit
 
     with pytest.raises(ValueError, match="without a score: framing 'fuse'.*framing 'expand'"):
         fuse_hits([DocumentHit("a")], _hits(("b", 1.0)), 2)
@@ -104,10 +105,9 @@ def test_fuse_weights_the_query_where_repeating_it_cannot():
     """Haystack's in-memory BM25 counts a repeated query token once, so ``expand`` cannot weight the user's words
     there; ``fuse`` does, and the reward, the evaluation and the deployed retrievers all rank the same documents."""
     pytest.importorskip("haystack")
-    from deepretrieval_trainer.framing import FUSION_DEPTH, fused_search
-    from deepretrieval_trainer.rewards import RetrievalReward
+    from deepretrieval_trainer.retrieval.framing import FUSION_DEPTH, fused_search
+    from deepretrieval_trainer.training.rewards import RetrievalReward
     from haystack_deepretrieval import HaystackSearch
-
     from tests.conftest import collection_path
 
     search = HaystackSearch.from_beir(collection_path("adi"))
@@ -129,11 +129,10 @@ def test_fuse_weights_the_query_where_repeating_it_cannot():
 
 def test_evaluation_scores_a_fuse_source_as_the_reward_ranks(adi_test, scripted_rewriter):
     pytest.importorskip("haystack")
-    from deepretrieval_trainer.evaluate import evaluate
-    from deepretrieval_trainer.framing import fused_search
-    from deepretrieval_trainer.sources import Source, parse_source
+    from deepretrieval_trainer.evaluation.evaluate import evaluate
+    from deepretrieval_trainer.evaluation.sources import Source, parse_source
+    from deepretrieval_trainer.retrieval.framing import fused_search
     from haystack_deepretrieval import HaystackSearch
-
     from tests.conftest import collection_path
 
     search = HaystackSearch.from_beir(collection_path("adi"))

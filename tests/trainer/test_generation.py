@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 
 def test_completions_end_at_eos_or_at_the_stop_string():
-    from deepretrieval_trainer.generation import cut_completions
+    from deepretrieval_trainer.rewriting.generation import cut_completions
 
     eos, pad = 2, 2
     generated = torch.tensor([
@@ -25,8 +25,8 @@ def test_merged_twin_is_the_current_policy():
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from deepretrieval_trainer.generation import MergedTwin, StopRecorder
-    from deepretrieval_trainer.models import resolve_model
+    from deepretrieval_trainer.common.models import resolve_model
+    from deepretrieval_trainer.rewriting.generation import MergedTwin, StopRecorder
 
     torch.manual_seed(0)
     name = resolve_model(None)
@@ -65,7 +65,7 @@ def test_merged_twin_is_the_current_policy():
 
 
 def test_inverse_cdf_sampling_draws_the_categorical_distribution():
-    from deepretrieval_trainer.generation import sample_categorical
+    from deepretrieval_trainer.rewriting.generation import sample_categorical
 
     torch.manual_seed(0)
     probs = torch.tensor([0.5, 0.0, 0.2, 0.3, 0.0])
@@ -83,7 +83,7 @@ def test_inverse_cdf_sampling_draws_the_categorical_distribution():
 def test_growing_cache_holds_what_a_dynamic_cache_holds():
     from transformers import DynamicCache
 
-    from deepretrieval_trainer.generation import GrowingCache, GrowingLayer
+    from deepretrieval_trainer.rewriting.generation import GrowingCache, GrowingLayer
 
     torch.manual_seed(0)
     grown, dynamic = GrowingCache(), DynamicCache()
@@ -107,7 +107,7 @@ def test_growing_cache_holds_what_a_dynamic_cache_holds():
 def test_settings_lean_decoding_does_not_implement_go_to_generate():
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from deepretrieval_trainer.generation import lean_generate, lean_unsupported
+    from deepretrieval_trainer.rewriting.generation import lean_generate, lean_unsupported
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2)).eval()
@@ -145,7 +145,7 @@ def test_lean_greedy_decoding_writes_what_generate_writes():
     """float32, left padding, repeated prompts (a GRPO group), a shared prefix longer than the threshold, EOS."""
     from transformers import GenerationConfig
 
-    from deepretrieval_trainer.generation import lean_generate
+    from deepretrieval_trainer.rewriting.generation import lean_generate
 
     model = _tiny_model()
     prefix = list(range(10, 40))  # 30 shared tokens: prefilled once
@@ -163,7 +163,7 @@ def test_lean_greedy_decoding_writes_what_generate_writes():
 def test_lean_sampling_applies_the_warpers_and_the_stop_criteria():
     from transformers import GenerationConfig, StoppingCriteria
 
-    from deepretrieval_trainer.generation import lean_generate
+    from deepretrieval_trainer.rewriting.generation import lean_generate
 
     model = _tiny_model(1)
     ids, mask = _left_padded([[5, 6, 7, 8], [9, 10], [5, 6, 7, 8]])
@@ -191,7 +191,7 @@ def test_lean_sampling_applies_the_warpers_and_the_stop_criteria():
 
 
 def test_prompt_lookup_drafts_what_followed_the_latest_earlier_occurrence():
-    from deepretrieval_trainer.generation import _Lookup
+    from deepretrieval_trainer.rewriting.generation import _Lookup
 
     lookup = _Lookup([5, 6, 7, 8, 5, 6, 9, 4, 5, 6], ngram=3)
     assert lookup.draft(3) == [9, 4, 5]  # (4, 5, 6) is new; (5, 6) last came before 9, not before 7
@@ -207,7 +207,7 @@ def test_speculative_greedy_writes_what_greedy_decoding_writes():
     compacted out, against transformers' generate(); and it checks fewer forwards than tokens where drafts hit."""
     from transformers import GenerationConfig
 
-    from deepretrieval_trainer.generation import lean_generate
+    from deepretrieval_trainer.rewriting.generation import lean_generate
 
     prefix = list(range(10, 40))
     rows = [prefix + [50, 51], prefix + [52], prefix + [50, 51], prefix + [53, 54, 55, 56], [7, 8, 9]]
@@ -237,7 +237,7 @@ def test_speculative_greedy_writes_what_greedy_decoding_writes():
 
 @pytest.mark.slow
 def test_local_rewriter_lean_and_generate_decode_the_same_in_float32():
-    from deepretrieval_trainer.rewriters import LocalRewriter
+    from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
 
     queries = ["vitamin d bone density", "What causes type 1 diabetes in children?", "bm25 ranking"]
     lean = LocalRewriter(dtype="float32", max_new_tokens=48, decoding="lean")
@@ -256,7 +256,7 @@ def test_rows_that_finish_leave_the_batch_without_changing_the_others():
     cache (``compact_below``) writes exactly what keeping them does, and what ``generate()`` writes (float32)."""
     from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-    from deepretrieval_trainer.generation import lean_generate
+    from deepretrieval_trainer.rewriting.generation import lean_generate
 
     model = _tiny_model(2)
     rows = [[3, 4, 5, 6], [7, 8], [3, 4, 5, 6], [9, 10, 11], [12], [7, 8]]

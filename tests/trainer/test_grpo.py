@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from deepretrieval_trainer.bm25 import BM25Search
-from deepretrieval_trainer.config import ConfigError, TrainConfig
-from deepretrieval_trainer.data import DataError
-from deepretrieval_trainer.grpo import train
-from deepretrieval_trainer.rewriters import LocalRewriter
+from deepretrieval_trainer.common.errors import ConfigError, DataError
+from deepretrieval_trainer.retrieval.bm25 import BM25Search
+from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
+from deepretrieval_trainer.training.config import TrainConfig
+from deepretrieval_trainer.training.retrieval import train
 
 NO_MODEL = "/nonexistent/model"  # loading this would raise OSError: seeing our error proves nothing loaded
 
@@ -69,9 +69,9 @@ def _check_adapter(adapter, adi_test):
 
 
 def test_max_raw_reward_keeps_only_queries_the_raw_query_does_not_already_solve(tmp_path, adi_test):
-    from deepretrieval_trainer.grpo import headroom_rows, training_rows
-    from deepretrieval_trainer.metrics import ndcg_at_k
-    from deepretrieval_trainer.tasks import get_task
+    from deepretrieval_trainer.retrieval.metrics import ndcg_at_k
+    from deepretrieval_trainer.rewriting.tasks import get_task
+    from deepretrieval_trainer.training.retrieval import headroom_rows, training_rows
 
     search = BM25Search(adi_test.corpus)
     rows = training_rows(adi_test)
@@ -92,9 +92,9 @@ def test_max_raw_reward_keeps_only_queries_the_raw_query_does_not_already_solve(
 
 
 def test_max_raw_reward_keeps_a_query_the_engine_rejects_without_searching_it(tmp_path, adi_test, monkeypatch):
-    from deepretrieval_trainer.grpo import headroom_rows, training_rows
     from deepretrieval_trainer.literature.fts5 import FTS5Search
-    from deepretrieval_trainer.tasks import get_task
+    from deepretrieval_trainer.rewriting.tasks import get_task
+    from deepretrieval_trainer.training.retrieval import headroom_rows, training_rows
 
     monkeypatch.setenv("DEEPRETRIEVAL_CACHE", str(tmp_path / "cache"))
     engine = FTS5Search(adi_test.corpus)  # malformed="raise": searching the bad query would raise

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deepretrieval_trainer.answer import MAX_COMPLETION_CHARS, parse_answer
 from deepretrieval_trainer.literature.boolean import MAX_BOOLEAN_CHARS, BooleanQueryError, translate
-from deepretrieval_trainer.literature.dates import normalize_date
+from deepretrieval_trainer.retrieval.dates import normalize_date
+from deepretrieval_trainer.rewriting.answer import MAX_COMPLETION_CHARS, parse_answer
 from deepretrieval_trainer.sql.answer import parse_sql_answer
 
 COMPLETION_PARSERS = {"parse_answer": parse_answer, "parse_sql_answer": parse_sql_answer}

@@ -1,8 +1,8 @@
 import pytest
 import pytrec_eval
 
-from deepretrieval_trainer.bm25 import BM25Search
-from deepretrieval_trainer.metrics import first_hit_rank, hit_at_k, mean_metric, mrr, ndcg_at_k, recall_at_k
+from deepretrieval_trainer.retrieval.bm25 import BM25Search
+from deepretrieval_trainer.retrieval.metrics import first_hit_rank, hit_at_k, mean_metric, mrr, ndcg_at_k, recall_at_k
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from deepretrieval_trainer import models
+from deepretrieval_trainer.common import models
 
 
 def test_embedded_gguf_is_found_without_importing_the_package():
@@ -27,7 +27,7 @@ def test_resolve_model_passes_ids_through():
 @pytest.mark.slow
 def test_prepare_model_is_idempotent_and_safe_when_two_processes_race(tmp_path):
     target = tmp_path / "smollm2"
-    code = f"from deepretrieval_trainer.models import prepare_model; print(prepare_model({str(target)!r}))"
+    code = f"from deepretrieval_trainer.common.models import prepare_model; print(prepare_model({str(target)!r}))"
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]

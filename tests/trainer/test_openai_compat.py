@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from deepretrieval_trainer.openai_compat import OpenAIRewriter, choose_completion
-from deepretrieval_trainer.rewriters import RewriteError
-from deepretrieval_trainer.tasks import get_task
+from deepretrieval_trainer.rewriting.openai_compat import OpenAIRewriter, choose_completion
+from deepretrieval_trainer.rewriting.rewriters import RewriteError
+from deepretrieval_trainer.rewriting.tasks import get_task
 from tests.vllm_fixtures import SERVED_NAME
 
 
@@ -288,7 +288,7 @@ async def _in_new_loop(client):
 def test_real_vllm_continues_after_the_think_prefill(vllm_server, served_adapter):
     """vLLM's continue_final_message gives the same greedy text as the in-process model with the same adapter,
     started with the prefill: the server continues the <think> turn instead of opening a new one."""
-    from deepretrieval_trainer.rewriters import LocalRewriter
+    from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
 
     queries = ["computer indexing of documents", "cost of library automation"]
     with OpenAIRewriter(SERVED_NAME, base_url=vllm_server.base_url, max_tokens=48) as client:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from deepretrieval_trainer.config import ConfigError, TrainConfig
-from deepretrieval_trainer.precision import BF16_CPU_FLAGS, check_dtype, cpu_bf16_flags, describe, resolve_dtype
+from deepretrieval_trainer.common.errors import ConfigError
+from deepretrieval_trainer.common.precision import BF16_CPU_FLAGS, check_dtype, cpu_bf16_flags, describe, resolve_dtype
+from deepretrieval_trainer.training.config import TrainConfig
 
 
 def _cpuinfo_has_bf16() -> bool:
@@ -44,7 +45,7 @@ def test_a_machine_without_bf16_gets_float32_without_failing(monkeypatch):
     """No capability report from torch and no flags in /proc/cpuinfo: auto must still decide."""
     import torch
 
-    from deepretrieval_trainer import precision
+    from deepretrieval_trainer.common import precision
 
     precision.cpu_bf16_flags.cache_clear()
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: (_ for _ in ()).throw(RuntimeError("old torch")))
@@ -73,8 +74,8 @@ def test_old_bf16_key_is_read_as_dtype(caplog):
 
 def test_training_arguments_carry_the_resolved_dtype(tmp_path, monkeypatch):
     pytest.importorskip("trl")
-    from deepretrieval_trainer.grpo import grpo_args
-    from deepretrieval_trainer.run_dir import RunDir
+    from deepretrieval_trainer.training.engine import grpo_args
+    from deepretrieval_trainer.training.run_dir import RunDir
 
     run = RunDir(tmp_path / "run")
     args = grpo_args(TrainConfig(dtype="bfloat16"), run)
@@ -86,7 +87,7 @@ def test_training_arguments_carry_the_resolved_dtype(tmp_path, monkeypatch):
 
 
 def test_the_server_is_started_with_the_resolved_dtype(tmp_path, monkeypatch):
-    from deepretrieval_trainer.serve import ServerConfig
+    from deepretrieval_trainer.rewriting.serve import ServerConfig
     from tests.vllm_fixtures import make_peft_adapter
 
     adapter = make_peft_adapter(tmp_path / "adapter")
@@ -105,9 +106,9 @@ def test_bf16_training_writes_an_adapter_both_dtypes_load(tmp_path, adi_test):
     """A 2-step bf16 run (auto on this machine) records its dtype; LocalRewriter loads its adapter in bf16 and float32."""
     import torch
 
-    from deepretrieval_trainer.bm25 import BM25Search
-    from deepretrieval_trainer.grpo import train
-    from deepretrieval_trainer.rewriters import LocalRewriter
+    from deepretrieval_trainer.retrieval.bm25 import BM25Search
+    from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
+    from deepretrieval_trainer.training.retrieval import train
 
     config = TrainConfig(run_dir=str(tmp_path / "run"), max_steps=2, save_steps=2, prompts_per_step=1,
                          num_generations=2, max_completion_length=48, max_queries=4, torch_threads=2,

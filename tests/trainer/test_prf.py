@@ -8,11 +8,11 @@ from collections import Counter
 
 import pytest
 
-from deepretrieval_trainer.bm25 import BM25Search
-from deepretrieval_trainer.evaluate import evaluate
-from deepretrieval_trainer.prf import RM3, Analyzer, PseudoRelevanceFeedback, apportion, feedback_model
-from deepretrieval_trainer.search import DocumentHit
-from deepretrieval_trainer.sources import parse_source
+from deepretrieval_trainer.evaluation.evaluate import evaluate
+from deepretrieval_trainer.evaluation.sources import parse_source
+from deepretrieval_trainer.retrieval.bm25 import BM25Search
+from deepretrieval_trainer.retrieval.prf import RM3, Analyzer, PseudoRelevanceFeedback, apportion, feedback_model
+from deepretrieval_trainer.retrieval.search import DocumentHit
 
 
 def test_feedback_model_is_rm3_by_hand():
@@ -74,7 +74,7 @@ def test_prf_source_on_scifact_dev_through_the_core_bm25(scifact_dev):
     assert level.means == raw.means and {o.search_query == o.query for o in level.outcomes} == {True}
     first = sources[0].rewriter
     hits = search.search_documents([prf.outcomes[0].query], 5)[0]
-    assert prf.outcomes[0].search_query == first.expand(prf.outcomes[0].query, hits)
+    assert prf.outcomes[0].search_query == first.prf.expand(prf.outcomes[0].query, hits)
 
 
 class IdsOnly:

@@ -16,7 +16,7 @@ def _policy(dtype):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from deepretrieval_trainer.models import resolve_model
+    from deepretrieval_trainer.common.models import resolve_model
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(resolve_model(None), dtype=dtype)
@@ -43,7 +43,7 @@ def _batch():
 
 def _scores(policy, shared: bool, chunk_rows: int = 4):
     """Completion log-probs, entropies and the gradient of their masked sum, by either path."""
-    from deepretrieval_trainer.prompt_sharing import shared_prompt_logps
+    from deepretrieval_trainer.training.prompt_sharing import shared_prompt_logps
 
     input_ids, attention_mask, keep = _batch()
     completion_mask = attention_mask[:, -keep:].float()
@@ -63,7 +63,7 @@ def _scores(policy, shared: bool, chunk_rows: int = 4):
 
 
 def test_prompt_groups_follow_identical_prompts():
-    from deepretrieval_trainer.prompt_sharing import prompt_groups
+    from deepretrieval_trainer.training.prompt_sharing import prompt_groups
 
     input_ids, _, keep = _batch()
     assert [g.tolist() for g in prompt_groups(input_ids[:, :-keep])] == [[0, 2, 4], [1, 3, 5]]

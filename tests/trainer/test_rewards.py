@@ -8,11 +8,12 @@ import pickle
 
 import pytest
 
-from deepretrieval_trainer.bm25 import BM25Search
-from deepretrieval_trainer.config import ConfigError, TrainConfig
-from deepretrieval_trainer.metrics import recall_at_k
-from deepretrieval_trainer.rewards import FormatReward, RetrievalReward, build_rewards, normalize_query
-from deepretrieval_trainer.tasks import get_task
+from deepretrieval_trainer.common.errors import ConfigError
+from deepretrieval_trainer.retrieval.bm25 import BM25Search
+from deepretrieval_trainer.retrieval.metrics import recall_at_k
+from deepretrieval_trainer.rewriting.tasks import get_task
+from deepretrieval_trainer.training.config import TrainConfig
+from deepretrieval_trainer.training.rewards import FormatReward, RetrievalReward, build_rewards, normalize_query
 
 VALID = ' relevant terms</think>\n<answer>{"query": "%s"}</answer>'
 
@@ -205,8 +206,8 @@ def test_per_row_publication_date_cutoff_reaches_the_engine_and_the_cache_key():
 
 
 def test_date_cutoffs_need_a_dated_engine_before_any_model_loads():
-    from deepretrieval_trainer.config import ConfigError
-    from deepretrieval_trainer.grpo import check_search, training_rows
+    from deepretrieval_trainer.common.errors import ConfigError
+    from deepretrieval_trainer.training.retrieval import check_search, training_rows
 
     rows = training_rows([{"query": "t", "qrels": {"a": 1}, "pub_date": "2001/01/01"}])
     with pytest.raises(ConfigError, match="cannot filter by date"):

@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from deepretrieval_trainer.rewriters import LocalRewriter, RewriteError, RewriteResult
+from deepretrieval_trainer.rewriting.rewriters import LocalRewriter, RewriteError, RewriteResult
 
 
 def test_scripted_rewrite_is_parsed(scripted_rewriter):
@@ -88,7 +88,7 @@ def test_local_rewriter_with_adapter_and_sampling(tmp_path, local_rewriter):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from deepretrieval_trainer.models import resolve_model
+    from deepretrieval_trainer.common.models import resolve_model
 
     base = AutoModelForCausalLM.from_pretrained(resolve_model(None))
     base_q = base.model.layers[0].self_attn.q_proj.weight.detach().clone()

@@ -13,7 +13,7 @@ import pytest
 
 from deepretrieval_trainer.literature.http import HttpPolicy, SearchServiceError
 from deepretrieval_trainer.literature.pubmed import PubMedSearch
-from deepretrieval_trainer.openai_compat import OpenAIRewriter
+from deepretrieval_trainer.rewriting.openai_compat import OpenAIRewriter
 from tests.trainer.literature.loopback import Answer, Loopback, fake_esearch, pubmed_ids
 from tests.trainer.test_openai_compat import server  # noqa: F401 - the loopback chat server fixture
 
@@ -63,7 +63,7 @@ def test_server_key_is_sent_but_never_logged_even_when_the_server_echoes_it(serv
 
 
 def test_a_logged_traceback_is_masked_too(debug_logs):
-    from deepretrieval_trainer.redaction import register_secret
+    from deepretrieval_trainer.common.redaction import register_secret
 
     register_secret("tb-secret-4567")
     try:

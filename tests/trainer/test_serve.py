@@ -10,9 +10,15 @@ import time
 
 import pytest
 
-from deepretrieval_trainer.models import embedded_model_dir
-from deepretrieval_trainer.serve import (
-    ServeError, ServerConfig, VLLMServer, base_model_for, find_adapter, find_vllm, lora_rank,
+from deepretrieval_trainer.common.models import embedded_model_dir
+from deepretrieval_trainer.rewriting.serve import (
+    ServeError,
+    ServerConfig,
+    VLLMServer,
+    base_model_for,
+    find_adapter,
+    find_vllm,
+    lora_rank,
 )
 
 
@@ -141,8 +147,8 @@ def test_stop_ends_the_whole_process_group(tmp_path):
 def test_served_dtype_is_the_one_asked_for(served_adapter, tmp_path):
     """A real vLLM CPU server started with dtype auto runs in what auto resolves to here (bfloat16 on a CPU with
     bf16 units) on every core, and rewrites through the same client."""
-    from deepretrieval_trainer.openai_compat import OpenAIRewriter
-    from deepretrieval_trainer.precision import resolve_dtype
+    from deepretrieval_trainer.common.precision import resolve_dtype
+    from deepretrieval_trainer.rewriting.openai_compat import OpenAIRewriter
     from tests.vllm_fixtures import free_port
 
     config = ServerConfig(adapters={"bf": served_adapter}, port=free_port(), log_file=tmp_path / "vllm.log",
@@ -160,7 +166,7 @@ def test_served_dtype_is_the_one_asked_for(served_adapter, tmp_path):
 def test_cpu_engine_gets_every_allowed_core(tmp_path, monkeypatch):
     """vLLM CPU's auto binding reserves a core for its scheduler (the engine got 1 of our 2); serve binds them all,
     unless the user set the variable."""
-    from deepretrieval_trainer import serve
+    from deepretrieval_trainer.rewriting import serve
 
     monkeypatch.setattr(serve, "has_gpu", lambda: False)
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
@@ -176,7 +182,7 @@ def test_serve_says_which_path_is_faster_on_cpu(tmp_path):
     backend measured faster, with the figures; on a GPU machine it says nothing of the kind."""
     import subprocess
 
-    from deepretrieval_trainer.serve import CPU_SPEED_NOTE, has_gpu, speed_note
+    from deepretrieval_trainer.rewriting.serve import CPU_SPEED_NOTE, has_gpu, speed_note
 
     script = tmp_path / "vllm"
     script.write_text(f"#!{sys.executable}\nimport sys\nprint('engine core failed', flush=True)\nsys.exit(3)\n")

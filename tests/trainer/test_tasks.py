@@ -2,9 +2,17 @@ import dataclasses
 
 import pytest
 
-from deepretrieval_trainer.answer import parse_answer
+from deepretrieval_trainer.rewriting.answer import parse_answer
+from deepretrieval_trainer.rewriting.tasks import (
+    HIT_RANK_TIERS,
+    RECALL_TIERS,
+    TASKS,
+    Task,
+    Tiers,
+    format_pico,
+    get_task,
+)
 from deepretrieval_trainer.sql.answer import parse_sql_answer
-from deepretrieval_trainer.tasks import HIT_RANK_TIERS, RECALL_TIERS, TASKS, Task, Tiers, format_pico, get_task
 
 
 def test_every_task_asks_for_the_answer_format_and_its_example_parses():
@@ -70,8 +78,8 @@ def _schema_tables(prompt: str) -> dict[str, str]:
 def test_every_sql_worked_example_runs_on_its_own_schema():
     import sqlite3
 
+    from deepretrieval_trainer.rewriting.tasks import SQL_EXAMPLE_POOL
     from deepretrieval_trainer.sql.guard import check_sql
-    from deepretrieval_trainer.tasks import SQL_EXAMPLE_POOL
 
     assert len(SQL_EXAMPLE_POOL) >= 4 and TASKS["sql"].examples == SQL_EXAMPLE_POOL[:len(TASKS["sql"].examples)]
     for prompt, answer in SQL_EXAMPLE_POOL:
@@ -85,7 +93,7 @@ def test_every_sql_worked_example_runs_on_its_own_schema():
 
 
 def test_sql_task_shows_the_first_shots_of_the_pool_and_refuses_other_counts():
-    from deepretrieval_trainer.tasks import SQL_EXAMPLE_POOL, sql_task
+    from deepretrieval_trainer.rewriting.tasks import SQL_EXAMPLE_POOL, sql_task
 
     for shots in range(1, len(SQL_EXAMPLE_POOL) + 1):
         messages = sql_task(shots).messages("Database: d (sqlite)\nt(a INT)\nQuestion: how many?")

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from deepretrieval_trainer.config import ConfigError, TrainConfig
-from deepretrieval_trainer.grpo import train
-from deepretrieval_trainer.run_dir import RunDir, TrainingError, checkpoint_complete
+from deepretrieval_trainer.common.errors import ConfigError, TrainingError
+from deepretrieval_trainer.training.config import TrainConfig
+from deepretrieval_trainer.training.retrieval import train
+from deepretrieval_trainer.training.run_dir import RunDir, checkpoint_complete
 
 NO_MODEL = "/nonexistent/model"  # loading this would raise OSError: seeing our error proves nothing loaded
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,8 +52,8 @@ def mount(tmp_path):
 
 
 def _bm25(data_dir):
-    from deepretrieval_trainer.bm25 import BM25Search
-    from deepretrieval_trainer.data import load_corpus
+    from deepretrieval_trainer.retrieval.bm25 import BM25Search
+    from deepretrieval_trainer.retrieval.data import load_corpus
 
     return BM25Search(load_corpus(data_dir / "adi"))
 
@@ -207,10 +208,10 @@ def test_a_search_server_that_goes_away_or_hangs_fails_the_step_naming_the_engin
 
 KILLED_RUN = """
 import sys
-from deepretrieval_trainer.bm25 import BM25Search
-from deepretrieval_trainer.config import TrainConfig
-from deepretrieval_trainer.data import load_beir, load_corpus
-from deepretrieval_trainer.grpo import train
+from deepretrieval_trainer.retrieval.bm25 import BM25Search
+from deepretrieval_trainer.training.config import TrainConfig
+from deepretrieval_trainer.retrieval.data import load_beir, load_corpus
+from deepretrieval_trainer.training.retrieval import train
 
 data, run_dir = sys.argv[1], sys.argv[2]
 train(BM25Search(load_corpus(data)), load_beir(data, "test"),
@@ -258,7 +259,7 @@ def test_kill_9_loses_at_most_save_steps_and_a_half_written_checkpoint_is_skippe
 
 
 def test_sql_training_shares_the_fault_handling(mount):
-    """Text-to-SQL runs through the same training loop (grpo.run_training): a full disk fails before the model loads."""
+    """Text-to-SQL runs through the same training loop (engine.run_training): a full disk fails before the model loads."""
     from deepretrieval_trainer.sql.spider import load_sql_examples
     from deepretrieval_trainer.sql.train import train_sql
     from tests.conftest import collection_path

@@ -11,13 +11,14 @@ import math
 
 import pytest
 
-from deepretrieval_trainer.config import ConfigError, TrainConfig
+from deepretrieval_trainer.common.errors import ConfigError
+from deepretrieval_trainer.training.config import TrainConfig
 
 torch = pytest.importorskip("torch")
 
 
 def test_uniform_rows_are_the_groups_whose_advantages_are_all_zero():
-    from deepretrieval_trainer.trl_trainer import uniform_group_rows
+    from deepretrieval_trainer.training.trl_trainer import uniform_group_rows
 
     nan = math.nan
     rewards = torch.tensor([
@@ -49,7 +50,7 @@ def _batch():
 
 
 def test_dropping_rows_keeps_them_aligned_and_cuts_completion_padding_no_kept_row_uses():
-    from deepretrieval_trainer.trl_trainer import drop_rows
+    from deepretrieval_trainer.training.trl_trainer import drop_rows
 
     batch = _batch()
     kept = drop_rows(batch, torch.tensor([False, False, True, True]))
@@ -67,15 +68,15 @@ def test_dropping_rows_keeps_them_aligned_and_cuts_completion_padding_no_kept_ro
 
 
 def test_dropping_rows_refuses_batches_it_cannot_slice():
-    from deepretrieval_trainer.trl_trainer import drop_rows
+    from deepretrieval_trainer.training.trl_trainer import drop_rows
 
     with pytest.raises(NotImplementedError, match="pixel_values"):
         drop_rows({**_batch(), "pixel_values": torch.zeros(9, 3)}, torch.tensor([True, True, False, False]))
 
 
 def test_needs_one_update_per_generation_and_one_process(tmp_path, adi_test, monkeypatch):
-    from deepretrieval_trainer.bm25 import BM25Search
-    from deepretrieval_trainer.grpo import train
+    from deepretrieval_trainer.retrieval.bm25 import BM25Search
+    from deepretrieval_trainer.training.retrieval import train
 
     with pytest.raises(ConfigError, match="gradient_accumulation_steps=1"):
         TrainConfig(drop_uniform_groups=True, gradient_accumulation_steps=2)
@@ -89,7 +90,7 @@ def test_needs_one_update_per_generation_and_one_process(tmp_path, adi_test, mon
 def test_training_drops_the_groups_trl_counts_as_zero_std(tmp_path, adi_test, data_dir):
     """One query can never be answered (its only relevant document is not in the index) and the format reward is
     off, so its group always scores 0 for every sample: every step drops it, and all TRL counts as zero-std."""
-    from deepretrieval_trainer.grpo import train
+    from deepretrieval_trainer.training.retrieval import train
     from llamaindex_deepretrieval import LlamaIndexSearch
 
     search = LlamaIndexSearch.from_beir(data_dir / "adi")

@@ -55,7 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _splits(path: Path, train: str | None, evaluate: str | None) -> tuple[str, str]:
-    from ..data import DataError, available_splits
+    from ..common.errors import DataError
+    from ..retrieval.data import available_splits
 
     splits = available_splits(path)
     evaluate = evaluate or next((s for s in ("dev", "test") if s in splits), None)
@@ -69,12 +70,13 @@ def _splits(path: Path, train: str | None, evaluate: str | None) -> tuple[str, s
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..beir_download import resolve_collection
-    from ..config import TrainConfig
-    from ..data import load_beir
-    from ..grpo import train
-    from ..models import cache_dir
-    from ..sources import parse_source
+    from ..common.models import cache_dir
+    from ..evaluation.sources import parse_source
+    from ..retrieval.beir_download import resolve_collection
+    from ..retrieval.data import load_beir
+    from ..training.config import TrainConfig
+    from ..training.retrieval import train
+    from ..training.retrievers import build_search
     from .eval import report_evaluation
 
     if args.minutes <= 0 or args.steps < 1 or args.limit < 0:
@@ -92,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         "data": {"path": str(path), "split": train_split, "drop_unknown_docs": True}, "retriever": retriever,
     })
     print(f"collection: {path} (train on {train_split!r}, evaluate on {eval_split!r})\nrun folder: {run_dir}")
-    search = config.retriever.build(str(path))
+    search = build_search(config.retriever, str(path))
     adapter = train(search, load_beir(path, train_split, drop_unknown_docs=True), config)
     collection = load_beir(path, eval_split, drop_unknown_docs=True)
     sources = [parse_source(spec, model=args.model, framing=config.framing, query_weight=config.query_weight,
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
 def verdict(report) -> str:
     """One plain sentence per baseline: did the trained adapter beat it on nDCG@10, paired over the same queries?"""
-    from ..evaluate import compare
+    from ..evaluation.evaluate import compare
 
     trained = report.source("trained")
     lines = []

@@ -70,14 +70,14 @@ def add_retriever_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from ..config import TrainConfig
+    from ..training.config import TrainConfig
 
     overrides: dict = {"retriever": {}, "data": {}}
     for flag, key in (("framework", "framework"), ("retriever_kind", "kind"), ("retriever_path", "path")):
         if getattr(args, flag, None):
             overrides["retriever"][key] = getattr(args, flag)
     if args.data:
-        from ..beir_download import resolve_collection
+        from ..retrieval.beir_download import resolve_collection
 
         overrides["data"]["path"] = str(resolve_collection(args.data))
     for flag in ("model", "task", "framing", "feedback_docs", "dtype", "query_weight"):
@@ -90,8 +90,9 @@ def _config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import load_beir
-    from ..sources import parse_source
+    from ..evaluation.sources import parse_source
+    from ..retrieval.data import load_beir
+    from ..training.retrievers import build_search
 
     if _task(args) == "sql":  # text-to-SQL: execution accuracy on held-out databases (deepretrieval_trainer.sql)
         from ..sql.evaluate import run_from_args
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{Path(config.data.path).name}-{args.split}"
     logger.info("building the %s %s retriever over %s", config.retriever.framework, config.retriever.kind,
                 config.retriever.path or config.data.path)
-    search = config.retriever.build(config.data.path)
+    search = build_search(config.retriever, config.data.path)
     specs = args.sources or default_sources(search)
     sources = [parse_source(spec, model=config.model, task=config.task, max_new_tokens=args.max_new_tokens,
                             batch_size=args.batch_size, framing=config.framing, search=search,
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 def _task(args: argparse.Namespace) -> str | None:
     if args.task or not args.config:
         return args.task
-    from ..config import TrainConfig
+    from ..training.config import TrainConfig
 
     return TrainConfig.from_yaml(args.config).task
 
@@ -135,8 +136,8 @@ def _describe(retriever) -> str:
 def report_evaluation(collection, search, sources, out: Path, *, retriever: str, limit: int | None,
                       batch_size: int, progress: bool):
     """Evaluate, write the outputs, print the table and where they are; return the report."""
-    from ..evaluate import evaluate
-    from ..report import format_table, write_outputs
+    from ..evaluation.evaluate import evaluate
+    from ..evaluation.report import format_table, write_outputs
 
     report = evaluate(collection, search, sources, limit=limit, out_dir=out, retriever=retriever,
                       batch_size=batch_size, progress=progress)

@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import load_beir
     from ..literature.dataset import from_collection, load_literature, write_literature
+    from ..retrieval.data import load_beir
 
     if args.action == "convert":
         collection = load_beir(args.collection, args.split, drop_unknown_docs=args.drop_unknown_docs)

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import prepare_model
+    from ..common.models import prepare_model
 
     print(prepare_model(args.target, force=args.force))
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..tasks import TASKS
+from ..rewriting.tasks import TASKS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..rewriters import LocalRewriter
+    from ..rewriting.rewriters import LocalRewriter
 
     rewriter = LocalRewriter(
         args.model, adapter=args.adapter, task=args.task, max_new_tokens=args.max_new_tokens,

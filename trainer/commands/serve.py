@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def snippets(base_url: str, name: str) -> str:
     """The client code for this endpoint, for LlamaIndex and Haystack."""
     return f'''LlamaIndex:
-    from deepretrieval_trainer.openai_compat import OpenAIRewriter
+    from deepretrieval_trainer.rewriting.openai_compat import OpenAIRewriter
     from llama_index.core.query_engine import TransformQueryEngine
     from llamaindex_deepretrieval import DeepRetrievalQueryTransform, DeepRetrievalRetriever
 
@@ -51,7 +51,7 @@ Haystack:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..serve import ServeError
+    from ..rewriting.serve import ServeError
 
     try:
         return _run(args)
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..serve import ServerConfig, VLLMServer, load_adapter, speed_note
+    from ..rewriting.serve import ServerConfig, VLLMServer, load_adapter, speed_note
 
     config = ServerConfig(
         adapters={args.name: args.adapter}, base=args.base, host=args.host, port=args.port, vllm=args.vllm,

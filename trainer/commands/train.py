@@ -16,7 +16,7 @@ import types
 import typing
 from typing import Any
 
-from ..config import DataConfig, RetrieverConfig, TrainConfig
+from ..training.config import DataConfig, RetrieverConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +94,9 @@ def load_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import load_beir
-    from ..grpo import train
+    from ..retrieval.data import load_beir
+    from ..training.retrieval import train
+    from ..training.retrievers import build_search
 
     config = load_config(args)
     if config.task == "sql":  # text-to-SQL: data.path is a Spider-layout folder; the reward runs its databases
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if not config.data.path:
         raise ValueError("no training data: set data.path (--data-path) to a BEIR collection folder")
     dataset = load_beir(config.data.path, config.data.split, drop_unknown_docs=config.data.drop_unknown_docs)
-    search = config.retriever.build(config.data.path)
+    search = build_search(config.retriever, config.data.path)
     adapter = train(search, dataset, config)
     print(f"adapter: {adapter}")
     print(f"serve it: deepretrieval serve --adapter {adapter.parent}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
-from .dates import DateRange, full_date
+from ..retrieval.dates import DateRange, full_date
 from .http import HttpPolicy, JsonService, PagedSearch, SearchServiceError
 
 CTGOV_URL = "https://clinicaltrials.gov/api/v2/"

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import Collection, DataError, text_lines
-from ..tasks import PICO_FIELDS
-from .dates import DateRange, normalize_date
+from ..common.errors import DataError
+from ..retrieval.data import Collection, text_lines
+from ..retrieval.dates import DateRange, normalize_date
+from ..rewriting.tasks import PICO_FIELDS
 
 QUERY_KEYS = ("topic", *PICO_FIELDS)
 ALLOWED_KEYS = frozenset({"id", "relevant", "pub_date", "meta", *QUERY_KEYS})
@@ -159,7 +160,7 @@ def from_collection(collection: Collection) -> list[LiteratureExample]:
 
 
 def training_rows(examples: Iterable[LiteratureExample]) -> list[dict[str, Any]]:
-    """Rows for ``deepretrieval_trainer.grpo.train``: ``{"query", "qrels", "query_id", "pub_date"}`` (the query is
+    """Rows for ``deepretrieval_trainer.training.retrieval.train``: ``{"query", "qrels", "query_id", "pub_date"}`` (the query is
     the topic text or the PICO fields, which the literature task formats; ``pub_date`` is the row's
     publication-date cutoff, which the reward applies through engines that filter by date)."""
     return [{"query": example.query, "qrels": example.qrels, "query_id": example.id, "pub_date": example.pub_date}

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
-from ..search import DocumentHit, ThreadedAsyncSearch, check_k
+from ..retrieval.search import DocumentHit, ThreadedAsyncSearch, check_k
 from .boolean import ABSTRACT, TITLE, BooleanQueryError, text_tokens, translate
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def corpus_fingerprint(corpus: Mapping[str, Mapping[str, str]]) -> str:
 class FTS5Search(ThreadedAsyncSearch):
     """A SearchBackend answering Boolean queries with up to ``k`` ids ranked by FTS5's bm25.
 
-    ``corpus``: doc id -> {"title", "text"} (a :class:`~deepretrieval_trainer.data.Collection`'s ``corpus``).
+    ``corpus``: doc id -> {"title", "text"} (a :class:`~deepretrieval_trainer.retrieval.data.Collection`'s ``corpus``).
     ``fingerprint`` names the index in the cache (default: a hash of the corpus content); ``index_path`` puts the
     index file elsewhere; ``stopwords`` are removed from documents and queries alike (default: English, as PubMed
     ignores them; ``()`` keeps every word). ``rebuild=True`` ignores a cached index. ``malformed``: what
@@ -78,12 +78,12 @@ class FTS5Search(ThreadedAsyncSearch):
     @classmethod
     def from_path(cls, path: str | Path, **kwargs) -> FTS5Search:
         """An engine over the corpus of a BEIR-layout folder (no split needed)."""
-        from ..data import load_corpus
+        from ..retrieval.data import load_corpus
 
         return cls(load_corpus(path), **kwargs)
 
     def default_index_path(self) -> Path:
-        from ..models import cache_dir
+        from ..common.models import cache_dir
 
         settings = hashlib.sha256(f"{SCHEMA_VERSION}|{TOKENIZER}|{sorted(self.stopwords)}".encode()).hexdigest()[:8]
         return cache_dir() / "literature" / f"fts5-{self.fingerprint}-{settings}.sqlite"
@@ -130,7 +130,7 @@ class FTS5Search(ThreadedAsyncSearch):
         """Why this engine cannot run ``query`` (the syntax error), or None when it can.
 
         The trainer's rewards call this on every rewrite: a malformed Boolean query gets the format penalty
-        and no retrieval reward, instead of failing the batch (see :func:`deepretrieval_trainer.rewards.build_rewards`).
+        and no retrieval reward, instead of failing the batch (see :func:`deepretrieval_trainer.training.rewards.build_rewards`).
         """
         try:
             self._search_one(query, 1)

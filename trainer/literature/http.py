@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ..deadline import DeadlineExceeded, LoopThread, RetryBudget, within
-from ..fields import check_fields
-from ..redaction import redact
-from ..search import check_k
+from ..common.deadline import DeadlineExceeded, LoopThread, RetryBudget, within
+from ..common.fields import check_fields
+from ..common.redaction import redact
+from ..retrieval.dates import DateRange
+from ..retrieval.search import check_k
 from .boolean import BooleanQueryError
-from .dates import DateRange
 
 logger = logging.getLogger(__name__)
 

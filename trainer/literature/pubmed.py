@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Generator
 
-from .dates import DateRange
-from ..redaction import register_secret
+from ..common.redaction import register_secret
+from ..retrieval.dates import DateRange
 from .http import HttpPolicy, JsonService, PagedSearch, SearchServiceError
 
 EUTILS_URL = "https://eutils.ncbi.nlm.nih.gov/entrez/eutils/"

@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from ..answer import MAX_COMPLETION_CHARS, _answer_body, _strip_think
+from ..rewriting.answer import MAX_COMPLETION_CHARS, _answer_body, _strip_think
 
 MAX_SQL_CHARS = 8000
 

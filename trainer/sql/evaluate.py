@@ -46,7 +46,7 @@ def parse_sql_source(spec: str, *, model: str | None = None, max_new_tokens: int
     if body in ("raw", "hyde"):
         raise ValueError(f"query source {body!r} has no meaning for text-to-SQL: use gold, base, adapter:PATH "
                          "or server:URL#MODEL")
-    from ..sources import parse_source
+    from ..evaluation.sources import parse_source
 
     source = parse_source(spec, model=model, task="sql", max_new_tokens=max_new_tokens, batch_size=batch_size)
     return SQLSource(source.name, SQLWriter(backend=source.rewriter), source.identity)
@@ -233,7 +233,7 @@ def choose_checkpoint(collection: SQLCollection, checkpoints: Sequence[str | Pat
     than the gold SQL's own share where that is higher: :attr:`CheckpointChoice.cutoff`). A collapsed policy can
     still score on the validation questions its template happens to answer, and on no others. Answers are cached
     in ``out_dir``."""
-    from ..run_dir import checkpoint_step
+    from ..training.run_dir import checkpoint_step
 
     if not 0 < max_template_share <= 1:
         raise ValueError(f"max_template_share={max_template_share!r}: give a share in (0, 1], e.g. 0.5 (1 = no limit)")
@@ -358,7 +358,7 @@ def run_from_args(args) -> int:
 
     model, data = args.model, args.data
     if args.config:
-        from ..config import TrainConfig
+        from ..training.config import TrainConfig
 
         config = TrainConfig.from_yaml(args.config)
         model, data = model or config.model, data or config.data.path

@@ -20,11 +20,14 @@ a group of samples can only be pushed towards a right answer when one of them ha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import get_args
 
 import sqlglot
 from sqlglot import exp
 
-HARDNESS = ("easy", "medium", "hard", "extra")
+from ..training.config import Hardness
+
+HARDNESS: tuple[str, ...] = get_args(Hardness)
 _SET_OPERATION = getattr(exp, "SetOperation", exp.Union)  # sqlglot < 25.9: Intersect and Except subclass Union
 
 

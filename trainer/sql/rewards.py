@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..tasks import Task, get_task
+from ..rewriting.tasks import Task, get_task
 from .answer import parse_sql_answer
 from .guard import UnsafeSQL, check_sql
 from .linking import SchemaLinking

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlglot
 
-from ..data import DataError
+from ..common.errors import DataError
 from .guard import is_ordered
 from .hardness import HARDNESS, hardness
 from .sqlite import SQLiteDatabase

@@ -1,7 +1,7 @@
 """GRPO training of a LoRA text-to-SQL writer, rewarded by execution accuracy.
 
 ``train_sql(collection, config) -> adapter folder``: the same run folder, trainer, schedule, LoRA and resume as
-:func:`~deepretrieval_trainer.grpo.train`; what differs is the data (question + schema prompts, gold SQL or rows)
+:func:`~deepretrieval_trainer.training.retrieval.train`; what differs is the data (question + schema prompts, gold SQL or rows)
 and the rewards (:func:`~.rewards.build_sql_rewards`). Each prompt's schema is read from its database once.
 """
 
@@ -12,10 +12,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, TrainConfig
-from ..grpo import check_batch, is_main_process, prompt_text, run_training, timed_trainer
-from ..run_dir import RunDir, checkpoint_complete, checkpoint_step
-from ..tasks import Task
+from ..rewriting.tasks import Task
+from ..training.config import ConfigError, TrainConfig
+from ..training.engine import check_batch, is_main_process, prompt_text, run_training, timed_trainer
+from ..training.run_dir import RunDir, checkpoint_complete, checkpoint_step
 from .evaluate import CheckpointChoice, choose_checkpoint
 from .rewards import build_sql_rewards
 from .schema import describe, prompt_input
@@ -66,7 +66,7 @@ def train_sql(collection: SQLCollection, config: TrainConfig | None = None, *, s
 
 def build_sql_trainer(config: TrainConfig, task: Task, base_model: str, rows: list[dict], collection: SQLCollection,
                       run: RunDir, *, dtype: str | None = None):
-    """grpo.build_trainer's trainer (grpo.timed_trainer, every setting from ``config``) on SQL prompts and rewards."""
+    """The trainer retrieval training builds (engine.timed_trainer, every setting from ``config``) on SQL prompts and rewards."""
     from datasets import Dataset as HFDataset
     from transformers import AutoTokenizer
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..rewriters import BaseRewriter, RewriteError
-from ..tasks import get_task
+from ..rewriting.rewriters import BaseRewriter, RewriteError
+from ..rewriting.tasks import get_task
 from .answer import parse_sql_answer
 from .guard import UnsafeSQL, check_sql
 from .schema import prompt_input
@@ -52,7 +52,7 @@ class SQLWriter:
     def local(cls, model: str | None = None, *, adapter: str | None = None, max_new_tokens: int = 192,
               dialect: str = "sqlite", strict: bool = False, **options: Any) -> SQLWriter:
         """The in-process model (None: the embedded SmolLM2), optionally with a trained SQL adapter."""
-        from ..rewriters import LocalRewriter
+        from ..rewriting.rewriters import LocalRewriter
 
         backend = LocalRewriter(model, adapter=adapter, task="sql", max_new_tokens=max_new_tokens, **options)
         return cls(backend=backend, dialect=dialect, strict=strict)
@@ -61,7 +61,7 @@ class SQLWriter:
     def server(cls, model: str, *, base_url: str | None = None, max_tokens: int = 192, dialect: str = "sqlite",
                strict: bool = False, **options: Any) -> SQLWriter:
         """An OpenAI-compatible server (``deepretrieval serve --adapter SQL_RUN``), the adapter chosen by ``model``."""
-        from ..openai_compat import DEFAULT_BASE_URL, OpenAIRewriter
+        from ..rewriting.openai_compat import DEFAULT_BASE_URL, OpenAIRewriter
 
         backend = OpenAIRewriter(model, base_url=base_url or DEFAULT_BASE_URL, task="sql", max_tokens=max_tokens,
                                  **options)

@@ -7,11 +7,11 @@ import sqlite3
 
 import pytest
 
-from deepretrieval_trainer.data import load_corpus
 from deepretrieval_trainer.literature.boolean import BooleanQueryError, is_format_error, translate
-from deepretrieval_trainer.literature.dates import DateRange, search_with_dates
 from deepretrieval_trainer.literature.fts5 import FTS5Search
-from deepretrieval_trainer.search import SearchBackend
+from deepretrieval_trainer.retrieval.data import load_corpus
+from deepretrieval_trainer.retrieval.dates import DateRange, search_with_dates
+from deepretrieval_trainer.retrieval.search import SearchBackend
 
 from ...conftest import collection_path
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from deepretrieval_trainer.literature.ctgov import DEFAULT_RATE, NCT_FIELD, ClinicalTrialsSearch
-from deepretrieval_trainer.literature.dates import DateRange, search_with_dates
 from deepretrieval_trainer.literature.http import HttpPolicy, SearchServiceError
+from deepretrieval_trainer.retrieval.dates import DateRange, search_with_dates
 
 from .loopback import Answer, Loopback, fake_studies, nct_ids
 

@@ -7,12 +7,17 @@ import json
 import pytest
 
 from deepretrieval_trainer.cli import main
-from deepretrieval_trainer.data import DataError, load_beir
+from deepretrieval_trainer.common.errors import DataError
 from deepretrieval_trainer.literature.dataset import (
-    from_collection, load_literature, parse_example, training_rows, write_literature,
+    from_collection,
+    load_literature,
+    parse_example,
+    training_rows,
+    write_literature,
 )
-from deepretrieval_trainer.literature.dates import DateRange
-from deepretrieval_trainer.tasks import get_task
+from deepretrieval_trainer.retrieval.data import load_beir
+from deepretrieval_trainer.retrieval.dates import DateRange
+from deepretrieval_trainer.rewriting.tasks import get_task
 
 from ...conftest import collection_path
 

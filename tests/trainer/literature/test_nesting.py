@@ -11,12 +11,13 @@ import json
 
 import pytest
 
-from deepretrieval_trainer.config import ConfigError, TrainConfig
-from deepretrieval_trainer.data import DataError, load_beir
+from deepretrieval_trainer.common.errors import ConfigError, DataError
 from deepretrieval_trainer.literature.boolean import MAX_DEPTH, BooleanQueryError, translate
 from deepretrieval_trainer.literature.dataset import load_literature
 from deepretrieval_trainer.literature.fts5 import FTS5Search
-from deepretrieval_trainer.rewards import build_rewards
+from deepretrieval_trainer.retrieval.data import load_beir
+from deepretrieval_trainer.training.config import TrainConfig
+from deepretrieval_trainer.training.rewards import build_rewards
 
 from ...conftest import collection_path
 

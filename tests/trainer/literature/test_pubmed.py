@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from deepretrieval_trainer.literature.dates import DateRange
 from deepretrieval_trainer.literature.http import HttpPolicy, SearchServiceError
 from deepretrieval_trainer.literature.pubmed import RATE_WITH_KEY, RATE_WITHOUT_KEY, PubMedSearch
+from deepretrieval_trainer.retrieval.dates import DateRange
 
 from .loopback import Answer, Loopback, fake_esearch, pubmed_ids
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deepretrieval_trainer.config import TrainConfig
 from deepretrieval_trainer.sql.evaluate import best_step
+from deepretrieval_trainer.training.config import TrainConfig
 from tests.postgres_fixtures import copy_sqlite
 
 from .conftest import spider_db

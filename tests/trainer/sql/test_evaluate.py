@@ -4,7 +4,12 @@ import pytest
 
 from deepretrieval_trainer.cli import main
 from deepretrieval_trainer.sql.evaluate import (
-    SQLReport, SQLSource, evaluate_sql, exact_mcnemar, paired_test, parse_sql_source,
+    SQLReport,
+    SQLSource,
+    evaluate_sql,
+    exact_mcnemar,
+    paired_test,
+    parse_sql_source,
 )
 from deepretrieval_trainer.sql.spider import load_sql_examples
 from deepretrieval_trainer.sql.writer import SQLWriter

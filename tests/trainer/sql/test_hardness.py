@@ -3,10 +3,10 @@ from collections import Counter
 
 import pytest
 
-from deepretrieval_trainer.config import ConfigError, TrainConfig
-from deepretrieval_trainer.data import DataError
+from deepretrieval_trainer.common.errors import ConfigError, DataError
 from deepretrieval_trainer.sql.hardness import components, hardness
 from deepretrieval_trainer.sql.spider import load_sql_examples
+from deepretrieval_trainer.training.config import TrainConfig
 
 # The four examples of Spider's README (https://yale-lily.github.io/spider), one per level, and the counts behind them.
 SPIDER_README = [

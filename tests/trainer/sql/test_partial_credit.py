@@ -9,11 +9,12 @@ import pytest
 
 from deepretrieval_trainer.cli import build_parser
 from deepretrieval_trainer.commands.train import load_config
-from deepretrieval_trainer.config import ConfigError, TrainConfig
+from deepretrieval_trainer.common.errors import ConfigError
+from deepretrieval_trainer.rewriting.tasks import get_task
 from deepretrieval_trainer.sql.linking import SchemaLinking, schema_items
 from deepretrieval_trainer.sql.rewards import ExecutionReward, build_sql_rewards
 from deepretrieval_trainer.sql.spider import load_sql_examples
-from deepretrieval_trainer.tasks import get_task
+from deepretrieval_trainer.training.config import TrainConfig
 
 DB = "concert_singer"
 JOIN = "SELECT T2.name FROM singer_in_concert AS T1 JOIN singer AS T2 ON T1.singer_id = T2.singer_id"

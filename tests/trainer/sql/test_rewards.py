@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from deepretrieval_trainer.rewriting.tasks import get_task
 from deepretrieval_trainer.sql.rewards import ExecutionReward, SQLFormatReward, build_sql_rewards
 from deepretrieval_trainer.sql.spider import load_sql_examples
-from deepretrieval_trainer.tasks import get_task
 
 
 @pytest.fixture(scope="module")

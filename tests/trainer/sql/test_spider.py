@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from deepretrieval_trainer.data import DataError
+from deepretrieval_trainer.common.errors import DataError
 from deepretrieval_trainer.sql.spider import EVAL_DATABASES, TRAIN_DATABASES, load_sql_examples
 
 
@@ -47,7 +47,8 @@ def test_drop_table_counts_on_spider(spider_dir):
 def test_drop_table_counts_rows_reference_and_errors(tmp_path):
     import sqlite3
 
-    from deepretrieval_trainer.config import ConfigError, TrainConfig
+    from deepretrieval_trainer.common.errors import ConfigError
+    from deepretrieval_trainer.training.config import TrainConfig
 
     (tmp_path / "database" / "shop").mkdir(parents=True)
     with sqlite3.connect(tmp_path / "database" / "shop" / "shop.sqlite") as db:
@@ -108,8 +109,9 @@ def test_uninformative_answers_on_spider_and_on_rows(spider_dir, tmp_path):
 
 def test_validation_databases_are_kept_out_of_training(spider_dir):
     from deepretrieval_trainer.commands.train import overrides
-    from deepretrieval_trainer.config import ConfigError, TrainConfig
+    from deepretrieval_trainer.common.errors import ConfigError
     from deepretrieval_trainer.sql.train import training_collection, validation_collection
+    from deepretrieval_trainer.training.config import TrainConfig
 
     config = TrainConfig(task="sql", data={"path": str(spider_dir), "max_hardness": "easy",
                                            "validation_databases": ["flight_2", "network_1"]})

@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from deepretrieval_trainer.config import ConfigError, TrainConfig
+from deepretrieval_trainer.common.errors import ConfigError
 from deepretrieval_trainer.sql.evaluate import evaluate_sql, parse_sql_source
 from deepretrieval_trainer.sql.spider import load_sql_examples
 from deepretrieval_trainer.sql.train import train_sql
+from deepretrieval_trainer.training.config import TrainConfig
 
 
 def test_the_task_must_be_sql(spider_dir, tmp_path):

@@ -18,11 +18,11 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .answer import Rewrite, parse_answer
-from .framing import FUSION_DEPTH, check_framing, fuse_hits, new_words, search_text
-from .metrics import first_hit_rank, ndcg_at_k, recall_at_k
-from .search import DocumentHit, SearchBackend, document_search
-from .tasks import Task, get_task
+from ..retrieval.framing import FUSION_DEPTH, check_framing, fuse_hits, new_words, search_text
+from ..retrieval.metrics import first_hit_rank, ndcg_at_k, recall_at_k
+from ..retrieval.search import DocumentHit, SearchBackend, document_search
+from ..rewriting.answer import Rewrite, parse_answer
+from ..rewriting.tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class SearchCache:
             return [[DocumentHit(hit.doc_id, score=hit.score) for hit in hits] for hits in found]
         if all(date is None for _, date in batch):
             return self.search_backend.search(queries, self.k)
-        from .literature.dates import DateRange
+        from ..retrieval.dates import DateRange
 
         if not callable(getattr(self.search_backend, "search_dated", None)):
             raise ValueError(f"the rows carry publication-date cutoffs (pub_date) but {type(self.search_backend).__name__}"
@@ -159,7 +159,7 @@ class SearchCache:
         """:meth:`_search_batch` under ``timeout``: a retriever that hangs fails the step instead of stalling it."""
         if self.timeout is None:
             return self._search_batch(batch)
-        from .deadline import DeadlineExceeded, call_within
+        from ..common.deadline import DeadlineExceeded, call_within
 
         name = type(self.search_backend).__name__
         try:
@@ -189,13 +189,13 @@ class RetrievalReward:
     ``hit_rank``: tiers of the first relevant rank within k (none: the floor). Unparsable completions score 0
     here (the format reward penalizes them), and so do queries the backend's ``query_error`` rejects.
     ``framing="expand"`` searches the original query (``query_weight`` times) and the rewrite instead of the rewrite
-    alone (:func:`deepretrieval_trainer.framing.search_text`); ``framing="fuse"`` searches the two apart and sums
-    their scores, the original's times ``query_weight`` (:func:`deepretrieval_trainer.framing.fuse_hits`); deployment
+    alone (:func:`deepretrieval_trainer.retrieval.framing.search_text`); ``framing="fuse"`` searches the two apart and sums
+    their scores, the original's times ``query_weight`` (:func:`deepretrieval_trainer.retrieval.framing.fuse_hits`); deployment
     must then do the same.
     ``unusable="raw"`` scores a completion without a usable query as the raw query's own ranking (what the deployed
     components search when they fall back) instead of 0, so the reward measures the gain over falling back.
     ``echo_penalty`` (``expand``/``fuse`` only) is subtracted from a usable rewrite that adds no word the user's query
-    lacks (:func:`~deepretrieval_trainer.framing.new_words`): such a rewrite ranks about as the raw query does, and
+    lacks (:func:`~deepretrieval_trainer.retrieval.framing.new_words`): such a rewrite ranks about as the raw query does, and
     without the penalty a group whose expansions score below the raw query teaches the model to stop expanding.
     ``retrieval/no_new_words_rate`` logs the share of usable rewrites that add nothing, with or without the penalty.
     """

@@ -16,8 +16,9 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from .data import DataError, corpus_file
-from .models import cache_dir
+from ..common.errors import DataError
+from ..common.models import cache_dir
+from .data import corpus_file
 
 logger = logging.getLogger(__name__)
 

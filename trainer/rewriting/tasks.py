@@ -7,12 +7,13 @@ A task turns a user query (or, for literature search, PICO fields) into chat mes
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal, Union
 
-from .feedback import NO_RESULTS, Feedback
-from .search import DocumentHit
+from ..retrieval.search import DocumentHit, SearchBackend, document_search
+from .feedback import EXAMPLE_FEEDBACK, FEEDBACK_BLOCK, NO_RESULTS, Feedback
 
 QueryInput = Union[str, Mapping[str, str]]
 Metric = Literal["recall", "ndcg", "hit_rank", "execution"]
@@ -46,7 +47,7 @@ SQL_SYSTEM = (
     "inside <answer> </answer>, for example: <think>...</think>\n<answer>SELECT ...</answer>"
 )
 # HyDE (Gao et al. 2022): the prompted baseline users try first. The model writes a short passage that would answer
-# the query, and the passage (with the query, see deepretrieval_trainer.evaluate) is what gets searched.
+# the query, and the passage (with the query, see deepretrieval_trainer.evaluation.evaluate) is what gets searched.
 HYDE_SYSTEM = (
     "Write a short passage, in the style of a scientific abstract, that answers the query or supports the claim. "
     "Use the specific technical terms such a document would contain. Write only the passage inside <answer> </answer>."
@@ -105,7 +106,7 @@ class Task:
     # generation stops after the first of these (nothing after the answer is parsed); the same in training,
     # in-process rewriting and served requests
     stop: tuple[str, ...] = ("</answer>",)
-    # feedback-conditioned prompts (deepretrieval_trainer.feedback.with_feedback): the user template's {feedback}
+    # feedback-conditioned prompts (with_feedback below): the user template's {feedback}
     # shows the query's first-pass results in this format; example_feedback is what each worked example shows
     feedback: Feedback | None = None
     example_feedback: tuple[str, ...] = ()
@@ -134,7 +135,7 @@ class Task:
         if self.feedback is not None:
             if feedback is None:
                 raise ValueError(f"task {self.name!r} shows the query's first-pass results: pass them (hits=...), "
-                                 "as deepretrieval_trainer.feedback.first_pass returns them")
+                                 "as deepretrieval_trainer.rewriting.tasks.first_pass returns them")
             values["feedback"] = feedback
         return self.user.format(query=query.strip(), **values)
 
@@ -272,4 +273,29 @@ def sql_task(shots: int) -> Task:
     if isinstance(shots, bool) or not isinstance(shots, int) or not 1 <= shots <= len(SQL_EXAMPLE_POOL):
         raise ValueError(f"shots={shots!r}: the sql task has {len(SQL_EXAMPLE_POOL)} worked examples; "
                          f"show 1 to {len(SQL_EXAMPLE_POOL)} of them")
-    return replace(TASKS["sql"], examples=SQL_EXAMPLE_POOL[:shots])
+    return dataclasses.replace(TASKS["sql"], examples=SQL_EXAMPLE_POOL[:shots])
+
+
+def with_feedback(task: str | Task, feedback: Feedback | int = 3) -> Task:
+    """``task`` with the first-pass results in its prompt: :data:`FEEDBACK_BLOCK` after its user template (unless
+    the template already has ``{feedback}``) and the worked examples shown with :data:`EXAMPLE_FEEDBACK`.
+    ``feedback``: a :class:`Feedback` or a number of documents."""
+    task = get_task(task)
+    if isinstance(feedback, int) and not isinstance(feedback, bool):
+        feedback = Feedback(docs=feedback)
+    if not isinstance(feedback, Feedback):
+        raise TypeError(f"feedback={feedback!r}: pass a Feedback or a number of documents")
+    if task.feedback is not None:
+        return dataclasses.replace(task, feedback=feedback)
+    user = task.user if "{feedback}" in task.user else task.user + FEEDBACK_BLOCK
+    return dataclasses.replace(task, user=user, feedback=feedback,
+                               example_feedback=tuple(EXAMPLE_FEEDBACK for _ in task.examples))
+
+
+def first_pass(search: SearchBackend, queries: Sequence[str], task: Task) -> list[list[DocumentHit]]:
+    """The first-pass documents of each raw query that ``task``'s prompt shows, from ``search`` (which must be a
+    ``DocumentSearch``): what training and evaluation compute before rewriting."""
+    if task.feedback is None:
+        raise ValueError(f"task {task.name!r} shows no first-pass results (task.feedback is None)")
+    backend = document_search(search, purpose=f"the feedback prompt of task {task.name!r}")
+    return backend.search_documents(list(queries), task.feedback.docs)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from ..retrieval.search import DocumentHit
 from .answer import MAX_QUERY_CHARS, parse_answer
-from .search import DocumentHit
 from .tasks import QueryInput, Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class LocalRewriter(BaseRewriter):
     """In-process transformers model (plus an optional peft LoRA adapter folder), batched, on CPU by default.
 
     Greedy by default; ``temperature > 0`` samples. The model loads on first use or on :meth:`load`.
-    ``decoding="lean"`` (default) decodes with :func:`deepretrieval_trainer.generation.lean_generate`: the prompt
+    ``decoding="lean"`` (default) decodes with :func:`deepretrieval_trainer.rewriting.generation.lean_generate`: the prompt
     prefix every query shares (system prompt, worked example) prefilled once per batch, and an in-place KV cache;
     ``"generate"`` uses transformers' ``generate()``. In float32 both give the same tokens; in bfloat16 a greedy token
     can differ where two candidates tie within rounding (measured in docs/benchmarks.md). Greedy lean decoding checks
@@ -185,7 +185,7 @@ class LocalRewriter(BaseRewriter):
         speculate: int = 3,
     ):
         super().__init__(task=task, strict=strict, max_query_chars=max_query_chars)
-        from .precision import check_dtype
+        from ..common.precision import check_dtype
 
         check_dtype(dtype)
         if decoding not in ("lean", "generate"):
@@ -226,14 +226,14 @@ class LocalRewriter(BaseRewriter):
                 return
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            from .models import resolve_model
+            from ..common.models import resolve_model
 
             name = resolve_model(self.model_name)
             tokenizer = AutoTokenizer.from_pretrained(name)
             tokenizer.padding_side = "left"
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
-            from .precision import resolve_dtype, torch_dtype
+            from ..common.precision import resolve_dtype, torch_dtype
 
             dtype = resolve_dtype(self.dtype, self.device)
             model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype(dtype))

@@ -28,10 +28,10 @@ from typing import Any, Literal
 
 import httpx
 
+from ..common.deadline import DeadlineExceeded, LoopThread, RetryBudget, within
+from ..common.fields import check_fields
+from ..common.redaction import redact, register_secret
 from .answer import MAX_QUERY_CHARS, parse_answer
-from .deadline import DeadlineExceeded, LoopThread, RetryBudget, within
-from .fields import check_fields
-from .redaction import redact, register_secret
 from .rewriters import BaseRewriter
 from .tasks import Task
 

@@ -1,24 +1,27 @@
 """Query sources for evaluation: what produces the search query for each test query.
 
 ``raw`` sends the query unchanged; ``prf`` is RM3 pseudo-relevance feedback through the evaluated retriever
-(:mod:`deepretrieval_trainer.prf`, the free baseline); every other source is a
-:class:`~deepretrieval_trainer.rewriters.Rewriter` (the untrained base model, a trained adapter, a served model, or
-the base model with the HyDE prompt, :data:`~deepretrieval_trainer.tasks.HYDE_TASK`). :func:`parse_source` reads the
+(:mod:`deepretrieval_trainer.retrieval.prf`, the free baseline); every other source is a
+:class:`~deepretrieval_trainer.rewriting.rewriters.Rewriter` (the untrained base model, a trained adapter, a served model, or
+the base model with the HyDE prompt, :data:`~deepretrieval_trainer.rewriting.tasks.HYDE_TASK`). :func:`parse_source` reads the
 command-line form.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
 import re
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .rewriters import Rewriter
-from .search import SearchBackend
-from .tasks import Task
+from ..retrieval.search import SearchBackend
+from ..rewriting.rewriters import Rewriter, RewriteResult
+from ..rewriting.tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +33,9 @@ class Source:
     """A named query source. ``rewriter=None`` sends the query unchanged (the ``raw`` baseline).
 
     ``include_original`` searches ``query + " " + rewrite`` (HyDE's usual form, and the trainer's ``expand``
-    framing, with the query repeated ``query_weight`` times: :func:`deepretrieval_trainer.framing.search_text`).
+    framing, with the query repeated ``query_weight`` times: :func:`deepretrieval_trainer.retrieval.framing.search_text`).
     ``fuse`` searches the query and the rewrite apart and sums their scores, the query's times ``query_weight`` (the
-    trainer's ``fuse`` framing: :func:`deepretrieval_trainer.framing.fuse_hits`).
+    trainer's ``fuse`` framing: :func:`deepretrieval_trainer.retrieval.framing.fuse_hits`).
     ``identity`` names everything that determines the rewrites (model, adapter weights, prompt,
     decoding); rewrites are cached in the output folder under it, and an empty identity disables the cache.
     """
@@ -55,7 +58,7 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
     """A :class:`Source` from its command-line form, optionally named: ``[NAME=]SPEC``.
 
     SPEC is ``raw``; ``prf[:SETTINGS]`` (RM3 pseudo-relevance feedback through ``search``, SETTINGS as
-    :meth:`~deepretrieval_trainer.prf.RM3.parse` reads them, e.g. ``prf:docs=5,terms=10,weight=0.5``); ``base``
+    :meth:`~deepretrieval_trainer.retrieval.prf.RM3.parse` reads them, e.g. ``prf:docs=5,terms=10,weight=0.5``); ``base``
     (the untrained ``model``); ``hyde`` (the same model prompted to write a passage, searched together with the
     query); ``adapter:PATH`` (a peft adapter folder or a training run folder, whose ``config.yaml`` framing wins over
     ``framing``); ``server:URL#MODEL`` (an OpenAI-compatible server such as vLLM, the adapter chosen by MODEL).
@@ -72,7 +75,7 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
     if kind == RAW and not arg:
         return Source(name or RAW)
     if kind == "prf":
-        from .prf import RM3
+        from ..retrieval.prf import RM3
 
         if search is None:
             raise ValueError(f"query source {spec!r}: prf searches the evaluated retriever; pass search=<backend>")
@@ -83,7 +86,7 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
                                **local)
         return dataclasses.replace(source, query_weight=query_weight if expand else 1, fuse=fuse)
     if kind == "hyde" and not arg:
-        from .tasks import HYDE_TASK
+        from ..rewriting.tasks import HYDE_TASK
 
         return _local_source(name or kind, None, HYDE_TASK, include_original=True, **local)
     if kind == "adapter" and arg:
@@ -97,7 +100,7 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
         return dataclasses.replace(source, query_weight=weight, fuse=fuse)
     if kind == "server" and "#" in arg:
         url, _, served = arg.rpartition("#")
-        from .openai_compat import OpenAIRewriter
+        from ..rewriting.openai_compat import OpenAIRewriter
 
         rewriter = OpenAIRewriter(served, base_url=url, task=_with_feedback(task, feedback_docs),
                                   max_tokens=max_new_tokens)
@@ -114,12 +117,33 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
 def prf_source(search: SearchBackend, settings=None, *, name: str = "prf") -> Source:
     """RM3 pseudo-relevance feedback through ``search`` (a ``DocumentSearch``) as an evaluation source.
 
-    ``settings``: a :class:`~deepretrieval_trainer.prf.RM3` (default: 10 documents, 10 terms, weight 0.5). Its
+    ``settings``: a :class:`~deepretrieval_trainer.retrieval.prf.RM3` (default: 10 documents, 10 terms, weight 0.5). Its
     searches are never cached: they depend on the retriever, which the rewrite cache does not key on.
     """
-    from .prf import PseudoRelevanceFeedback
+    from ..retrieval.prf import PseudoRelevanceFeedback
 
-    return Source(name, PseudoRelevanceFeedback(search, settings))  # type: ignore[arg-type]
+    return Source(name, FeedbackRewriter(PseudoRelevanceFeedback(search, settings)))  # type: ignore[arg-type]
+
+
+class FeedbackRewriter:
+    """RM3 with a model rewriter's :meth:`rewrite`: each query's first pass through the retriever, then its RM3 text
+    (:meth:`PseudoRelevanceFeedback.expand`); a query with no first-pass documents or no feedback terms is sent as
+    it is, reported as a fallback with the reason."""
+
+    def __init__(self, prf) -> None:
+        self.prf = prf
+
+    def rewrite(self, queries: Sequence[str]) -> list[RewriteResult]:
+        start = time.perf_counter()
+        first_pass = self.prf.search.search_documents(list(queries), self.prf.settings.docs)
+        texts = [(query, hits, self.prf.expand(query, hits)) for query, hits in zip(queries, first_pass, strict=True)]
+        latency = (time.perf_counter() - start) / max(len(texts), 1)
+        return [RewriteResult(query, text, text == query,
+                              None if text != query else "no first-pass documents" if not hits else "no feedback terms",
+                              None, latency) for query, hits, text in texts]
+
+    async def arewrite(self, queries: Sequence[str]) -> list[RewriteResult]:
+        return await asyncio.to_thread(self.rewrite, queries)
 
 
 def _safe(text: str) -> str:
@@ -128,9 +152,9 @@ def _safe(text: str) -> str:
 
 def _local_source(name: str, adapter: Path | None, task: str | Task, *, model: str | None, max_new_tokens: int,
                   batch_size: int, include_original: bool = False, dtype: str = "auto") -> Source:
-    from .models import resolve_model
-    from .precision import resolve_dtype
-    from .rewriters import LocalRewriter
+    from ..common.models import resolve_model
+    from ..common.precision import resolve_dtype
+    from ..rewriting.rewriters import LocalRewriter
 
     rewriter = LocalRewriter(model, adapter=adapter, task=task, max_new_tokens=max_new_tokens, batch_size=batch_size,
                              dtype=dtype)
@@ -150,7 +174,7 @@ def _adapter_folder(path: Path) -> Path:
 
 
 def _with_feedback(task: str | Task, feedback_docs: int) -> str | Task:
-    from .feedback import with_feedback
+    from ..rewriting.tasks import with_feedback
 
     return with_feedback(task, feedback_docs) if feedback_docs else task
 

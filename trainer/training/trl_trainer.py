@@ -46,7 +46,7 @@ class TimedGRPOTrainer(GRPOTrainer):
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **multimodal):
-        """Each prompt once per group (deepretrieval_trainer.prompt_sharing); TRL's full-sequence path otherwise."""
+        """Each prompt once per group (deepretrieval_trainer.training.prompt_sharing); TRL's full-sequence path otherwise."""
         plain = not any(v is not None for v in multimodal.values()) and not compute_aux_loss
         if not (self.share_prompts and plain and not self.args.gradient_checkpointing):
             return super()._get_per_token_logps_and_entropies(
@@ -59,7 +59,7 @@ class TimedGRPOTrainer(GRPOTrainer):
         return logps, entropies, None
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        """Sample from the merged twin of the policy (deepretrieval_trainer.generation), stopping at the task's stop
+        """Sample from the merged twin of the policy (deepretrieval_trainer.rewriting.generation), stopping at the task's stop
         strings, through ``lean_generate`` (``lean_decoding``, where it implements the generation settings) or
         transformers' ``generate``; TRL's own path for vLLM, continuous batching, images, or ``merged_sampling=False``."""
         plain_text = not multimodal_fields and not (images and any(i is not None for i in images))
@@ -69,7 +69,7 @@ class TimedGRPOTrainer(GRPOTrainer):
         import torch
         from trl.trainer.utils import pad
 
-        from .generation import MergedTwin, StopRecorder, cut_completions, lean_generate
+        from ..rewriting.generation import MergedTwin, StopRecorder, cut_completions, lean_generate
 
         if self._twin is None:
             self._twin = MergedTwin(self.accelerator.unwrap_model(self.model))
@@ -94,7 +94,7 @@ class TimedGRPOTrainer(GRPOTrainer):
     def _lean_fallback(self) -> bool:
         """True (and logged once) where lean_generate does not implement this run's generation settings."""
         if self._lean_reason is None:
-            from .generation import lean_unsupported
+            from ..rewriting.generation import lean_unsupported
 
             self._lean_reason = lean_unsupported(self.generation_config, self._twin.model) or ""
             if self._lean_reason:

@@ -1,28 +1,25 @@
 """Feedback-conditioned prompts: the raw query's first-pass results, from the same retriever, as prompt text.
 
-A task with a :class:`Feedback` format (``Task.feedback``; :func:`with_feedback` makes one from a built-in task)
+A task with a :class:`Feedback` format (``Task.feedback``; :func:`~deepretrieval_trainer.rewriting.tasks.with_feedback`
+makes one from a built-in task)
 shows the model, beside the query, what the retriever returns for the query now: the titles (or leading sentences)
 of the top few documents. A small model can then learn which retrieved words discriminate. The query-only prompt
 of the paper stays the default.
 
 :meth:`Feedback.text` is the one function that turns a first-pass ranking into prompt text. Training (the prompt
 dataset), evaluation (``deepretrieval eval``), the LlamaIndex ``DeepRetrievalRetriever`` and the Haystack
-``DeepRetrievalQueryRewriter`` all call it, on :class:`~deepretrieval_trainer.search.DocumentHit` lists that
-:func:`first_pass` (or the plugins, from the documents their retriever returned) build the same way.
+``DeepRetrievalQueryRewriter`` all call it, on :class:`~deepretrieval_trainer.retrieval.search.DocumentHit` lists that
+:func:`~deepretrieval_trainer.rewriting.tasks.first_pass` (or the plugins, from the documents their retriever returned) build the same way.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, get_args
 
-from .search import DocumentHit, SearchBackend, document_search
-
-if TYPE_CHECKING:
-    from .tasks import Task
+from ..retrieval.search import DocumentHit
 
 Field = Literal["title", "sentence", "title+sentence"]
 NO_RESULTS = "(no results)"
@@ -86,30 +83,3 @@ def _cut(text: str, limit: int) -> str:
     head = text[: limit - 3]
     space = head.rfind(" ")
     return (head[:space] if space > limit // 2 else head).rstrip(" ,;:") + "..."
-
-
-def with_feedback(task: str | Task, feedback: Feedback | int = 3) -> Task:
-    """``task`` with the first-pass results in its prompt: :data:`FEEDBACK_BLOCK` after its user template (unless
-    the template already has ``{feedback}``) and the worked examples shown with :data:`EXAMPLE_FEEDBACK`.
-    ``feedback``: a :class:`Feedback` or a number of documents."""
-    from .tasks import get_task
-
-    task = get_task(task)
-    if isinstance(feedback, int) and not isinstance(feedback, bool):
-        feedback = Feedback(docs=feedback)
-    if not isinstance(feedback, Feedback):
-        raise TypeError(f"feedback={feedback!r}: pass a Feedback or a number of documents")
-    if task.feedback is not None:
-        return dataclasses.replace(task, feedback=feedback)
-    user = task.user if "{feedback}" in task.user else task.user + FEEDBACK_BLOCK
-    return dataclasses.replace(task, user=user, feedback=feedback,
-                               example_feedback=tuple(EXAMPLE_FEEDBACK for _ in task.examples))
-
-
-def first_pass(search: SearchBackend, queries: Sequence[str], task: Task) -> list[list[DocumentHit]]:
-    """The first-pass documents of each raw query that ``task``'s prompt shows, from ``search`` (which must be a
-    ``DocumentSearch``): what training and evaluation compute before rewriting."""
-    if task.feedback is None:
-        raise ValueError(f"task {task.name!r} shows no first-pass results (task.feedback is None)")
-    backend = document_search(search, purpose=f"the feedback prompt of task {task.name!r}")
-    return backend.search_documents(list(queries), task.feedback.docs)

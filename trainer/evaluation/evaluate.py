@@ -1,10 +1,10 @@
 """Evaluation: query sources -> rewrites -> the host retriever -> per-query metrics and paired comparisons vs raw.
 
 A :class:`Source` is a named way of producing the search query for each test query: ``raw`` (the query itself),
-or a :class:`~deepretrieval_trainer.rewriters.Rewriter` (the untrained base model, a trained adapter, a served
+or a :class:`~deepretrieval_trainer.rewriting.rewriters.Rewriter` (the untrained base model, a trained adapter, a served
 model, the HyDE-prompted base model). :func:`evaluate` rewrites every query once per source (cached in the
 output folder, so re-runs only search), searches the same :class:`SearchBackend` for all sources, and scores each
-ranking with :mod:`deepretrieval_trainer.metrics`. :mod:`deepretrieval_trainer.report` renders the result.
+ranking with :mod:`deepretrieval_trainer.retrieval.metrics`. :mod:`deepretrieval_trainer.evaluation.report` renders the result.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .data import Collection
-from .framing import FUSION_DEPTH, fused_search, new_words, search_text
-from .metrics import mrr, ndcg_at_k, recall_at_k
-from .rewriters import RewriteResult
-from .search import SearchBackend
+from ..retrieval.data import Collection
+from ..retrieval.framing import FUSION_DEPTH, fused_search, new_words, search_text
+from ..retrieval.metrics import mrr, ndcg_at_k, recall_at_k
+from ..retrieval.search import SearchBackend
+from ..rewriting.rewriters import RewriteResult
 from .sources import RAW, Source
 
 logger = logging.getLogger(__name__)
@@ -228,7 +228,7 @@ def _per_query_fallbacks_quiet() -> Iterator[None]:
     """Hold back the rewriters' one-warning-per-query fallback lines while an evaluation rewrites: they interleave
     with the progress bars, and :func:`_log_fallbacks` says the same in one line (each query's reason is in
     results.json). Backend failures still warn as they happen."""
-    rewriters_logger = logging.getLogger("deepretrieval_trainer.rewriters")
+    rewriters_logger = logging.getLogger("deepretrieval_trainer.rewriting.rewriters")
 
     def keep(record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("query rewrite fell back to the original query %r")
@@ -250,7 +250,7 @@ def _log_fallbacks(name: str, rewritten: Sequence[RewriteResult]) -> None:
 
 def _first_pass(source: Source, queries: dict[str, str], search: SearchBackend | None) -> dict[str, list]:
     """Each query's first-pass documents when the source's task shows them (``task.feedback``), else nothing."""
-    from .feedback import first_pass
+    from ..rewriting.tasks import first_pass
 
     task = getattr(source.rewriter, "task", None)
     if getattr(task, "feedback", None) is None:

@@ -13,11 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..common.errors import DataError
+
 CORPUS_FILES = ("corpus.jsonl", "corpus.preprocessed.jsonl")
-
-
-class DataError(ValueError):
-    """A dataset problem, with the file (and line) and what to change."""
 
 
 @dataclass

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args
 
-from .fields import check_fields
-from .framing import check_framing
-from .precision import DTYPES
+from ..common.errors import ConfigError
+from ..common.fields import check_fields
+from ..common.precision import DTYPES
+from ..retrieval.framing import check_framing
+from ..rewriting.tasks import TASKS, Task, Tiers, get_task
 from .rewards import UNUSABLE_REWARDS, check_echo_penalty
-from .tasks import TASKS, Task, Tiers, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ VllmMode = Literal["colocate", "server"]
 Framework = Literal["llamaindex", "haystack", "bm25s"]
 RetrieverKind = Literal["bm25", "storage", "pipeline"]
 Framing = Literal["replace", "expand", "fuse"]
+# Spider's hardness levels, easiest first (deepretrieval_trainer.sql.hardness grades a query into one of them)
+Hardness = Literal["easy", "medium", "hard", "extra"]
 
 # which retriever kinds each framework can build
 FRAMEWORK_KINDS: dict[str, tuple[str, ...]] = {
@@ -35,10 +38,6 @@ FRAMEWORK_KINDS: dict[str, tuple[str, ...]] = {
     "haystack": ("bm25", "pipeline"),
     "bm25s": ("bm25",),
 }
-
-
-class ConfigError(ValueError):
-    """A bad configuration value, with the field, the reason and what to change."""
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -61,7 +60,7 @@ class DataConfig:
     split: str = "train"
     drop_unknown_docs: bool = False
     # text-to-SQL only: train on the examples whose gold SQL is at most this hard by Spider's rules
-    # (easy | medium | hard | extra; deepretrieval_trainer.sql.hardness); None: all of the split
+    # (Hardness; deepretrieval_trainer.sql.hardness); None: all of the split
     max_hardness: str | None = None
     # text-to-SQL only: leave out the examples a whole-table count answers (deepretrieval_trainer.sql.spider)
     drop_table_counts: bool = False
@@ -72,9 +71,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         check_fields(self, prefix="data.", error=ConfigError)
         if self.max_hardness is not None:
-            from .sql.hardness import HARDNESS
-
-            _choice("data.max_hardness", self.max_hardness, HARDNESS)
+            _choice("data.max_hardness", self.max_hardness, get_args(Hardness))
         if self.path and not Path(self.path).expanduser().is_dir():
             raise ConfigError(f"data.path={self.path!r} is not a folder: give a BEIR collection folder "
                               "(corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
@@ -82,7 +79,7 @@ class DataConfig:
 
 @dataclass
 class RetrieverConfig:
-    """How the CLI builds the host retriever that the reward searches.
+    """How the CLI builds the host retriever that the reward searches (:func:`.retrievers.build_search`).
 
     ``llamaindex``: ``bm25`` over a BEIR corpus (``path``, default ``data.path``) or ``storage`` (a persisted index
     folder in ``path``); ``haystack``: ``bm25`` over a corpus or ``pipeline`` (a pipeline YAML in ``path`` with
@@ -108,27 +105,6 @@ class RetrieverConfig:
             raise ConfigError(f"retriever.kind={self.kind!r} needs retriever.path: give {what}")
         if self.path and not Path(self.path).expanduser().exists():
             raise ConfigError(f"retriever.path={self.path!r} does not exist: fix the path")
-
-    def build(self, data_path: str):
-        """The SearchBackend this config names (BM25 over ``data_path`` unless ``path`` names storage/a pipeline)."""
-        path = self.path or data_path
-        if self.framework == "llamaindex":
-            from llamaindex_deepretrieval import LlamaIndexSearch
-
-            if self.kind == "storage":
-                return LlamaIndexSearch.from_storage(path, id_key=self.id_key)
-            return LlamaIndexSearch.from_beir(path)
-        if self.framework == "haystack":
-            from haystack_deepretrieval import HaystackSearch
-
-            if self.kind == "pipeline":
-                return HaystackSearch.from_yaml(path, input_socket=self.input_socket,
-                                                output_socket=self.output_socket, id_meta_key=self.id_meta_key)
-            return HaystackSearch.from_beir(path)
-        from .bm25 import BM25Search
-        from .data import load_corpus
-
-        return BM25Search(load_corpus(path))
 
 
 @dataclass
@@ -197,7 +173,7 @@ class TrainConfig:
     # drifted toward echoing (rewrites adding nothing: 23% -> 61% of NFCorpus dev queries), and so toward the raw query
     echo_penalty: float = 0.0
     # feedback-conditioned prompts: show the model the titles (or leading sentences) of the raw query's top
-    # feedback_docs first-pass documents from the same retriever (deepretrieval_trainer.feedback); 0 = the paper's
+    # feedback_docs first-pass documents from the same retriever (deepretrieval_trainer.rewriting.feedback); 0 = the paper's
     # query-only prompt
     feedback_docs: int = 0
     search_cache_size: int = 200_000
@@ -321,7 +297,7 @@ class TrainConfig:
                 changes[name] = float(getattr(self, name))
         task = dataclasses.replace(task, **changes) if changes else task
         if self.feedback_docs:
-            from .feedback import with_feedback
+            from ..rewriting.tasks import with_feedback
 
             task = with_feedback(task, self.feedback_docs)
         return task

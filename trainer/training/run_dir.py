@@ -30,7 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, TrainConfig
+from ..common.errors import ConfigError
+from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +74,6 @@ def write_atomically(path: Path, text: str) -> None:
     finally:
         if os.path.exists(staging):
             os.unlink(staging)
-
-
-class TrainingError(RuntimeError):
-    """Training stopped on an error; the message names the cause (the retriever, when it raised) and the checkpoint
-    that ``resume`` continues from."""
 
 
 class RunDir:

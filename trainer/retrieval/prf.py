@@ -26,19 +26,14 @@ stop-word list instead; surface forms instead of index terms.
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from .rewriters import RewriteResult
 from .search import DocumentHit, SearchBackend, document_search
-
-logger = logging.getLogger(__name__)
 
 TOKEN = re.compile(r"(?u)\b\w\w+\b")
 MAX_TERM_CHARS = 20  # Anserini skips longer terms
@@ -184,8 +179,9 @@ def expanded_query(query: str, model: Mapping[str, float], forms: Mapping[str, s
 
 
 class PseudoRelevanceFeedback:
-    """A query source for evaluation (it has :meth:`rewrite` like a model rewriter): RM3 over the first-pass
-    documents of ``search``, which must be a :class:`~deepretrieval_trainer.search.DocumentSearch`."""
+    """RM3 over the first-pass documents of ``search``, which must be a
+    :class:`~deepretrieval_trainer.retrieval.search.DocumentSearch` (``deepretrieval eval --source prf`` serves it as a
+    query source: :class:`deepretrieval_trainer.evaluation.sources.FeedbackRewriter`)."""
 
     def __init__(self, search: SearchBackend, settings: RM3 | None = None) -> None:
         self.search = document_search(search, purpose="pseudo-relevance feedback (prf)")
@@ -199,19 +195,3 @@ class PseudoRelevanceFeedback:
             return query
         model, forms = feedback_model(self.analyzer, list(hits)[: self.settings.docs], self.settings.terms)
         return expanded_query(query, model, forms, query_terms, self.settings.weight)
-
-    def rewrite(self, queries: Sequence[str]) -> list[RewriteResult]:
-        start = time.perf_counter()
-        first_pass = self.search.search_documents(list(queries), self.settings.docs)
-        results = []
-        for query, hits in zip(queries, first_pass, strict=True):
-            text = self.expand(query, hits)
-            reason = None if text != query else ("no first-pass documents" if not hits else "no feedback terms")
-            results.append(RewriteResult(query, text, text == query, reason, None))
-        latency = (time.perf_counter() - start) / max(len(results), 1)
-        return [RewriteResult(r.original, r.query, r.fell_back, r.reason, None, latency) for r in results]
-
-    async def arewrite(self, queries: Sequence[str]) -> list[RewriteResult]:
-        import asyncio
-
-        return await asyncio.to_thread(self.rewrite, queries)

@@ -24,14 +24,14 @@ from pathlib import Path
 
 import httpx
 
-from .models import EMBEDDED_NAME, cache_dir, resolve_model
-from .precision import check_dtype, resolve_dtype
+from ..common.models import EMBEDDED_NAME, cache_dir, resolve_model
+from ..common.precision import check_dtype, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
 # --max-lora-rank choices of vLLM 0.32 (`vllm serve --help=all`)
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-SETUP_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "setup-vllm.sh"
+SETUP_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "setup-vllm.sh"
 
 
 class ServeError(RuntimeError):
@@ -317,7 +317,7 @@ def unload_adapter(base_url: str, name: str, *, api_key: str | None = None, time
 
 def register_api_keys(args: list[str]) -> None:
     """Mask the value of ``--api-key KEY`` / ``--api-key=KEY`` in every log record (trainer/redaction.py)."""
-    from .redaction import register_secret
+    from ..common.redaction import register_secret
 
     for i, arg in enumerate(args):
         if arg == "--api-key" and i + 1 < len(args):
@@ -327,7 +327,7 @@ def register_api_keys(args: list[str]) -> None:
 
 
 def _lora_request(base_url: str, route: str, body: dict, api_key: str | None, timeout: float) -> None:
-    from .redaction import register_secret
+    from ..common.redaction import register_secret
 
     register_secret(api_key)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

@@ -317,8 +317,14 @@ def lean_unsupported(generation_config, model) -> str | None:
 
 
 def _logits_processors(generation_config):
-    from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
-                              TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+    from transformers import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
     # transformers' own order: processors, then the sampling warpers temperature, top-k, top-p, min-p
     gc = generation_config

@@ -1,4 +1,4 @@
-"""Rendering an :class:`~deepretrieval_trainer.evaluate.EvalReport`: a terminal table, markdown, JSON and a PNG chart."""
+"""Rendering an :class:`~deepretrieval_trainer.evaluation.evaluate.EvalReport`: a terminal table, markdown, JSON and a PNG chart."""
 
 from __future__ import annotations
 

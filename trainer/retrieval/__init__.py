@@ -1,0 +1,1 @@
+"""The retriever side: the SearchBackend protocol, framing (what text is searched), BM25, BEIR data, metrics, RM3."""

@@ -1,0 +1,1 @@
+"""GRPO training: the config, the rewards, a task-neutral engine, retrieval training and the run folder."""

@@ -33,7 +33,8 @@ from deepretrieval_trainer.common.fields import check_arguments
 from deepretrieval_trainer.common.precision import check_dtype
 from deepretrieval_trainer.retrieval.framing import search_text
 from deepretrieval_trainer.rewriting.rewriters import Rewriter, RewriteResult
-from deepretrieval_trainer.rewriting.tasks import Task, get_task
+from deepretrieval_trainer.rewriting.card import AdapterCard, read_card
+from deepretrieval_trainer.rewriting.tasks import Task, get_task, with_feedback
 
 from .documents import document_hit
 from .serialization import refuse_clear_secrets
@@ -61,11 +62,11 @@ class DeepRetrievalQueryRewriter:
         adapter: str | None = None,
         base_url: str | None = None,
         api_key: Secret | None = Secret.from_env_var(DEFAULT_API_KEY_ENV_VARS, strict=False),  # noqa: B008
-        task: str = "retrieval",
+        task: str | None = None,
         system_prompt: str | None = None,
         user_prompt: str | None = None,
-        include_original: bool = True,
-        query_weight: int = 1,
+        include_original: bool | None = None,
+        query_weight: int | None = None,
         timeout: float = 30.0,
         max_retries: int = 2,
         max_tokens: int = 128,
@@ -73,23 +74,27 @@ class DeepRetrievalQueryRewriter:
         device: str = "cpu",
         dtype: str = "auto",
         strict: bool = False,
-        feedback_docs: int = 0,
+        feedback_docs: int | None = None,
     ) -> None:
         """
         :param backend: ``"local"`` runs the model in-process; ``"openai"`` calls an OpenAI-compatible server
             (vLLM serving the base model with the trained adapter as a LoRA module).
         :param model: local: a model id or folder (None = the embedded SmolLM2-135M-Instruct); openai: the served
             model or LoRA module name (required).
-        :param adapter: local only: a peft adapter folder (a training run's ``adapter/``).
+        :param adapter: local only: a peft adapter folder (a training run's ``adapter/``). Its card (written by
+            training beside peft's files) supplies the defaults of ``task``, ``feedback_docs``, ``include_original``
+            and ``query_weight``, so the adapter is searched as it was trained; a value given here wins.
         :param base_url: openai only: the server's ``/v1`` URL (None = ``http://127.0.0.1:8000/v1``).
         :param api_key: openai only: the server's key, as a Haystack ``Secret``.
-        :param task: the built-in task whose prompt the model was trained with (retrieval, dense, qa, literature).
+        :param task: the built-in task whose prompt the model was trained with (retrieval, dense, qa, literature;
+            None: the adapter card's, else retrieval).
         :param system_prompt: replaces the task's system prompt.
         :param user_prompt: replaces the task's user template; must contain ``{query}``.
         :param include_original: whether ``queries`` also holds the original query (after the rewrite), and whether
-            ``search_query`` is the original plus the rewrite (the trainer's ``expand`` framing) or the rewrite alone.
+            ``search_query`` is the original plus the rewrite (the trainer's ``expand`` framing) or the rewrite alone
+            (None: as the adapter card's framing says, else True).
         :param query_weight: ``framing: expand``: how many times ``search_query`` repeats the original before the
-            rewrite, as the adapter was trained (``TrainConfig.query_weight``). Haystack's in-memory BM25 counts each
+            rewrite, as the adapter was trained (None: the card's, else 1). Haystack's in-memory BM25 counts each
             distinct token once, so the repetition matters for retrievers that count repeated query tokens.
             ``framing: fuse`` does not read it here: connect ``query`` (the rewrite; the original on fallback) to a
             retriever, the user's query to a second retriever over the same store, and both to
@@ -103,7 +108,7 @@ class DeepRetrievalQueryRewriter:
             or ``bfloat16``. A served model's precision is the server's (``deepretrieval serve --dtype``).
         :param strict: raise ``RewriteError`` instead of falling back (for tests and debugging).
         :param feedback_docs: show the model the top N documents of the ``documents`` input (the raw query's
-            first-pass results), as the adapter was trained (``TrainConfig.feedback_docs``); 0: query-only prompt.
+            first-pass results), as the adapter was trained (None: the card's, else 0, the query-only prompt).
         """
         # every parameter against its annotation (YAML strict: "false" is text, not false; max_retries: 2.5 ...)
         check_arguments(DeepRetrievalQueryRewriter.__init__, {k: v for k, v in locals().items() if k != "self"})
@@ -125,7 +130,7 @@ class DeepRetrievalQueryRewriter:
             raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
         if timeout <= 0:
             raise ValueError(f"timeout={timeout} must be > 0 seconds")
-        if query_weight < 1:
+        if query_weight is not None and query_weight < 1:
             raise ValueError(f"query_weight={query_weight} must be >= 1 (how many times search_query repeats the original)")
         if max_retries < 0:
             raise ValueError(f"max_retries={max_retries} must be >= 0")
@@ -147,20 +152,28 @@ class DeepRetrievalQueryRewriter:
         self.dtype = dtype
         self.strict = strict
         self.feedback_docs = feedback_docs
-        self._task = _build_task(task, system_prompt, user_prompt, feedback_docs)  # validates them now
+        card = read_card(adapter) if backend == "local" and adapter else None
+        self._task = _build_task(task, system_prompt, user_prompt, feedback_docs, card)  # validates them now
+        self._include_original, self._query_weight = _searched_as(card, include_original, query_weight)
         self._rewriter: Rewriter | None = None
         self._prebuilt = False
         self._lock = threading.Lock()
 
     @classmethod
-    def from_rewriter(cls, rewriter: Rewriter, *, include_original: bool = True) -> DeepRetrievalQueryRewriter:
-        """Wrap an already built core ``Rewriter`` (any backend, e.g. your own ``BaseRewriter`` subclass).
+    def from_rewriter(cls, rewriter: Rewriter, *, include_original: bool | None = None,
+                      query_weight: int | None = None) -> DeepRetrievalQueryRewriter:
+        """Wrap an already built core ``Rewriter`` (any backend, e.g. your own ``BaseRewriter`` subclass); the
+        ``rewriter.card`` of an adapter (``LocalRewriter(adapter=...)``) supplies ``include_original`` and
+        ``query_weight`` when they are None, as in ``__init__``.
 
         Such a component runs in pipelines but cannot be serialized: build it from parameters for YAML.
         """
         if not isinstance(rewriter, Rewriter):
             raise TypeError(f"{type(rewriter).__name__} is not a Rewriter: it needs rewrite(), arewrite() and .task")
-        instance = cls(include_original=include_original, strict=getattr(rewriter, "strict", False))
+        instance = cls(include_original=include_original, query_weight=query_weight,
+                       strict=getattr(rewriter, "strict", False))
+        instance._include_original, instance._query_weight = _searched_as(getattr(rewriter, "card", None),
+                                                                           include_original, query_weight)
         instance._rewriter = rewriter
         instance._task = rewriter.task
         instance._prebuilt = True
@@ -269,14 +282,14 @@ class DeepRetrievalQueryRewriter:
         return {"hits": [list(kept.values())[: feedback.docs]]}
 
     def _outputs(self, result: RewriteResult, include_original: bool | None) -> dict[str, Any]:
-        include = self.include_original if include_original is None else include_original
+        include = self._include_original if include_original is None else include_original
         queries = [result.query]
         if include and result.original.strip().lower() != result.query.strip().lower():
             queries.append(result.original)
         meta = {"original": result.original, "fell_back": result.fell_back, "reason": result.reason,
                 "latency_s": result.latency_s}
         searched = result.query if result.fell_back or not include else search_text(
-            result.original, result.query, "expand", self.query_weight)
+            result.original, result.query, "expand", self._query_weight)
         return {"query": result.query, "queries": queries, "search_query": searched, "meta": meta}
 
     def to_dict(self) -> dict[str, Any]:
@@ -302,22 +315,51 @@ class DeepRetrievalQueryRewriter:
         return default_from_dict(cls, data)
 
 
-def _build_task(name: str, system_prompt: str | None, user_prompt: str | None, feedback_docs: int = 0) -> Task:
-    if not isinstance(name, str):
+def _build_task(name: str | None, system_prompt: str | None, user_prompt: str | None, feedback_docs: int | None,
+                card: AdapterCard | None) -> Task:
+    """The prompt: the card's task and feedback unless ``name`` or ``feedback_docs`` say otherwise, then the
+    template overrides."""
+    if name is not None and not isinstance(name, str):
         raise TypeError(f"task={name!r}: pass a built-in task name (a str) so that the component serializes")
-    if not isinstance(feedback_docs, int) or isinstance(feedback_docs, bool) or feedback_docs < 0:
+    if feedback_docs is not None and (not isinstance(feedback_docs, int) or isinstance(feedback_docs, bool)
+                                      or feedback_docs < 0):
         raise ValueError(f"feedback_docs={feedback_docs!r} must be an integer >= 0 (0: query-only prompt)")
-    task = get_task(name)
+    if card is not None and name is None and feedback_docs is None:
+        task = card.prompt_task()
+    else:
+        task = get_task(name if name is not None else card.task if card is not None else "retrieval")
+        docs = feedback_docs if feedback_docs is not None else (card.feedback.docs if card and card.feedback else 0)
+        if docs:
+            # the feedback template is added to the built-in one, as training does; a user_prompt may replace it
+            task = with_feedback(task, docs)
+    if card is not None and task.messages("q", []) != card.prompt_task().messages("q", []):
+        logger.warning("the adapter was trained with %s; this component prompts it otherwise, as its parameters ask",
+                       card.describe())
     changes = {key: value for key, value in (("system", system_prompt), ("user", user_prompt)) if value is not None}
-    if feedback_docs:
-        from deepretrieval_trainer.rewriting.tasks import with_feedback
-
-        # the feedback template is added to the built-in one, as training does, and then a user_prompt may replace it
-        task = with_feedback(task, feedback_docs)
-        if "user" in changes and "{feedback}" not in changes["user"]:
-            raise ValueError(f"user_prompt={user_prompt!r}: with feedback_docs the template must contain "
-                             "'{feedback}' (where the first-pass results go)")
+    if task.feedback is not None and "user" in changes and "{feedback}" not in changes["user"]:
+        raise ValueError(f"user_prompt={user_prompt!r}: with feedback_docs the template must contain "
+                         "'{feedback}' (where the first-pass results go)")
     return dataclasses.replace(task, **changes) if changes else task
+
+
+def _searched_as(card: AdapterCard | None, include_original: bool | None, query_weight: int | None
+                 ) -> tuple[bool, int]:
+    """``include_original`` and ``query_weight`` as given, else as the adapter was trained (its card's framing:
+    ``expand`` searches the original ``query_weight`` times then the rewrite; ``replace`` and ``fuse`` the rewrite
+    alone, ``fuse`` beside the original's own search through ``QueryFusionJoiner``), else True and 1."""
+    trained_include = card.framing == "expand" if card is not None else True
+    trained_weight = card.query_weight if card is not None and card.framing == "expand" else 1
+    include = trained_include if include_original is None else include_original
+    weight = trained_weight if query_weight is None else query_weight
+    if card is not None and (include, weight if include else 1) != (trained_include, trained_weight):
+        logger.warning("the adapter was trained with framing %s, query_weight %d; this component's search_query "
+                       "follows include_original=%s, query_weight=%d instead, as its parameters ask", card.framing,
+                       card.query_weight, include, weight)
+    if card is not None and card.framing == "fuse":
+        logger.info("the adapter was trained with framing fuse: connect `query` to a retriever, the user's query to "
+                    "a second retriever over the same store, and both to QueryFusionJoiner(query_weight=%d)",
+                    card.query_weight)
+    return include, weight
 
 
 def _usable(query: Any) -> bool:

@@ -31,7 +31,7 @@ from deepretrieval_trainer.rewriting.rewriters import Rewriter
 from deepretrieval_trainer.rewriting.tasks import Task
 
 from .search import LlamaIndexSearch
-from .transform import DeepRetrievalQueryTransform
+from .transform import DeepRetrievalQueryTransform, trained_mode
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +40,17 @@ RetrieverMode = Literal["replace", "expand", "embed", "fuse"]
 
 class DeepRetrievalRetriever(BaseRetriever):
     """Rewrites each query with ``rewriter`` (see :class:`DeepRetrievalQueryTransform` for ``mode`` and ``task``;
-    ``fuse`` is described in the module docstring), then asks ``retriever``."""
+    ``fuse`` is described in the module docstring), then asks ``retriever``. ``mode`` and ``query_weight`` default
+    to how the adapter was trained (``rewriter.card``), ``fuse`` included, else ``replace`` and 1."""
 
     def __init__(
         self,
         retriever: BaseRetriever,
         *,
         rewriter: Rewriter,
-        mode: RetrieverMode = "replace",
+        mode: RetrieverMode | None = None,
         task: str | Task | None = None,
-        query_weight: int = 1,
+        query_weight: int | None = None,
         top_k: Optional[int] = None,
         id_key: Optional[str] = None,
         title_key: Optional[str] = "title",
@@ -60,6 +61,7 @@ class DeepRetrievalRetriever(BaseRetriever):
         ``LlamaIndexSearch``). ``top_k``: under ``fuse``, how many fused results to return."""
         if not isinstance(retriever, BaseRetriever):
             raise TypeError(f"retriever={retriever!r} is not a llama_index BaseRetriever; pass the retriever to wrap")
+        mode, query_weight = trained_mode(rewriter, mode, query_weight, fuse=True)
         if mode not in get_args(RetrieverMode):
             raise ValueError(f"mode={mode!r}: choose one of {get_args(RetrieverMode)}")
         if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
@@ -73,9 +75,9 @@ class DeepRetrievalRetriever(BaseRetriever):
         self.retriever = retriever
         self.query_weight = query_weight
         self.top_k = top_k
-        self.query_transform = DeepRetrievalQueryTransform(
-            rewriter=rewriter, mode="replace" if self.fuse else mode, task=task,
-            query_weight=1 if self.fuse else query_weight)
+        self.query_transform = (DeepRetrievalQueryTransform.for_fusion(rewriter, task) if self.fuse
+                                else DeepRetrievalQueryTransform(rewriter=rewriter, mode=mode, task=task,
+                                                                 query_weight=query_weight))
         self.first_pass = LlamaIndexSearch(retriever, id_key=id_key, title_key=title_key)  # reads nodes
         feedback = self.query_transform.task.feedback
         own_top_k = getattr(retriever, "similarity_top_k", None)

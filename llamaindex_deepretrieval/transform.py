@@ -18,6 +18,7 @@ passes them from the retriever it wraps.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Dict, List, Literal, Optional, get_args
 
 from llama_index.core.indices.query.query_transform.base import BaseQueryTransform
@@ -34,6 +35,8 @@ from .events import arewrite_query, rewrite_query
 
 Mode = Literal["replace", "expand", "embed"]
 MODES: tuple[str, ...] = get_args(Mode)
+logger = logging.getLogger(__name__)
+
 SYSTEM_PROMPT = "system_prompt"
 USER_PROMPT = "user_prompt"
 
@@ -41,15 +44,30 @@ USER_PROMPT = "user_prompt"
 class DeepRetrievalQueryTransform(BaseQueryTransform):
     """Rewrites ``query_str`` with ``rewriter`` (any core :class:`Rewriter`, e.g. ``LocalRewriter`` or a served one).
 
+    ``mode`` and ``query_weight`` default to how the adapter was trained, read from its card (``rewriter.card``:
+    ``LocalRewriter(adapter=...)`` reads it from the adapter folder), else ``replace`` and 1.
+
     ``task`` (a name or :class:`Task`), when given, becomes the rewriter's task. The task's system and user templates
     are the transform's prompts (``system_prompt``, ``user_prompt``): ``update_prompts`` changes the task the
     rewriter uses. ``query_weight`` (``expand`` only): how many times the original query precedes the rewrite in
     ``query_str``, as the adapter was trained (``TrainConfig.query_weight``; deepretrieval_trainer.retrieval.framing).
     """
 
-    def __init__(self, *, rewriter: Rewriter, mode: Mode = "replace", task: str | Task | None = None,
-                 query_weight: int = 1) -> None:
+    def __init__(self, *, rewriter: Rewriter, mode: Mode | None = None, task: str | Task | None = None,
+                 query_weight: int | None = None) -> None:
         super().__init__()
+        self._setup(rewriter, *trained_mode(rewriter, mode, query_weight, fuse=False), task)
+
+    @classmethod
+    def for_fusion(cls, rewriter: Rewriter, task: str | Task | None = None) -> DeepRetrievalQueryTransform:
+        """The rewrite half of ``DeepRetrievalRetriever(mode="fuse")``: ``replace`` (the rewrite alone), whatever
+        the card says, since the retriever searches the query beside it and fuses the two."""
+        transform = cls.__new__(cls)
+        BaseQueryTransform.__init__(transform)
+        transform._setup(rewriter, "replace", 1, task)
+        return transform
+
+    def _setup(self, rewriter: Rewriter, mode: str, query_weight: int, task: str | Task | None) -> None:
         if mode == "fuse":
             raise ValueError("mode='fuse' searches the query and the rewrite apart and sums their scores, which one "
                              "QueryBundle cannot carry: wrap your retriever in DeepRetrievalRetriever(retriever, "
@@ -121,6 +139,25 @@ class DeepRetrievalQueryTransform(BaseQueryTransform):
             fields = {"custom_embedding_strs": [rewrite]}
         # A precomputed embedding belongs to the old text: drop it so the retriever embeds the new one.
         return dataclasses.replace(query_bundle, embedding=None, **fields)
+
+
+def trained_mode(rewriter: Rewriter, mode: str | None, query_weight: int | None, *, fuse: bool) -> tuple[str, int]:
+    """``mode`` and ``query_weight`` as given, else as the adapter's card says it was trained (its framing is the
+    mode of the same name), else ``replace`` and 1; ``fuse=False`` where the caller cannot fuse (one QueryBundle)."""
+    card = getattr(rewriter, "card", None)
+    if card is None:
+        return mode or "replace", 1 if query_weight is None else query_weight
+    if mode is None:
+        if card.framing == "fuse" and not fuse:
+            raise ValueError("the adapter was trained with framing 'fuse' (its card): the query and the rewrite are "
+                             "searched apart, which one QueryBundle cannot carry; wrap your retriever in "
+                             "DeepRetrievalRetriever(retriever, rewriter=...) instead, which fuses as trained")
+        mode = card.framing
+    weight = query_weight if query_weight is not None else card.query_weight if mode == card.framing else 1
+    if mode != card.framing or (mode in ("expand", "fuse") and weight != card.query_weight):
+        logger.warning("the adapter was trained with framing %s, query_weight %d (its card); serving it with mode %s, "
+                       "query_weight %d, as asked", card.framing, card.query_weight, mode, weight)
+    return mode, weight
 
 
 def _bundle(query_bundle_or_str: QueryType) -> QueryBundle:

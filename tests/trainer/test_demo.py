@@ -8,6 +8,7 @@ from deepretrieval_trainer.cli import main
 from deepretrieval_trainer.commands.demo import _splits
 from deepretrieval_trainer.common.errors import DataError
 from deepretrieval_trainer.retrieval import beir_download
+from deepretrieval_trainer.rewriting.card import read_card
 from deepretrieval_trainer.retrieval.beir_download import resolve_collection
 from deepretrieval_trainer.retrieval.data import load_beir
 
@@ -67,13 +68,16 @@ def test_tiny_demo_trains_evaluates_and_resumes(data_dir, tmp_path, capsys):
     assert all(s["queries"] == 3 for s in results["summary"])
     assert (run_dir / "adapter" / "adapter_config.json").is_file()
     assert (run_dir / "eval" / "results.png").is_file()
-    # trained and evaluated with the original query + rewrite, and the run's README says how to deploy it so
+    # trained and evaluated with the original query + rewrite, and the adapter's card says so to whoever serves it
     assert "framing: expand" in (run_dir / "config.yaml").read_text()
     assert "query_weight: 3" in (run_dir / "config.yaml").read_text()
     written = (run_dir / "config.yaml").read_text()
     assert "reward_k: 10" in written  # rewarded by the metric the table reports
     assert "drop_uniform_groups: true" in written
-    assert 'mode="expand"' in (run_dir / "README.md").read_text()
+    card = read_card(run_dir / "adapter")
+    assert (card.framing, card.query_weight, card.task, card.base_model) == ("expand", 3, "retrieval",
+                                                                            "smollm2-135m-instruct")
+    assert "the original query (3 times) followed by the rewrite" in (run_dir / "README.md").read_text()
     # re-running resumes the same run: one more step, and the cached base rewrites are reused
     assert main([*argv[:4], "2", *argv[5:]]) == 0
     info = json.loads((run_dir / "run.json").read_text())

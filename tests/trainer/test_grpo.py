@@ -9,6 +9,7 @@ import pytest
 
 from deepretrieval_trainer.common.errors import ConfigError, DataError
 from deepretrieval_trainer.retrieval.bm25 import BM25Search
+from deepretrieval_trainer.rewriting.card import read_card
 from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
 from deepretrieval_trainer.training.config import TrainConfig
 from deepretrieval_trainer.training.retrieval import train
@@ -125,6 +126,12 @@ def test_llamaindex_bm25_run_writes_adapter_and_resumes(tmp_path, adi_test, data
     assert (run_dir / "reward_curve.png").stat().st_size > 0 and (run_dir / "config.yaml").is_file()
     assert "vllm serve" in (run_dir / "README.md").read_text()
     assert (run_dir / "checkpoints" / "checkpoint-2").is_dir()
+    # the adapter and every checkpoint carry the card: how the adapter was trained, for whoever serves it
+    card = read_card(adapter)
+    assert (card.task, card.framing, card.retriever, card.base_model) == ("retrieval", "replace", "LlamaIndexSearch",
+                                                                          "smollm2-135m-instruct")
+    assert read_card(run_dir / "checkpoints" / "checkpoint-1") == card == read_card(run_dir / "checkpoints" /
+                                                                                     "checkpoint-2")
 
     train(search, adi_test, tiny(run_dir, max_steps=3, resume=True))
     state = json.loads((run_dir / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())

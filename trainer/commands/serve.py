@@ -29,24 +29,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="load --adapter as --name into the server already running at --host/--port, then exit")
 
 
-def snippets(base_url: str, name: str) -> str:
-    """The client code for this endpoint, for LlamaIndex and Haystack."""
-    return f'''LlamaIndex:
+def snippets(base_url: str, name: str, adapter: str, card=None) -> str:
+    """The client code for this endpoint, for LlamaIndex and Haystack, searching the rewrite as the adapter's
+    ``card`` (:class:`~deepretrieval_trainer.rewriting.card.AdapterCard`) says it was trained."""
+    framing, weight = (card.framing, card.query_weight) if card is not None else ("replace", 1)
+    card_arg = f', card="{adapter}"' if card is not None else ""
+    if framing == "fuse":
+        haystack = f"""    pipeline.add_component("rewriter", DeepRetrievalQueryRewriter(backend="openai", model="{name}",
+                                                                  base_url="{base_url}"))
+    # trained with framing fuse: the rewrite and the user's query are searched apart, and their scores summed
+    pipeline.add_component("joiner", QueryFusionJoiner(query_weight={weight}))
+    pipeline.connect("rewriter.query", "rewrite_retriever.query")  # the user's query goes to query_retriever
+    pipeline.connect("query_retriever.documents", "joiner.query_documents")
+    pipeline.connect("rewrite_retriever.documents", "joiner.rewrite_documents")"""
+        imports = "DeepRetrievalQueryRewriter, QueryFusionJoiner"
+    else:
+        include = framing == "expand"
+        haystack = f"""    pipeline.add_component("rewriter", DeepRetrievalQueryRewriter(backend="openai", model="{name}",
+                                                                  base_url="{base_url}",
+                                                                  include_original={include}, query_weight={weight}))
+    pipeline.connect("rewriter.search_query", "retriever.query")"""
+        imports = "DeepRetrievalQueryRewriter"
+    return f'''LlamaIndex (mode {framing}, query_weight {weight}, as the adapter's card says it was trained):
     from deepretrieval_trainer.rewriting.openai_compat import OpenAIRewriter
-    from llama_index.core.query_engine import TransformQueryEngine
-    from llamaindex_deepretrieval import DeepRetrievalQueryTransform, DeepRetrievalRetriever
+    from llamaindex_deepretrieval import DeepRetrievalRetriever
 
-    rewriter = OpenAIRewriter("{name}", base_url="{base_url}")
-    query_engine = TransformQueryEngine(query_engine, query_transform=DeepRetrievalQueryTransform(rewriter=rewriter))
-    # or wrap a retriever (real async path):
+    rewriter = OpenAIRewriter("{name}", base_url="{base_url}"{card_arg})
     retriever = DeepRetrievalRetriever(retriever, rewriter=rewriter)
 
 Haystack:
-    from haystack_deepretrieval import DeepRetrievalQueryRewriter
+    from haystack_deepretrieval import {imports}
 
-    pipeline.add_component("rewriter", DeepRetrievalQueryRewriter(backend="openai", model="{name}",
-                                                                  base_url="{base_url}"))
-    pipeline.connect("rewriter.query", "retriever.query")
+{haystack}
 '''
 
 
@@ -61,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..rewriting.card import read_card
     from ..rewriting.serve import ServerConfig, VLLMServer, load_adapter, speed_note
 
     config = ServerConfig(
@@ -72,6 +87,9 @@ def _run(args: argparse.Namespace) -> int:
         load_adapter(config.base_url, args.name, config.adapters[args.name])
         print(f"loaded {config.adapters[args.name]} as model {args.name!r} on {config.base_url}")
         return 0
+    card = read_card(config.adapters[args.name])
+    trained = card.describe() if card else "no card: how it was trained is unknown, framing replace assumed"
+    print(f"adapter: {config.adapters[args.name]} ({trained})", file=sys.stderr)
     server = VLLMServer(config)
     note = speed_note()
     if note:
@@ -83,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
         server.start()
         print(f"serving {config.adapters[args.name]} as model {args.name!r} at {server.base_url} "
               f"(ready after {server.startup_s:.0f} s)\n")
-        print(snippets(server.base_url, args.name))
+        print(snippets(server.base_url, args.name, str(config.adapters[args.name]), card))
         print(f"hot-swap a newer adapter: deepretrieval serve --hot-swap --adapter NEW_RUN_DIR --name {args.name} "
               f"--port {args.port}\nCtrl-C stops the server.", flush=True)
         while server.process.poll() is None:

@@ -24,6 +24,7 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -32,6 +33,7 @@ from ..common.deadline import DeadlineExceeded, LoopThread, RetryBudget, within
 from ..common.fields import check_fields
 from ..common.redaction import redact, register_secret
 from .answer import MAX_QUERY_CHARS, parse_answer
+from .card import CARD_FILE, AdapterCard, read_card
 from .rewriters import BaseRewriter
 from .tasks import Task
 
@@ -134,6 +136,8 @@ class OpenAIRewriter(BaseRewriter):
     ``n > 1`` samples several completions per query (needs ``temperature > 0``) and keeps one by ``choice``.
     The API key is optional (``api_key``, else ``$DEEPRETRIEVAL_API_KEY``, else ``$OPENAI_API_KEY``) and never logged.
     Use as a context manager, or call :meth:`close` / :meth:`aclose`, to release the connection pools.
+    ``card``: how the served adapter was trained, as an :class:`~.card.AdapterCard` or the adapter folder holding
+    one (the folder ``deepretrieval serve`` serves): ``task=None`` then takes its prompt, and the plugins its framing.
     """
 
     def __init__(
@@ -142,7 +146,8 @@ class OpenAIRewriter(BaseRewriter):
         *,
         base_url: str = DEFAULT_BASE_URL,
         api_key: str | None = None,
-        task: str | Task = "retrieval",
+        task: str | Task | None = None,
+        card: AdapterCard | str | Path | None = None,
         timeout: float = 30.0,
         total_timeout: float | None = None,
         max_retries: int = 2,
@@ -155,6 +160,15 @@ class OpenAIRewriter(BaseRewriter):
         strict: bool = False,
         max_query_chars: int = MAX_QUERY_CHARS,
     ):
+        if card is not None and not isinstance(card, AdapterCard):
+            found = read_card(card)
+            if found is None:
+                raise FileNotFoundError(f"card={str(card)!r}: no {CARD_FILE} there; pass the served adapter's folder "
+                                        "(a run's adapter/) or an AdapterCard")
+            card = found
+        self.card = card
+        if task is None:
+            task = card.prompt_task() if card is not None else "retrieval"
         super().__init__(task=task, strict=strict, max_query_chars=max_query_chars)
         self.config = EndpointConfig(
             model=model, base_url=base_url, timeout=timeout, total_timeout=total_timeout, max_retries=max_retries,

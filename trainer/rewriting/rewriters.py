@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from ..retrieval.search import DocumentHit
 from .answer import MAX_QUERY_CHARS, parse_answer
+from .card import CARD_FILE, AdapterCard, model_name, read_card
 from .tasks import QueryInput, Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,13 @@ def _original_text(query: QueryInput) -> str:
 
 
 class BaseRewriter(ABC):
-    """Shared prompt -> completion -> parse -> fallback logic. Subclasses implement ``_complete``/``_acomplete``."""
+    """Shared prompt -> completion -> parse -> fallback logic. Subclasses implement ``_complete``/``_acomplete``.
+
+    ``card``: how the adapter behind this rewriter was trained (:class:`~.card.AdapterCard`), when known; the plugins
+    read its framing from here.
+    """
+
+    card: AdapterCard | None = None
 
     def __init__(self, *, task: str | Task = "retrieval", strict: bool = False, max_query_chars: int = MAX_QUERY_CHARS):
         self.task = get_task(task)
@@ -145,6 +152,32 @@ class BaseRewriter(ABC):
         return results
 
 
+def _adapter_card(adapter: str | Path) -> AdapterCard | None:
+    card = read_card(adapter)
+    if card is None:
+        logger.info("%s has no adapter card (%s): rewriting with the embedded base model and the retrieval task "
+                    "unless model= and task= say otherwise", adapter, CARD_FILE)
+    return card
+
+
+def _card_defaults(card: AdapterCard | None, adapter, model, task) -> tuple[str | Path | None, str | Task]:
+    """``model`` and ``task``, defaulted from ``card``; an explicit one that differs from the card is warned about."""
+    if card is None:
+        return model, "retrieval" if task is None else task
+    trained = card.prompt_task()
+    if task is None:
+        task = trained
+    elif get_task(task).messages("q", []) != trained.messages("q", []):
+        logger.warning("%s was trained with %s; rewriting with the prompt of task %r instead, as asked", adapter,
+                       card.describe(), get_task(task).name)
+    if model is None:
+        model = card.base_model
+    elif model_name(model) != card.base_model:
+        logger.warning("%s was trained on base model %s; loading it on %s instead, as asked", adapter,
+                       card.base_model, model)
+    return model, task
+
+
 def _check_queries(queries: Sequence[QueryInput]) -> list[QueryInput]:
     if isinstance(queries, str):
         raise TypeError("rewrite() takes a list of queries; wrap a single query as [query]")
@@ -157,6 +190,11 @@ def _check_queries(queries: Sequence[QueryInput]) -> list[QueryInput]:
 
 class LocalRewriter(BaseRewriter):
     """In-process transformers model (plus an optional peft LoRA adapter folder), batched, on CPU by default.
+
+    An adapter folder's card (:mod:`~.card`) supplies the defaults: ``model=None`` is the base model it was trained
+    on, ``task=None`` the task and first-pass feedback its prompts showed. Without a card (or without an adapter)
+    they are the embedded model and the ``retrieval`` task. A ``model`` or ``task`` given explicitly wins, with a
+    warning where it differs from the card.
 
     Greedy by default; ``temperature > 0`` samples. The model loads on first use or on :meth:`load`.
     ``decoding="lean"`` (default) decodes with :func:`deepretrieval_trainer.rewriting.generation.lean_generate`: the prompt
@@ -172,7 +210,7 @@ class LocalRewriter(BaseRewriter):
         model: str | Path | None = None,
         *,
         adapter: str | Path | None = None,
-        task: str | Task = "retrieval",
+        task: str | Task | None = None,
         device: str = "cpu",
         max_new_tokens: int = 128,
         temperature: float = 0.0,
@@ -184,7 +222,6 @@ class LocalRewriter(BaseRewriter):
         decoding: str = "lean",
         speculate: int = 3,
     ):
-        super().__init__(task=task, strict=strict, max_query_chars=max_query_chars)
         from ..common.precision import check_dtype
 
         check_dtype(dtype)
@@ -203,6 +240,9 @@ class LocalRewriter(BaseRewriter):
             raise FileNotFoundError(
                 f"{adapter}: no adapter_config.json; pass a peft adapter folder (a run's `adapter/` folder)"
             )
+        self.card = _adapter_card(adapter) if adapter is not None else None
+        model, task = _card_defaults(self.card, adapter, model, task)
+        super().__init__(task=task, strict=strict, max_query_chars=max_query_chars)
         self.model_name = model
         self.adapter = Path(adapter) if adapter is not None else None
         self.device = device

@@ -26,6 +26,8 @@ import httpx
 
 from ..common.models import EMBEDDED_NAME, cache_dir, resolve_model
 from ..common.precision import check_dtype, resolve_dtype
+from .backends import find_adapter
+from .card import read_card
 
 logger = logging.getLogger(__name__)
 
@@ -38,22 +40,18 @@ class ServeError(RuntimeError):
     """The server could not be found, started or reached."""
 
 
-def find_adapter(path: str | Path) -> Path:
-    """The peft adapter folder in ``path``: the folder itself, or a training run folder's ``adapter/``."""
-    path = Path(path).expanduser().resolve()
-    for candidate in (path, path / "adapter"):
-        if (candidate / "adapter_config.json").is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"{path}: no adapter_config.json in it or in its adapter/ folder; pass a training run folder or a peft adapter"
-    )
-
-
 def base_model_for(adapter: Path, base: str | None = None) -> str:
-    """The model to serve under ``adapter``: ``base``, else the run's recorded base model, else the adapter's own
-    ``base_model_name_or_path`` (the embedded checkpoint when it names that), else the embedded checkpoint."""
+    """The model to serve under ``adapter``: ``base``, else the base model its card names, else (an adapter without
+    a card) the run's recorded base model, else the adapter's own ``base_model_name_or_path`` (the embedded
+    checkpoint when it names that), else the embedded checkpoint."""
     if base:
         return resolve_model(base)
+    card = read_card(adapter)
+    if card is not None:
+        if Path(card.base_model).is_absolute() and not Path(card.base_model).is_dir():
+            raise FileNotFoundError(f"{adapter} was trained on {card.base_model}, which is not on this machine: pass "
+                                    "--base MODEL (that model, from where it is here)")
+        return resolve_model(card.base_model)
     run_info = adapter.parent / "run.json"
     if adapter.name == "adapter" and run_info.is_file():
         recorded = json.loads(run_info.read_text(encoding="utf-8")).get("base_model")

@@ -43,13 +43,16 @@ def parse_sql_source(spec: str, *, model: str | None = None, max_new_tokens: int
     name, _, body = spec.partition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
     if body == GOLD:
         return SQLSource(name or GOLD)
-    if body in ("raw", "hyde"):
-        raise ValueError(f"query source {body!r} has no meaning for text-to-SQL: use gold, base, adapter:PATH "
-                         "or server:URL#MODEL")
-    from ..evaluation.sources import parse_source
+    from ..rewriting.backends import FORMS, build_backend, is_backend
 
-    source = parse_source(spec, model=model, task="sql", max_new_tokens=max_new_tokens, batch_size=batch_size)
-    return SQLSource(source.name, SQLWriter(backend=source.rewriter), source.identity)
+    if not is_backend(body):
+        raise ValueError(f"SQL source {spec!r} not understood: use gold or {FORMS}, optionally named as NAME=SPEC "
+                         "(raw and hyde rewrite queries for a retriever; they have no meaning for text-to-SQL)")
+    backend = build_backend(body, model=model, task="sql", max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if backend.rewriter.task.name != "sql":
+        raise ValueError(f"{spec}: the adapter was trained for task {backend.rewriter.task.name!r}, not text-to-SQL; "
+                         "pass an adapter trained with --task sql")
+    return SQLSource(name or backend.label, SQLWriter(backend=backend.rewriter), backend.identity)
 
 
 @dataclass

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..common.errors import ConfigError, TrainingError
 from ..retrieval.search import DocumentHit, SearchBackend
+from ..rewriting.card import AdapterCard, model_name
 from ..rewriting.tasks import QueryInput, Task
 from .config import TrainConfig
 from .run_dir import RunDir, checkpoint_step
@@ -49,12 +50,13 @@ def check_batch(config: TrainConfig) -> int:
 
 def run_training(config: TrainConfig, task: Task, run: RunDir, checkpoint: Path | None,
                  build: Callable[[str, str], tuple[Any, Any]], *, retriever: str, dataset_info: dict[str, Any],
-                 search_backend: SearchBackend | None = None, readme: Mapping[str, Any] | None = None) -> Path:
+                 search_backend: SearchBackend | None = None, framing: str = "replace", query_weight: int = 1) -> Path:
     """The part every task's training shares, once the data and the run folder are checked: load the stack, decide
     the precision, record the run, ``build(base_model, dtype) -> (trainer, callback)``, train (resuming from
-    ``checkpoint``), and save the adapter. Ctrl-C saves the adapter reached so far; any other failure raises a
-    :class:`TrainingError` that keeps the last checkpoint and says to ``--resume`` (naming ``search_backend`` when it
-    raised)."""
+    ``checkpoint``), and save the adapter with its card (``framing`` and ``query_weight``: how the reward searched the
+    rewrites; :mod:`deepretrieval_trainer.rewriting.card`). Ctrl-C saves the adapter reached so far; any other failure
+    raises a :class:`TrainingError` that keeps the last checkpoint and says to ``--resume`` (naming
+    ``search_backend`` when it raised)."""
     if is_main_process():
         run.check_writable()  # a read-only or full disk fails now, not at the first checkpoint
     _import_training_stack()
@@ -76,7 +78,10 @@ def run_training(config: TrainConfig, task: Task, run: RunDir, checkpoint: Path 
                        retriever=retriever, dataset=dataset_info, versions=_versions(),
                        precision={"dtype": dtype, "setting": config.dtype, "device": device, "why": describe(device),
                                   "lora_weights": "float32"})
+    card = AdapterCard(base_model=model_name(config.model), task=task.name, framing=framing,
+                       query_weight=query_weight, feedback=task.feedback, dtype=dtype, retriever=retriever)
     trainer, callback = build(base_model, dtype)
+    callback.card = card  # written into every checkpoint it saves
     if main:
         run.check_writable(checkpoint_bytes(trainer) * (config.save_total_limit + 1))
     start = time.perf_counter()
@@ -93,9 +98,10 @@ def run_training(config: TrainConfig, task: Task, run: RunDir, checkpoint: Path 
     trainer.save_model(str(run.adapter))
     if main:
         trainer.processing_class.save_pretrained(str(run.adapter))
+        card.write(run.adapter)
         run.write_info(status=status, steps=trainer.state.global_step, wall_s=round(time.perf_counter() - start, 1))
         callback._plot()
-        run.write_readme(base_model=base_model, task=task.name, dtype=dtype, **dict(readme or {}))
+        run.write_readme(card, served_base=base_model)
         logger.info("%s after %d steps: adapter in %s", status, trainer.state.global_step, run.adapter)
     return run.adapter
 

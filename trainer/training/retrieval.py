@@ -171,7 +171,7 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
 
     return run_training(config, task, run, checkpoint, build, retriever=type(search_backend).__name__,
                         dataset_info=_dataset_info(dataset, rows, data_fingerprint), search_backend=search_backend,
-                        readme={"framing": config.framing, "query_weight": config.query_weight})
+                        framing=config.framing, query_weight=config.query_weight)
 
 
 def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequence[TrainingRow],

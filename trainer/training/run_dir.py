@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common.errors import ConfigError
+from ..rewriting.card import CARD_FILE, AdapterCard
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -204,23 +205,25 @@ class RunDir:
             return None
         return plot_curves({self.path.name: rows}, self.curve)
 
-    def write_readme(self, *, base_model: str, task: str, framing: str = "replace", name: str = "deepretrieval",
-                     dtype: str = "float32", query_weight: int = 1) -> None:
-        searched = (f"the original query ({query_weight} times) followed by the rewrite (deploy it the same way: the "
-                    f'LlamaIndex transform\'s `mode="expand", query_weight={query_weight}`, the Haystack component\'s '
-                    f"`search_query` output with `query_weight={query_weight}`)" if framing == "expand"
+    def write_readme(self, card: AdapterCard, *, served_base: str | None = None, name: str = "deepretrieval") -> None:
+        """README.md: what the adapter is, how it was searched in training, how to serve it and to continue
+        (``served_base``: the base model as ``vllm serve`` loads it on this machine, default the card's)."""
+        weight, framing, base_model, task = card.query_weight, card.framing, card.base_model, card.task
+        searched = (f"the original query ({weight} times) followed by the rewrite (the LlamaIndex transform and the "
+                    f"Haystack component read `adapter/{CARD_FILE}` and search it so)" if framing == "expand"
                     else f"the original query and the rewrite apart, summing each document's scores with the "
-                    f"original's times {query_weight} (deploy it the same way: the LlamaIndex `DeepRetrievalRetriever`"
-                    f'\'s `mode="fuse", query_weight={query_weight}`, or in Haystack two retrievers joined by '
-                    f"`QueryFusionJoiner(query_weight={query_weight})`, docs/haystack.md)"
-                    if framing == "fuse" else "the rewrite alone")
+                    f"original's times {weight} (the LlamaIndex `DeepRetrievalRetriever` reads `adapter/{CARD_FILE}` "
+                    f"and fuses so; in Haystack join two retrievers with `QueryFusionJoiner(query_weight={weight})`, "
+                    "docs/haystack.md)" if framing == "fuse" else "the rewrite alone")
+        dtype = card.dtype
         text = f"""# DeepRetrieval run: {self.path.name}
 
 LoRA adapter trained with GRPO (TRL) against your retriever, task `{task}`, base model `{base_model}`.
 Framing `{framing}`: the reward searched {searched}.
 Precision: the base model ran in `{dtype}` (LoRA weights and optimizer state in float32); run.json says why.
 
-- `adapter/` - the peft adapter (also inside every `checkpoints/checkpoint-N/`)
+- `adapter/` - the peft adapter and its card `{CARD_FILE}` (how it was trained; also inside every
+  `checkpoints/checkpoint-N/`): copy the folder anywhere and it is served the way it was trained
 - `config.yaml` - the training config; `run.json` - base model, dataset fingerprint, status
 - `metrics.jsonl`, `reward_curve.png` - reward, format-valid rate and step time per step
 
@@ -233,11 +236,11 @@ With vLLM through the project (starts `vllm serve`, prints the LlamaIndex and Ha
 In-process (CPU is fine for the embedded model):
 
     from deepretrieval_trainer import LocalRewriter
-    rewriter = LocalRewriter("{base_model}", adapter="{self.adapter}", task="{task}")
+    rewriter = LocalRewriter(adapter="{self.adapter}")  # base model and prompt from the card
 
 With vLLM directly (the adapter is chosen by model name):
 
-    vllm serve {base_model} --enable-lora --max-lora-rank 64 --lora-modules {name}={self.adapter}
+    vllm serve {served_base or base_model} --enable-lora --max-lora-rank 64 --lora-modules {name}={self.adapter}
 
 then point the LlamaIndex transform / Haystack component at that server with model `{name}`.
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
@@ -195,6 +196,7 @@ class RunCallback(TrainerCallback):
         self.show_progress = show_progress
         self.bar = None
         self.started = time.perf_counter()
+        self.card = None  # the adapter card (deepretrieval_trainer.rewriting.card), written into each checkpoint
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.perf_counter()
@@ -233,6 +235,8 @@ class RunCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
+            if self.card is not None:
+                self.card.write(Path(args.output_dir) / f"checkpoint-{state.global_step}")
             self._plot()
 
     def on_train_end(self, args, state, control, **kwargs):

@@ -1,2 +1,3 @@
-"""Literature search: PICO -> Boolean queries, answered by an embedded SQLite FTS5 engine, PubMed E-utilities
-and ClinicalTrials.gov. Each engine is a SearchBackend (a reward source and a deployment retriever)."""
+"""Literature search: PICO -> Boolean queries, answered by embedded FTS5, PubMed and ClinicalTrials.gov."""
+
+# Each engine is a SearchBackend: a reward source in training and a retriever in deployment.

@@ -21,11 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-from deepretrieval_trainer.evaluation.evaluate import evaluate, paired_t_test
-from deepretrieval_trainer.evaluation.sources import Source, parse_source
-from deepretrieval_trainer.retrieval.data import load_beir
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the tests load this file by path, not as a script
+from shared_data import DATA  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from deepretrieval_trainer.evaluation.evaluate import evaluate, paired_t_test  # noqa: E402
+from deepretrieval_trainer.evaluation.sources import Source, parse_source  # noqa: E402
+from deepretrieval_trainer.retrieval.data import load_beir  # noqa: E402
+
 logger = logging.getLogger("dense_baseline")
 
 

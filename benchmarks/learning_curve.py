@@ -4,14 +4,16 @@ For each (collection, framework): train on the train split through the framework
 (LlamaIndex BM25Retriever or Haystack InMemoryBM25Retriever), then score raw queries, the untrained base model's
 rewrites and the trained adapter's rewrites on the first ``--eval-queries`` judged dev queries (nDCG@10,
 Recall@100). Prints per-run figures (reward first/last fifth, format-valid rate, step-time split) and writes JSON
-plus one PNG of the reward curves. Not a test: a measurement, run by hand, recorded in docs/benchmarks.md.
+plus one PNG of the reward curves. Not a test: a measurement, run by hand, recorded in
+docs/experiments/retrieval-recipes.md.
 
     python benchmarks/learning_curve.py --runs scifact:llamaindex scifact:haystack nfcorpus:llamaindex \
-        --steps 40 --eval-queries 100 --out /tmp/lc --png docs/learning_curve.png
+        --steps 40 --eval-queries 100 --out /tmp/lc --png docs/img/learning_curve.png
 
-The defaults are TrainConfig's (the CPU recipe that reached >=95% format-valid rewrites, docs/benchmarks.md: 2 prompts
-x 8 samples, 128 new tokens, lr 5e-4), framing included: ``replace``, the paper's, where the trained adapter beat the
-base model on SciFact dev through both frameworks. ``--framing expand`` searches query + rewrite (the demo's framing).
+The defaults are TrainConfig's (the CPU recipe that reached >=95% format-valid rewrites: 2 prompts x 8 samples,
+128 new tokens, lr 5e-4), framing included: ``replace``, the paper's, where the trained adapter beat the base model
+on SciFact dev through both frameworks (both in docs/experiments/retrieval-recipes.md). ``--framing expand`` searches
+query + rewrite (the demo's framing).
 """
 
 from __future__ import annotations
@@ -20,14 +22,11 @@ import argparse
 import dataclasses
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from shared_data import DATA
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DROP_UNKNOWN = {"nfcorpus"}  # its preprocessed corpus lacks 238 train-only documents
 PAIRED_METRICS = ("ndcg@10", "recall@100")  # the headline metric, and the one nearest the nDCG@100 training reward
 

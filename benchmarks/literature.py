@@ -5,7 +5,7 @@ untrained base model and trained adapter it prints Recall@100, Recall@1000 and t
 well-formed answer whose query the Boolean parser accepts), and the learning curve of the training run.
 
     python benchmarks/literature.py --steps 0                     # raw + base model only (no training)
-    python benchmarks/literature.py --steps 40 --dev-queries 100  # the figures in docs/benchmarks.md
+    python benchmarks/literature.py --steps 40 --dev-queries 100  # the figures in docs/experiments/literature.md
 
 Malformed Boolean queries get no results (recall 0); a rewrite that fails to parse falls back to the raw query,
 as deployment does. Results go to ``--out`` (results.json, and the training run folder).
@@ -16,22 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from shared_data import DATA
 
-from deepretrieval_trainer.literature.boolean import BooleanQueryError  # noqa: E402
-from deepretrieval_trainer.literature.dataset import from_collection, training_rows  # noqa: E402
-from deepretrieval_trainer.literature.fts5 import FTS5Search  # noqa: E402
-from deepretrieval_trainer.retrieval.data import load_beir  # noqa: E402
-from deepretrieval_trainer.retrieval.metrics import recall_at_k  # noqa: E402
+from deepretrieval_trainer.literature.boolean import BooleanQueryError
+from deepretrieval_trainer.literature.dataset import from_collection, training_rows
+from deepretrieval_trainer.literature.fts5 import FTS5Search
+from deepretrieval_trainer.retrieval.data import load_beir
+from deepretrieval_trainer.retrieval.metrics import recall_at_k
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 logger = logging.getLogger("benchmarks.literature")
 
 

@@ -15,10 +15,11 @@ import json
 import sys
 from pathlib import Path
 
+from shared_data import DATA
+
 from deepretrieval_trainer.cli import main as cli
 from deepretrieval_trainer.evaluation.evaluate import paired_t_test
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SOURCES = ["prf", "prf:docs=5", "prf:docs=3", "prf:docs=10,weight=0.7"]
 
 

@@ -23,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from shared_data import DATA, machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +91,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--binds", nargs="+", default=["all"],
                         help="vLLM CPU core binding(s) to compare: 'all' (every core for the engine, what "
                              "deepretrieval serve sets) or 'auto' (vLLM's own: one core reserved for its scheduler)")
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "adi"))
+    parser.add_argument("--data", default=str(DATA / "adi"), help="a BEIR collection whose test queries are rewritten")
     parser.add_argument("--json", help="write the figures to this file")
     return parser.parse_args()
 
@@ -158,8 +157,8 @@ def main() -> int:
                 rows += run_vllm(args, adapter, pool, dtype, bind)
         if "local" in args.backends:
             rows += run_in_process(args, adapter, pool, dtype)
-    print(f"load {os.getloadavg()}")
-    print(f"| backend | concurrency | queries | rewrites/s | p50 s | p95 s | fell back |")
+    print(machine_line())
+    print("| backend | concurrency | queries | rewrites/s | p50 s | p95 s | fell back |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['backend']} | {r['concurrency']} | {r['queries']} | {r['rewrites_per_s']:.2f} | "

@@ -2,12 +2,12 @@
 batch 8, every judged query of a dev split, then nDCG@10 of the rewrites through LlamaIndex BM25 (paired).
 
 Settings:
-- ``float32-unmerged``: the in-process path as it was before dtype support (float32, the adapter applied as peft
-  LoRA layers at every token, generation up to max_new_tokens or EOS, no stop at ``</answer>``);
+- ``float32-unmerged``: in-process rewriting without its savings (float32, the adapter applied as peft LoRA layers
+  at every token, generation up to max_new_tokens or EOS, no stop at ``</answer>``): what merging and stopping buy;
 - ``float32`` / ``bfloat16``: LocalRewriter as it is (the adapter merged into the weights, stop at ``</answer>``);
 - ``SETTING@N``: the same at generation batch N instead of ``--batch-size`` (e.g. ``bfloat16@16``);
-- ``SETTING:generate``: LocalRewriter through transformers' ``generate()`` (``decoding="generate"``, the path before
-  lean decoding) instead of ``lean_generate`` (e.g. ``float32:generate@8``);
+- ``SETTING:generate``: LocalRewriter through transformers' ``generate()`` (``decoding="generate"``) instead of
+  ``lean_generate``: what lean decoding buys (e.g. ``float32:generate@8``);
 - ``SETTING:speculate=K``: lean decoding with prompt-lookup speculation, up to K drafted tokens a step
   (``LocalRewriter(speculate=K)``; e.g. ``bfloat16:speculate=6@8``).
 
@@ -16,25 +16,21 @@ Settings:
         --framing expand --settings bfloat16@8 bfloat16@16 bfloat16@32   # untrained, per batch
 
 The searched query is the rewrite alone, or query + rewrite for a run trained with ``framing: expand``.
-Not a test: a measurement, recorded in docs/benchmarks.md.
+Not a test: a measurement, recorded in docs/experiments/cpu-speed.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from shared_data import DATA, machine_line
 
 
 def unmerged_rewriter(adapter: Path, batch_size: int, max_new_tokens: int):
-    """LocalRewriter as it ran before: float32 weights, peft LoRA layers at decode time, no stop strings."""
+    """LocalRewriter without merging or stopping: float32 weights, peft LoRA layers at decode time, no stop strings."""
     from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
 
     class Unmerged(LocalRewriter):
@@ -93,7 +89,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
 
-    import torch
+    import torch  # noqa: F401 - imported before the machine line so that it reports torch's threads
     import yaml
 
     from deepretrieval_trainer.evaluation.evaluate import paired_t_test
@@ -109,7 +105,7 @@ def main() -> None:
     collection = load_beir(DATA / args.collection, args.split)
     items = list(collection.judged_queries.items())[: args.limit]
     search = LlamaIndexSearch.from_beir(DATA / args.collection)
-    print(f"load {os.getloadavg()}, torch threads {torch.get_num_threads()}, {len(items)} queries, framing {framing}")
+    print(f"{machine_line()}, {len(items)} queries, framing {framing}")
     results, scores = [], {}
     for setting in args.settings:
         rewriter = build(setting, adapter, args.batch_size, args.max_new_tokens)

@@ -25,20 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from shared_data import DATA
 
-from deepretrieval_trainer.common.models import cache_dir  # noqa: E402
-from deepretrieval_trainer.retrieval.data import load_beir, load_corpus  # noqa: E402
-from deepretrieval_trainer.retrieval.metrics import mean_metric  # noqa: E402
+from deepretrieval_trainer.common.models import cache_dir
+from deepretrieval_trainer.retrieval.data import load_beir, load_corpus
+from deepretrieval_trainer.retrieval.metrics import mean_metric
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 K = 1000
 BACKENDS = ("bm25s", "llamaindex", "haystack", "rank-bm25", "dense")
 GROWTH = ("scifact", "npl", "nfcorpus", "cacm", "cisi", "medline", "adi")  # cranfield has an empty document

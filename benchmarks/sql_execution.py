@@ -9,7 +9,7 @@ training, the base model and every kept checkpoint (``--set save_steps=5 save_to
 questions, and the best on them (ties: the earliest step; not a checkpoint that gives one query shape to over half
 of them) is the adapter evaluated on dev, so the step is chosen without looking at dev. The run folder is OUT/run
 (re-running resumes or reuses it), the evaluation OUT/eval (answers are cached there, so ``--eval-only`` or a re-run
-only executes). Not a test: a measurement, recorded in docs/benchmarks.md.
+only executes). Not a test: a measurement, recorded in docs/experiments/sql-recipes.md.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ import statistics
 from pathlib import Path
 
 from learning_curve import extra_fields  # the same --set parsing; benchmarks/ is sys.path[0] when run as a script
+from shared_data import SPIDER
 
 from deepretrieval_trainer.sql.hardness import HARDNESS
-
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "spider"
 
 
 def reward_share(run: Path) -> dict:
@@ -49,7 +48,8 @@ def reward_share(run: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output folder (run/ and eval/ go in it)")
-    parser.add_argument("--data", default=str(DATA), help="Spider-layout folder (default: ../shared/data/spider)")
+    parser.add_argument("--data", default=str(SPIDER),
+                        help="Spider-layout folder (default: spider in $DEEPRETRIEVAL_DATA or ../shared/data)")
     parser.add_argument("--max-minutes", type=float, default=40.0, help="training time limit (default 40)")
     parser.add_argument("--max-steps", type=int, default=400, help="step limit (the time limit usually ends it)")
     parser.add_argument("--prompts-per-step", type=int, default=2)

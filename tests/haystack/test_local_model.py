@@ -17,7 +17,7 @@ QUERY = "61% of colorectal cancer patients are diagnosed with regional or distan
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """On the shared 2-core CI machine one torch thread generates ~10x faster than the oversubscribed default."""
+    """One torch thread: oversubscribed threads on a small CPU generate ~10x slower than one."""
     import torch
 
     threads = torch.get_num_threads()

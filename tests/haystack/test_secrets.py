@@ -1,4 +1,4 @@
-"""A clear-text key in pipeline YAML is refused without being repeated, in the error or in any log (issue 16, class 4)."""
+"""A clear-text key in pipeline YAML is refused without being repeated, in the error or in any log."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The Haystack components type-check every init parameter, from Python, from_dict and pipeline YAML alike, and a
-malformed retriever pipeline YAML is one clear error naming the file (issue 16, class 5)."""
+malformed retriever pipeline YAML is one clear error naming the file."""
 
 from __future__ import annotations
 

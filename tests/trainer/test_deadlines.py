@@ -1,4 +1,4 @@
-"""A per-request deadline covers the whole request, and retries have an overall budget (issue 16, class 3).
+"""A per-request deadline covers the whole request, and retries have an overall budget.
 
 A stalled server trickles a valid answer one byte at a time, each byte well inside httpx's per-read timeout. Nothing
 here times the client: the server reports how much of the answer it had sent when the client hung up, which is all

@@ -1,4 +1,4 @@
-"""Every config field and data cell is type-checked where it enters (issue 16, class 5).
+"""Every config field and data cell is type-checked where it enters.
 
 The config checks are derived from the dataclasses' annotations, so these tests walk the fields too: a field added
 later is covered by the same test without a line here.

@@ -1,4 +1,4 @@
-"""Every parser of model or user text runs in time linear in its input (issue 16, class 1).
+"""Every parser of model or user text runs in time linear in its input.
 
 Complexity is measured as a ratio, never as a wall-clock bound: the same adversarial pattern is parsed at two
 lengths ``FACTOR`` apart, and the time ratio must stay near ``FACTOR`` (linear), far below ``FACTOR**2`` (quadratic).

@@ -28,7 +28,7 @@ def test_auto_follows_the_cpu_flags():
     assert bool(cpu_bf16_flags()) == _cpuinfo_has_bf16()
 
 
-@pytest.mark.skipif(not _cpuinfo_has_bf16(), reason="this machine has no bf16 CPU flags")
+@pytest.mark.skipif(not _cpuinfo_has_bf16(), reason="the CPU has no bf16 flags")
 def test_auto_picks_bf16_here_and_float32_when_forced_unavailable(monkeypatch, caplog):
     assert resolve_dtype("auto") == "bfloat16"
     assert "amx_bf16" in describe() or "avx512_bf16" in describe()
@@ -103,7 +103,7 @@ def test_the_server_is_started_with_the_resolved_dtype(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_bf16_training_writes_an_adapter_both_dtypes_load(tmp_path, adi_test):
-    """A 2-step bf16 run (auto on this machine) records its dtype; LocalRewriter loads its adapter in bf16 and float32."""
+    """A 2-step run with dtype bfloat16 records its dtype; LocalRewriter loads its adapter in bf16 and float32."""
     import torch
 
     from deepretrieval_trainer.retrieval.bm25 import BM25Search

@@ -1,4 +1,4 @@
-"""Secrets never appear in any log record at any level, ours or a library's (issue 16, class 4).
+"""Secrets never appear in any log record at any level, ours or a library's.
 
 Every log record of a real request is captured at DEBUG (httpx's and httpcore's included), and the key must be
 absent in plain and URL-encoded form, while the server did receive it.

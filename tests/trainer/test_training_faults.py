@@ -1,6 +1,6 @@
-"""Faults the training loop survives (issue 16): a retriever that fails mid-step, kill -9, a half-written
+"""Faults the training loop survives: a retriever that fails mid-step, kill -9, a half-written
 checkpoint, a read-only or full disk. Real components throughout: the embedded model, a Haystack pipeline, a
-loopback PubMed server, real file systems (tmpfs mounts where this machine allows them)."""
+loopback PubMed server, real file systems (tmpfs mounts where the system allows them)."""
 
 from __future__ import annotations
 

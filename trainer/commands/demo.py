@@ -8,7 +8,7 @@ The search query is the original query, three times, then the rewrite (``framing
 the user's words keep their weight and the model's terms are added to them (docs/training.md has the figures).
 By default training stops after --minutes 10 or --steps 200, whichever comes first, and the evaluation uses the
 first 150 judged dev queries (--limit), so the demo takes about 15 minutes on 2 CPU cores. NFCorpus is the
-collection where the gain is real (docs/benchmarks.md): on SciFact the raw query is already strong.
+collection where the gain is real (docs/results.md#retrieval-quality): on SciFact the raw query is already strong.
 
 Examples:
   deepretrieval demo --data ../shared/data/nfcorpus
@@ -25,13 +25,13 @@ from .eval import add_retriever_arguments
 
 logger = logging.getLogger(__name__)
 
-# the demo's training recipe on top of TrainConfig's CPU defaults: docs/benchmarks.md's ninth try (reward on nDCG@10,
-# the metric the user is judged by, not the task's nDCG@100; groups whose samples all scored alike left out of the
-# loss), the best NFCorpus result measured
+# the demo's training recipe on top of TrainConfig's CPU defaults: reward on nDCG@10 (the metric the user is judged
+# by, not the task's nDCG@100), and groups whose samples all scored alike left out of the loss; the best NFCorpus
+# result measured (docs/experiments/retrieval-recipes.md#does-dropping-uniform-groups-help-on-nfcorpus-the-demo-recipe)
 DEMO_RECIPE = {"framing": "expand", "query_weight": 3, "beta": 0.04, "reward_k": 10, "drop_uniform_groups": True}
-# queries per generation batch when the demo rewrites its dev queries: decoding on 2 cores is bound by per-step
+# queries per generation batch when the demo rewrites its dev queries: decoding on a CPU is bound by per-step
 # overhead, so 32 rewrote 2.8x as many untrained NFCorpus queries per second as 8, at the same nDCG@10 within noise
-# (docs/benchmarks.md, "Rewriting throughput per generation batch")
+# (docs/experiments/cpu-speed.md#how-does-rewriting-throughput-grow-with-the-generation-batch)
 EVAL_BATCH = 32
 
 

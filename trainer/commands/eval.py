@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                       "cached there, so re-runs only search")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="rewrite budget in tokens (default: 128)")
     parser.add_argument("--batch-size", type=int, default=32,
-                        help="queries per generation batch (default: 32; on 2 CPU cores 2.8x the queries/s of 8)")
+                        help="queries per generation batch (default: 32: 2.8x the queries/s of 8 on a 2-core CPU)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 

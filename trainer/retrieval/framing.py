@@ -12,9 +12,12 @@
   retriever that returns scores, including those that count a repeated token once (Haystack's in-memory BM25) and
   dense ones.
 
-Measured with the untrained embedded model on the dev splits through LlamaIndex BM25 (docs/benchmarks.md): expansion
-at weight 1 was level with the raw query on SciFact and +0.009 nDCG@10 on NFCorpus; at weight 3, +0.011 and +0.012. Through Haystack's in-memory BM25 on NFCorpus dev, ``expand`` lost 0.009 to the raw
-query at any weight, and ``fuse`` at weight 3 gained 0.012 (p=0.005).
+Measured with the untrained embedded model on the dev splits through LlamaIndex BM25: expansion at weight 1 was level
+with the raw query on SciFact and +0.009 nDCG@10 on NFCorpus; at weight 3, +0.011 and +0.012
+(docs/experiments/retrieval-recipes.md#how-much-weight-should-the-users-query-keep-beside-the-rewrite). Through
+Haystack's in-memory BM25 on NFCorpus dev, ``expand`` lost 0.009 to the raw query at any weight, and ``fuse`` at
+weight 3 gained 0.012, p=0.005
+(docs/experiments/retrieval-recipes.md#which-framing-keeps-the-users-words-weighted-through-haystack-before-training).
 """
 
 from __future__ import annotations

@@ -102,9 +102,9 @@ def cut_completions(completion_ids: torch.Tensor, eos_ids: Sequence[int], stop_l
 
 # --- a lean decoding loop for the merged twin (and greedy in-process rewriting) ---------------------------------------
 #
-# Measured on this project's CPU (bf16, 2 threads, 16 rows x 165 prompt tokens, 128 sampled tokens; issue 13 in
-# docs/benchmarks.md), transformers' ``generate`` spent its time beyond the model's matmuls on three things this loop
-# does not do:
+# Measured on a CPU (bf16, 2 threads, 16 rows x 165 prompt tokens, 128 sampled tokens;
+# docs/experiments/cpu-speed.md#where-did-generate-spend-a-cpu-steps-generation), transformers' ``generate`` spent its
+# time beyond the model's matmuls on things this loop does not do:
 #   * ``torch.multinomial``: 16 ms a token step for 16 rows of a 49k vocabulary on CPU (it draws an exponential
 #     variate per vocabulary entry). Inverse-CDF sampling (one uniform per row, a cumsum and a binary search) draws
 #     from the same categorical distribution in under 1 ms.

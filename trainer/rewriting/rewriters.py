@@ -200,7 +200,8 @@ class LocalRewriter(BaseRewriter):
     ``decoding="lean"`` (default) decodes with :func:`deepretrieval_trainer.rewriting.generation.lean_generate`: the prompt
     prefix every query shares (system prompt, worked example) prefilled once per batch, and an in-place KV cache;
     ``"generate"`` uses transformers' ``generate()``. In float32 both give the same tokens; in bfloat16 a greedy token
-    can differ where two candidates tie within rounding (measured in docs/benchmarks.md). Greedy lean decoding checks
+    can differ where two candidates tie within rounding
+    (docs/experiments/cpu-speed.md#in-process-rewriting-with-lean-decoding). Greedy lean decoding checks
     up to ``speculate`` tokens drafted from the prompt's and the rewrite's own n-grams in each forward (prompt-lookup
     speculation; the same greedy tokens, fewer forwards; 0 turns it off).
     """

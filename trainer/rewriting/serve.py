@@ -77,7 +77,8 @@ def lora_rank(adapter: Path) -> int:
     return fitting[0]
 
 
-# Measured on 2 CPU cores, bf16, the embedded model + LoRA (docs/benchmarks.md, issue 13, 2026-12-02, quiet machine):
+# Measured on 2 CPU cores, bf16, the embedded model + LoRA
+# (docs/experiments/cpu-speed.md#is-a-vllm-server-faster-than-in-process-rewriting-on-a-quiet-machine-with-both-cores-and-bf16):
 # rewrites/s of `benchmarks/rewrite_latency.py`, vLLM CPU server vs the in-process backend, at 1 and 32 concurrent.
 CPU_SPEED_NOTE = (
     "on CPU the in-process backend is faster than this server: measured on 2 cores in bf16, the vLLM CPU server "
@@ -182,8 +183,8 @@ class ServerConfig:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # hot-swap through /v1/load_lora_adapter
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))  # GiB; vLLM CPU's default is 0 = guess
         if not has_gpu():
-            # vLLM CPU's "auto" binding reserves a core for its scheduler process: on a 2-core machine the engine then
-            # computes on one core. Give the engine every core this process may use (docs/serving.md has the figures).
+            # vLLM CPU's "auto" binding reserves a core for its scheduler process: with 2 cores the engine then
+            # computes on one. Give the engine every core this process may use (docs/serving.md has the figures).
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_list())
         env.setdefault("HF_HUB_OFFLINE", "1")
         return env

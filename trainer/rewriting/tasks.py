@@ -214,7 +214,8 @@ _SQL_EXAMPLE = (
 )
 # More worked examples, also made up, each a query shape the single example lacks (a projection, an ordering with a
 # limit, a grouping). TASKS["sql"] shows the first SQL_EXAMPLES of this pool, the join first; sql_task(shots) any
-# other count. Measured for the embedded 135M model in docs/benchmarks.md (issue 15).
+# other count. Measured for the embedded 135M model in
+# docs/experiments/sql-recipes.md#how-many-worked-examples-should-the-sql-prompt-show.
 _SQL_MORE_EXAMPLES = (
     (
         "Database: shop (sqlite)\nproduct(product_id INTEGER primary key, name TEXT, price REAL, category TEXT)\n"
@@ -237,7 +238,8 @@ _SQL_MORE_EXAMPLES = (
 )
 SQL_EXAMPLE_POOL = (_SQL_EXAMPLE, *_SQL_MORE_EXAMPLES)
 # 4 of them: on 32 easy train questions the untrained model's sampled answers were format-valid 16% vs 8% with one, and
-# 9% vs 3% of 8-sample groups held a right answer (benchmarks/sql_shots.py, docs/benchmarks.md)
+# 9% vs 3% of 8-sample groups held a right answer
+# (docs/experiments/sql-recipes.md#how-many-worked-examples-should-the-sql-prompt-show)
 SQL_EXAMPLES = 4
 # Execution reward: 1 when the result matches the reference, 0 when it runs but differs, the floor when it fails
 # (an error, a timeout, too many rows, a refused statement); the value scored is 1 / 0 / -1.

@@ -136,8 +136,9 @@ class SQLFormatReward:
 
 class ExecutionReward:
     """The task's tiers of the execution outcome (1 match, 0 differs, -1 fails). A completion without SQL fails too:
-    were it to score 0 here, writing no answer would beat writing a query that errors (in the first CPU run, which
-    scored it 0, the format-valid rate stayed at 0-12% for 22 steps: docs/benchmarks.md).
+    were it to score 0 here, writing no answer would beat writing a query that errors (scored 0, the format-valid rate
+    stayed at 0-12% for 22 steps:
+    docs/experiments/sql-recipes.md#does-grpo-raise-execution-accuracy-on-held-out-spider-databases).
 
     ``partial_credit`` w (0 <= w < 1; 0: off): a query that runs but differs scores
     ``differs + w * (match - differs) * jaccard``, the Jaccard of its tables and columns with the gold SQL's

@@ -133,7 +133,8 @@ class TrainConfig:
     # GRPO (TRL) - explicit, since TRL 1.16 changed its defaults. The defaults are the measured CPU recipe for the
     # embedded 135M model: the format-valid rate of sampled rewrites went from 0.69 (step 1) to 0.95 on average over
     # steps 6-40 with these values, while lr 1e-4 with 56 tokens averaged 0.39 over the last fifth of 37 steps
-    # (docs/benchmarks.md). For a ~3B model use lr ~1e-5 (the GPU recipe in docs/training.md).
+    # (docs/experiments/retrieval-recipes.md#does-the-cpu-recipe-more-samples-128-tokens-lr-5e-4-make-grpo-learn-under-expand).
+    # For a ~3B model use lr ~1e-5 (the GPU recipe in docs/training.md).
     learning_rate: float = 5e-4
     beta: float = 0.0
     loss_type: str = "dapo"
@@ -146,7 +147,7 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     # 0: the policy scored in the loss is the one sampled (the merged twin has no dropout), and the dropout masks were
-    # 3 s of a 20 s bf16 step (docs/benchmarks.md, issue 13)
+    # 3 s of a 20 s bf16 step (docs/experiments/cpu-speed.md#the-grpo-step-without-lora-dropout)
     lora_dropout: float = 0.0
     lora_target_modules: Union[str, list[str]] = "all-linear"
     # reward
@@ -322,7 +323,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a plain dict (e.g. parsed YAML); unknown keys are warned about and ignored."""
-        if isinstance(values, dict) and "bf16" in values:  # the field before `dtype` (configs written before 2026-12)
+        if isinstance(values, dict) and "bf16" in values:  # the field `dtype` replaced (older config files)
             values = dict(values)
             old = values.pop("bf16")
             values.setdefault("dtype", "bfloat16" if old is True else "float32" if old is False else old)

@@ -1,6 +1,7 @@
 """ClinicalTrialsSearch against a real loopback HTTP server answering in the API v2 /studies JSON format.
 
-The live ClinicalTrials.gov service is not reachable from our machines; these tests exercise everything up to the wire."""
+The tests run offline: they exercise everything up to the wire against the loopback server, never the live
+ClinicalTrials.gov service."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Nested input is bounded and reported as a normal malformed-input error, per query (issue 16, class 2).
+"""Nested input is bounded and reported as a normal malformed-input error, per query.
 
 Each entry point that reads nested text gets the deep case: a Boolean query of 495 nested parentheses (under the
 1,000-character query limit) and a long alternating AND/OR chain, through the translator, the FTS5 engine, both

@@ -1,6 +1,7 @@
 """PubMedSearch against a real loopback HTTP server answering in esearch's JSON format.
 
-The live NCBI service is not reachable from our machines; these tests exercise everything up to the wire."""
+The tests run offline: they exercise everything up to the wire against the loopback server, never the live
+NCBI service."""
 
 from __future__ import annotations
 

@@ -142,8 +142,6 @@ class DeepRetrievalQueryRewriter:
         self.task = task
         self.system_prompt = system_prompt
         self.user_prompt = user_prompt
-        self.include_original = include_original
-        self.query_weight = query_weight
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_tokens = max_tokens
@@ -154,7 +152,8 @@ class DeepRetrievalQueryRewriter:
         self.feedback_docs = feedback_docs
         card = read_card(adapter) if backend == "local" and adapter else None
         self._task = _build_task(task, system_prompt, user_prompt, feedback_docs, card)  # validates them now
-        self._include_original, self._query_weight = _searched_as(card, include_original, query_weight)
+        # as given, else as the adapter was trained: serialized resolved, so a saved pipeline keeps searching so
+        self.include_original, self.query_weight = _searched_as(card, include_original, query_weight)
         self._rewriter: Rewriter | None = None
         self._prebuilt = False
         self._lock = threading.Lock()
@@ -172,8 +171,8 @@ class DeepRetrievalQueryRewriter:
             raise TypeError(f"{type(rewriter).__name__} is not a Rewriter: it needs rewrite(), arewrite() and .task")
         instance = cls(include_original=include_original, query_weight=query_weight,
                        strict=getattr(rewriter, "strict", False))
-        instance._include_original, instance._query_weight = _searched_as(getattr(rewriter, "card", None),
-                                                                           include_original, query_weight)
+        instance.include_original, instance.query_weight = _searched_as(getattr(rewriter, "card", None),
+                                                                         include_original, query_weight)
         instance._rewriter = rewriter
         instance._task = rewriter.task
         instance._prebuilt = True
@@ -282,14 +281,14 @@ class DeepRetrievalQueryRewriter:
         return {"hits": [list(kept.values())[: feedback.docs]]}
 
     def _outputs(self, result: RewriteResult, include_original: bool | None) -> dict[str, Any]:
-        include = self._include_original if include_original is None else include_original
+        include = self.include_original if include_original is None else include_original
         queries = [result.query]
         if include and result.original.strip().lower() != result.query.strip().lower():
             queries.append(result.original)
         meta = {"original": result.original, "fell_back": result.fell_back, "reason": result.reason,
                 "latency_s": result.latency_s}
         searched = result.query if result.fell_back or not include else search_text(
-            result.original, result.query, "expand", self._query_weight)
+            result.original, result.query, "expand", self.query_weight)
         return {"query": result.query, "queries": queries, "search_query": searched, "meta": meta}
 
     def to_dict(self) -> dict[str, Any]:

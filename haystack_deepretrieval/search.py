@@ -246,11 +246,27 @@ def search_from_config(retriever: Any, path: str) -> HaystackSearch:
 
 
 def load_pipeline(file: Path) -> Pipeline:
-    """``Pipeline.loads`` of a YAML file, with every failure one error naming the file, the cause and the fix."""
+    """``Pipeline.loads`` of a YAML file, with every failure one error naming the file, the cause and the fix.
+
+    The YAML is composed first (nothing built) to refuse aliases that repeat more than the core allows
+    (:mod:`deepretrieval_trainer.common.yaml_files`): Haystack deep copies what it loads, which would visit every
+    repetition of a "billion laughs".
+    """
+    import yaml
+    from deepretrieval_trainer.common.yaml_files import check_yaml_aliases
+
     try:
-        return Pipeline.loads(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{file}: not UTF-8 text (byte {exc.start}); save the pipeline YAML as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot be read ({exc.strerror}); fix its permissions or the path") from None
+    try:
+        check_yaml_aliases(text, source=str(file))  # a ConfigError naming the file and the fix
+    except (yaml.YAMLError, RecursionError):
+        pass  # malformed or too deep: Pipeline.loads fails on it just below, and says so in its words
+    try:
+        return Pipeline.loads(text)
     except RecursionError:
         raise ConfigError(f"{file}: the YAML nests too deep to read; write the pipeline with Pipeline.dump") from None
     except Exception as exc:  # noqa: BLE001 - any failure to load the file is this one error (e.g. a top-level list)

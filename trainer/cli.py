@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file or folder the command could not use (permissions, a read-only disk): it is named
+        logging.getLogger(__name__).debug("the failing call", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except TrainingError as exc:  # the message names the cause and the checkpoint --resume continues from
         print(f"error: {exc}", file=sys.stderr)
         return 1

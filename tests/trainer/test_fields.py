@@ -177,3 +177,82 @@ def test_the_cli_reports_a_wrong_type_in_one_line_before_anything_loads(tmp_path
     assert main(["train", "--config", str(config), "--model", "/nonexistent/model"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "error: resume='no' must be true or false; write it without quotes (resume: false)"
+
+
+# -- error messages render no more of a value than they show ------------------------------------------------------
+
+
+SHOWN = 80  # characters of a value a message shows (fields.SHOWN_CHARS), then "..."
+
+
+class _Leaf:
+    """A value whose repr counts how often it is rendered, and refuses to be rendered more than ``limit`` times."""
+
+    def __init__(self, limit: int) -> None:
+        self.renders, self.limit = 0, limit
+
+    def __repr__(self) -> str:
+        self.renders += 1
+        if self.renders > self.limit:
+            raise AssertionError(f"rendered {self.renders} times: the whole value is being rendered")
+        return "leaf"
+
+
+def _shared_tree(leaf, depth: int, breadth: int):
+    """``breadth ** depth`` references to ``leaf`` in ``depth`` nested lists, each level one shared list (what YAML
+    aliases load as): cheap to hold, astronomically long to render whole."""
+    tree = [leaf]
+    for _ in range(depth):
+        tree = [tree] * breadth
+    return tree
+
+
+@pytest.mark.parametrize(("depth", "breadth"), [(64, 2), (20, 9), (3, 10_000), (1, 1_000_000)])
+def test_a_message_renders_at_most_what_it_shows_of_a_shared_tree(depth, breadth):
+    from deepretrieval_trainer.common.fields import shown
+
+    leaf = _Leaf(limit=SHOWN)
+    tree = _shared_tree(leaf, depth, breadth)
+    text = shown("model", tree)
+    assert len(text) == SHOWN + len("...") and text.endswith("...") and text.startswith("[[")
+    with pytest.raises(FieldTypeError, match=r"model=\[.*\.\.\. \(list\) must be text"):
+        check_value("model", tree, str)
+    with pytest.raises(ConfigError, match=r"model=\[.*\.\.\. \(list\) must be text"):
+        TrainConfig(model=tree)
+    assert leaf.renders <= SHOWN  # each render adds characters: the walk stopped where the text was cut
+
+
+def test_integers_past_pythons_digit_limit_are_described_not_rendered():
+    from deepretrieval_trainer.common.fields import shown
+
+    huge = 10 ** 5000  # repr() of it raises ValueError (Python's integer digit limit)
+    assert shown("max_steps", huge) == "<an integer of about 5001 digits>"
+    with pytest.raises(FieldTypeError, match=r"learning_rate=<an integer of about 5001 digits> must be a finite"):
+        check_value("learning_rate", huge, float)  # float() of it raised OverflowError
+    with pytest.raises(ConfigError, match=r"max_steps=<an integer of about 5001 digits> must be a positive integer"):
+        TrainConfig(max_steps=-huge)
+    with pytest.raises(ConfigError, match=r"reward_tiers\[0\]\[0\]=<an integer of about 5001 digits> must be a finite"):
+        TrainConfig(reward_tiers=[[huge, 1]])
+
+
+def test_secrets_nested_in_a_shown_value_are_masked():
+    from deepretrieval_trainer.common.fields import shown
+
+    assert shown("retriever", {"url": "http://x", "api_key": "sk-live-123"}) == "{'url': 'http://x', 'api_key': ***}"
+    @dataclasses.dataclass
+    class Server:
+        url: str
+        api_key: str
+
+    assert shown("server", Server("http://x", "sk-live-123")) == "Server(url='http://x', api_key=***)"
+
+
+def test_a_long_number_like_text_is_refused_without_a_quadratic_match():
+    """A float field's text is matched as a number only when short: the pattern backtracks quadratically over a long
+    run of digits (100,000 of them took minutes)."""
+    from tests.trainer.bounded import run_bounded
+
+    run = run_bounded('check_value("learning_rate", "1" * 100_000 + "x", float)', timeout_s=60, setup=(
+        "from deepretrieval_trainer.common.fields import check_value"))
+    assert run["error"] == "FieldTypeError" and "learning_rate='111" in run["message"], run
+    assert check_value("learning_rate", " 5e-4 ", float) == 5e-4

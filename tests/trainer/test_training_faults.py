@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -75,10 +76,13 @@ def test_a_full_disk_fails_before_the_model_loads(mount, adi_test, data_dir):
     assert not (disk / "run" / ".write-probe").exists()
 
 
-def _checkpoint(run_dir: Path, step: int, *, complete: bool = True) -> Path:
-    folder = run_dir / "checkpoints" / f"checkpoint-{step}"
+def _checkpoint(run_dir: Path, step: int, *, complete: bool = True, name: str | None = None) -> Path:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder = run_dir / "checkpoints" / (name or f"checkpoint-{step}")
     folder.mkdir(parents=True)
-    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    save_file({"lora_A": np.zeros((2, 4), dtype=np.float32)}, str(folder / "adapter_model.safetensors"))
     state = json.dumps({"global_step": step})
     (folder / "trainer_state.json").write_text(state if complete else state[:7], encoding="utf-8")
     return folder
@@ -109,6 +113,148 @@ def test_a_metrics_line_cut_by_a_kill_does_not_make_the_folder_unreadable(tmp_pa
     assert run.read_metrics() == [{"step": 1, "reward": 0.5}]
     run.write_info(status="failed")
     assert run.read_info() == {"status": "failed"} and not list(run.path.glob(".run.json-*"))
+
+
+# -- run folders that cannot be written, and checkpoints or run facts that cannot be read -----------------------
+
+
+@pytest.fixture
+def read_only_folder(tmp_path, mount):
+    """read_only_folder(fill) -> a folder filled by ``fill(folder)``, then made read-only: a tmpfs remounted read-only
+    (root, whom permissions do not bind), else folder permissions."""
+
+    def make(fill) -> Path:
+        if os.geteuid() == 0:
+            folder = mount("size=4m")
+            fill(folder)
+            done = subprocess.run(["mount", "-o", "remount,ro", str(folder)], capture_output=True, check=False)
+            if done.returncode:
+                pytest.skip(f"cannot remount read-only here ({done.stderr.decode().strip()})")
+        else:
+            folder = tmp_path / "ro"
+            folder.mkdir()
+            fill(folder)
+            for path in [*folder.rglob("*"), folder]:
+                if path.is_dir():
+                    path.chmod(0o555)
+        return folder
+
+    return make
+
+
+def _file_in_place_of_the_folder(tmp_path, read_only_folder):
+    (tmp_path / "run").write_text("notes", encoding="utf-8")
+    return tmp_path / "run", r"run_dir='.*run' is a file, not a folder: choose a folder for the run"
+
+
+def _read_only(tmp_path, read_only_folder):
+    return read_only_folder(lambda folder: None), UNWRITABLE
+
+
+def _read_only_with_an_incomplete_checkpoint(tmp_path, read_only_folder):
+    def fill(folder):
+        _checkpoint(folder, 1)
+        _checkpoint(folder, 2, complete=False)
+
+    return read_only_folder(fill), UNWRITABLE
+
+
+UNWRITABLE = r"run_dir=.* cannot be written \((Read-only file system|Permission denied)\): choose a writable run_dir"
+UNWRITABLE_FOLDERS = {"a file in place of the run folder": _file_in_place_of_the_folder,
+                      "an existing read-only run folder": _read_only,
+                      "a read-only run folder holding an incomplete checkpoint": _read_only_with_an_incomplete_checkpoint}
+
+
+@pytest.mark.parametrize("resume", [False, True])
+@pytest.mark.parametrize("fault", UNWRITABLE_FOLDERS)
+def test_a_run_folder_that_cannot_be_written_is_a_config_error_before_anything_moves(tmp_path, read_only_folder,
+                                                                                     adi_test, data_dir, fault, resume):
+    """The probe's cleanup raised OSError over the ConfigError, and resume renamed an incomplete checkpoint before it
+    checked the folder: both were tracebacks."""
+    run_dir, message = UNWRITABLE_FOLDERS[fault](tmp_path, read_only_folder)
+    if (run_dir / "checkpoints").is_dir() and not resume:
+        message = r"run_dir=.* already holds a run .*: pass resume=True \(--resume\) to continue it"
+    before = sorted(p.name for p in run_dir.rglob("*")) if run_dir.is_dir() else None
+    with pytest.raises(ConfigError, match=message):
+        train(_bm25(data_dir), adi_test, tiny(run_dir, model=NO_MODEL, resume=resume))
+    assert (sorted(p.name for p in run_dir.rglob("*")) if run_dir.is_dir() else None) == before
+
+
+def test_the_cli_reports_an_unwritable_run_folder_in_one_line(tmp_path, read_only_folder, capsys, data_dir):
+    from deepretrieval_trainer.cli import main
+
+    run_dir, message = _read_only_with_an_incomplete_checkpoint(tmp_path, read_only_folder)
+    code = main(["train", "--data-path", str(data_dir / "adi"), "--data-split", "test", "--retriever-framework",
+                 "bm25s", "--run-dir", str(run_dir), "--resume", "--model", NO_MODEL, "--max-queries", "4"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert re.match("error: " + message, err.strip().splitlines()[-1]), err
+
+
+def _safetensors_bytes() -> bytes:
+    import numpy as np
+    from safetensors.numpy import save
+
+    return save({"lora_A": np.zeros((2, 4), dtype=np.float32)})
+
+
+UNREADABLE_CHECKPOINTS = {  # fault -> (what to do to checkpoint-2, what the warning says)
+    "trainer_state.json nested past the recursion limit": (
+        lambda f: (f / "trainer_state.json").write_text("[" * 100_000 + "]" * 100_000),
+        "its trainer_state.json is missing or unreadable (RecursionError)"),
+    "an adapter file of garbage": (
+        lambda f: (f / "adapter_model.safetensors").write_bytes(b"garbage, not weights"),
+        "adapter_model.safetensors is not a safetensors file (its header length does not fit the file)"),
+    "an adapter file cut short": (
+        lambda f: (f / "adapter_model.safetensors").write_bytes(_safetensors_bytes()[:-3]),
+        "adapter_model.safetensors is cut short or padded"),
+    "a safetensors header that is not JSON": (
+        lambda f: (f / "adapter_model.safetensors").write_bytes((10).to_bytes(8, "little") + b"{not json}"),
+        "adapter_model.safetensors is not a safetensors file (its header is not JSON)"),
+    "a safetensors header that describes no tensors": (
+        lambda f: (f / "adapter_model.safetensors").write_bytes((6).to_bytes(8, "little") + b'{"a":1}'[:6]),
+        "adapter_model.safetensors is not a safetensors file"),
+    "an empty adapter file": (
+        lambda f: (f / "adapter_model.safetensors").write_bytes(b""), "adapter_model.safetensors is not a safetensors"),
+    "no adapter file": (lambda f: (f / "adapter_model.safetensors").unlink(), "it holds no adapter file"),
+}
+
+
+@pytest.mark.parametrize("fault", UNREADABLE_CHECKPOINTS)
+def test_an_unreadable_checkpoint_is_set_aside_like_an_incomplete_one(tmp_path, caplog, fault):
+    damage, reason = UNREADABLE_CHECKPOINTS[fault]
+    run = RunDir(tmp_path / "run")
+    _checkpoint(run.path, 1)
+    damage(_checkpoint(run.path, 2))
+    resumed = run.prepare(tiny(run.path, resume=True), fingerprint="x")
+    assert resumed.name == "checkpoint-1"
+    assert not (run.checkpoints / "checkpoint-2").exists() and list(run.checkpoints.glob(".incomplete-checkpoint-2-*"))
+    assert f"checkpoint-2 was not completely written (a crash while saving?): {reason}" in caplog.text
+    assert "moved to .incomplete-checkpoint-2-" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["checkpoint-\u00b2", "checkpoint-\u0663", "checkpoint-\uff11", "checkpoint-2x"])
+def test_a_checkpoint_folder_not_named_by_ascii_digits_is_ignored_with_a_warning(tmp_path, caplog, name):
+    """str.isdigit() is True for '²', '٣' and '１', and int('²') raises: resume crashed listing the checkpoints."""
+    run = RunDir(tmp_path / "run")
+    _checkpoint(run.path, 2, name=name)
+    assert run.prepare(tiny(run.path), fingerprint="x") is None  # not a run to refuse: nothing of it is resumable
+    _checkpoint(run.path, 1)
+    assert run.prepare(tiny(run.path, resume=True), fingerprint="x").name == "checkpoint-1"
+    assert (run.checkpoints / name).is_dir()  # left as it is
+    assert caplog.text.count(f"{name} is not a checkpoint-N folder (N in ASCII digits): ignored") == 1
+
+
+@pytest.mark.parametrize("content", ["[]", '"a text"', "null", '{"dataset": []}',
+                                     pytest.param("[" * 100_000 + "]" * 100_000, id="nested past the recursion limit")])
+def test_a_run_json_that_is_not_an_object_is_read_as_empty_and_rewritten(tmp_path, caplog, content):
+    run = RunDir(tmp_path / "run")
+    _checkpoint(run.path, 1)
+    run.info.write_text(content, encoding="utf-8")
+    assert run.prepare(tiny(run.path, resume=True), fingerprint="x").name == "checkpoint-1"
+    run.write_info(status="running")
+    assert run.read_info()["status"] == "running"
+    assert content.startswith("{") or "run.json" in caplog.text
 
 
 # -- real training runs (slow) ---------------------------------------------------------------------------------

@@ -59,17 +59,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         _add_fields(parser.add_argument_group(f"{name} section"), cls, prefix=f"{name}_")
 
 
-def _nested_value(cls: type, name: str, value: Any) -> Any:
+def _nested_value(cls: type, name: str, value: Any, flag: str) -> Any:
     """A nested flag's value: list fields (e.g. --data-validation-databases '[flight_2]') are YAML."""
+    return _yaml_flag(value, flag) if typing.get_origin(_kind(cls, name)) is list else value
+
+
+def _yaml_flag(value: str, flag: str) -> Any:
+    """A flag written as a YAML value, read as the config file is (aliases bounded); an error names the flag."""
     import yaml
 
-    return yaml.safe_load(value) if typing.get_origin(_kind(cls, name)) is list else value
+    from ..common.errors import ConfigError
+    from ..common.yaml_files import load_yaml
+
+    try:
+        return load_yaml(value, source=flag)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{flag}: not a YAML value ({' '.join(str(exc).split())[:300]}); write one, e.g. "
+                          "'[[0.5, 4], [0.1, 1]]'") from None
+    except RecursionError:
+        raise ConfigError(f"{flag}: the YAML value nests too deep to read") from None
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The flags given on the command line, as (nested) config values."""
-    import yaml
-
     values: dict[str, Any] = {}
     for f in dataclasses.fields(TrainConfig):
         if f.name in NESTED:
@@ -77,10 +89,10 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, f.name, None)
         if value is not None:
             parse_yaml = f.name in ("reward_tiers", "lora_target_modules")
-            values[f.name] = yaml.safe_load(value) if parse_yaml else value
+            values[f.name] = _yaml_flag(value, _flag(f.name)) if parse_yaml else value
     for name, cls in NESTED.items():
-        nested = {f.name: _nested_value(cls, f.name, getattr(args, f"{name}_{f.name}")) for f in dataclasses.fields(cls)
-                  if getattr(args, f"{name}_{f.name}", None) is not None}
+        nested = {f.name: _nested_value(cls, f.name, getattr(args, f"{name}_{f.name}"), _flag(f"{name}_{f.name}"))
+                  for f in dataclasses.fields(cls) if getattr(args, f"{name}_{f.name}", None) is not None}
         if nested:
             values[name] = nested
     return values

@@ -19,11 +19,14 @@ import numbers
 import re
 import types
 import typing
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any, Literal, Union
 
+# a number written as text; matched only on short text (its backtracking is quadratic in a long run of digits)
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _SECRET_WORDS = ("key", "token", "secret", "password")
+SHOWN_CHARS = 80  # how much of a value an error message shows
 
 
 class FieldTypeError(ValueError):
@@ -36,12 +39,85 @@ def is_secret(name: str) -> bool:
     return any(word in last for word in _SECRET_WORDS)
 
 
-def shown(name: str, value: Any) -> str:
-    """The value as an error message may show it: masked for secrets, cut when long."""
+def shown(name: str, value: Any, limit: int = SHOWN_CHARS) -> str:
+    """The value as an error message may show it: masked for secrets, cut when long (see :func:`bounded_repr`)."""
     if is_secret(name) and value is not None:
         return "***"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:80] + "..."
+    return bounded_repr(value, limit)
+
+
+def bounded_repr(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters (then ``...``), without rendering more than that.
+
+    Lists, tuples, sets, dicts and dataclasses are walked lazily and the walk stops at ``limit`` characters, so a
+    value that shares one sub-tree a billion times (YAML aliases) costs what is shown; text is cut before it is
+    quoted; an integer too long for ``repr`` (Python's digit limit) is described by its size.
+    """
+    pieces: list[str] = []
+    size = 0
+    for piece in _repr_pieces(value, limit + 1):
+        pieces.append(piece)
+        size += len(piece)
+        if size > limit:
+            break
+    text = "".join(pieces)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _repr_pieces(value: Any, limit: int) -> Iterator[str]:
+    """``repr(value)`` in pieces, each at most about ``limit`` characters, produced as they are consumed."""
+    if isinstance(value, (str, bytes, bytearray)):
+        yield repr(value[:limit])
+    elif isinstance(value, bool) or value is None:
+        yield repr(value)
+    elif isinstance(value, int):
+        bits = value.bit_length()
+        yield repr(value) if bits <= 4 * limit else f"<an integer of about {int(bits * math.log10(2)) + 1} digits>"
+    elif isinstance(value, (list, tuple, set, frozenset, dict)) and type(value).__repr__ in _CONTAINER_REPRS:
+        yield from _container_pieces(value, limit)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        yield f"{type(value).__name__}("
+        for i, f in enumerate(field for field in dataclasses.fields(value) if field.repr):
+            yield f"{', ' if i else ''}{f.name}="
+            item = getattr(value, f.name)
+            yield from ("***",) if is_secret(f.name) and item is not None else _repr_pieces(item, limit)
+        yield ")"
+    else:
+        try:
+            text = repr(value)
+        except Exception:  # noqa: BLE001 - a value whose repr fails is still named
+            text = f"<{type(value).__name__}>"
+        yield text[:limit]
+
+
+_CONTAINER_REPRS = (list.__repr__, tuple.__repr__, set.__repr__, frozenset.__repr__, dict.__repr__)
+
+
+def _container_pieces(value: Any, limit: int) -> Iterator[str]:
+    if isinstance(value, dict):
+        open_, close = "{", "}"
+    elif isinstance(value, tuple):
+        open_, close = "(", ",)" if len(value) == 1 else ")"
+    elif isinstance(value, (set, frozenset)):
+        if not value:
+            yield f"{type(value).__name__}()"
+            return
+        open_, close = ("{", "}") if type(value) is set else ("frozenset({", "})")
+    else:
+        open_, close = "[", "]"
+    yield open_
+    for i, item in enumerate(value.items() if isinstance(value, dict) else value):
+        if i:
+            yield ", "
+        if isinstance(value, dict):
+            key, item = item
+            yield from _repr_pieces(key, limit)
+            yield ": "
+            if isinstance(key, str) and is_secret(key) and item is not None:
+                yield "***"
+                continue
+        yield from _repr_pieces(item, limit)
+    yield close
 
 
 def describe(hint: Any) -> str:
@@ -112,7 +188,7 @@ def _scalar(name: str, value: Any, hint: type, error: type[Exception]) -> Any:
         if isinstance(value, str):
             return value
         raise _wrong(name, value, hint, error)
-    if isinstance(value, str) and hint is float and _NUMBER.fullmatch(value.strip()):
+    if isinstance(value, str) and hint is float and len(value) <= 64 and _NUMBER.fullmatch(value.strip()):
         value = float(value)  # YAML 1.1 reads 5e-4 (no dot) as text
     if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy numbers are Real too
         raise _wrong(name, value, hint, error)
@@ -121,9 +197,13 @@ def _scalar(name: str, value: Any, hint: type, error: type[Exception]) -> Any:
             return value if type(value) is int else int(value)
         raise error(f"{name}={shown(name, value)} must be a whole number, e.g. {max(0, math.floor(value))}"
                     if math.isfinite(value) else f"{name}={shown(name, value)} must be a whole number")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float's range
+        number = math.inf
+    if not math.isfinite(number):
         raise error(f"{name}={shown(name, value)} must be a finite number")
-    return float(value)
+    return number
 
 
 def _truth(value: Any) -> str | None:

@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from ..common.errors import DataError
-from ..retrieval.data import Collection, text_lines
+from ..common.fields import bounded_repr
+from ..retrieval.data import (
+    Collection,
+    check_encodable,
+    check_id,
+    json_line,
+    text_lines,
+)
 from ..retrieval.dates import DateRange, normalize_date
 from ..rewriting.tasks import PICO_FIELDS
 
@@ -74,10 +81,13 @@ def parse_example(row: Any, where: str = "row") -> LiteratureExample:
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     unknown = sorted(set(row) - ALLOWED_KEYS)
     if unknown:
-        raise DataError(f"{where}: unknown keys {unknown}; allowed are {sorted(ALLOWED_KEYS)} (put extras in 'meta')")
+        raise DataError(f"{where}: unknown keys {bounded_repr(unknown, 200)}; allowed are {sorted(ALLOWED_KEYS)} "
+                        "(put extras in 'meta')")
+    check_encodable(row, where)
     doc_id = row.get("id")
-    if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool) or not str(doc_id).strip():
-        raise DataError(f"{where}: 'id' must be non-empty text, got {doc_id!r}")
+    if not isinstance(doc_id, (str, int)) or isinstance(doc_id, bool):
+        raise DataError(f"{where}: 'id' must be non-empty text, got {bounded_repr(doc_id)}")
+    doc_id = check_id(doc_id.strip() if isinstance(doc_id, str) else doc_id, where, "'id'")
     fields = {}
     for key in QUERY_KEYS:
         value = row.get(key)
@@ -89,9 +99,12 @@ def parse_example(row: Any, where: str = "row") -> LiteratureExample:
         raise DataError(f"{where}: no query: give a non-empty 'topic' or at least one of the PICO fields P, I, C, O")
     relevant = row.get("relevant")
     if not isinstance(relevant, list) or not relevant:
-        raise DataError(f"{where}: 'relevant' must be a non-empty list of document ids, got {relevant!r}")
-    if not all(isinstance(item, (str, int)) and not isinstance(item, bool) and str(item).strip() for item in relevant):
-        raise DataError(f"{where}: 'relevant' ids must be non-empty text or numbers, got {relevant!r}")
+        raise DataError(f"{where}: 'relevant' must be a non-empty list of document ids, got {bounded_repr(relevant)}")
+    if not all(isinstance(item, int) and not isinstance(item, bool) or isinstance(item, str) and item.strip()
+               for item in relevant):
+        raise DataError(f"{where}: 'relevant' ids must be non-empty text or numbers, got {bounded_repr(relevant)}")
+    relevant = [check_id(item.strip() if isinstance(item, str) else item, where, f"'relevant'[{i}]")
+                for i, item in enumerate(relevant)]
     pub_date = row.get("pub_date")
     if pub_date is not None:
         try:
@@ -102,8 +115,7 @@ def parse_example(row: Any, where: str = "row") -> LiteratureExample:
     meta = {} if meta is None else meta
     if not isinstance(meta, dict):
         raise DataError(f"{where}: 'meta' must be a JSON object, got {type(meta).__name__}")
-    return LiteratureExample(str(doc_id).strip(), fields, tuple(dict.fromkeys(str(i).strip() for i in relevant)),
-                             pub_date, meta)
+    return LiteratureExample(doc_id, fields, tuple(dict.fromkeys(relevant)), pub_date, meta)
 
 
 def load_literature(path: str | Path) -> list[LiteratureExample]:
@@ -117,16 +129,10 @@ def load_literature(path: str | Path) -> list[LiteratureExample]:
         if not line.strip():
             continue
         where = f"{file}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
-        except RecursionError:
-            raise DataError(f"{where}: the JSON nests too deep to read; each line must be one JSON object "
-                            "of text fields and lists of ids") from None
+        row = json_line(file, number, line, shape="one JSON object of text fields and lists of ids")
         example = parse_example(row, where)
         if example.id in seen:
-            raise DataError(f"{where}: duplicate id {example.id!r}; ids must be unique within the file")
+            raise DataError(f"{where}: duplicate id {bounded_repr(example.id)}; ids must be unique within the file")
         seen.add(example.id)
         examples.append(example)
     if not examples:

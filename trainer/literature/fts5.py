@@ -17,6 +17,8 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
+from ..common.errors import DataError
+from ..common.fields import bounded_repr
 from ..retrieval.search import DocumentHit, ThreadedAsyncSearch, check_k
 from .boolean import ABSTRACT, TITLE, BooleanQueryError, text_tokens, translate
 
@@ -39,9 +41,20 @@ def corpus_fingerprint(corpus: Mapping[str, Mapping[str, str]]) -> str:
     digest = hashlib.sha256()
     for doc_id, doc in corpus.items():
         for part in (doc_id, doc.get("title") or "", doc.get("text") or ""):
-            digest.update(part.encode("utf-8"))
+            digest.update(_utf8(doc_id, part))
             digest.update(b"\x00")
     return digest.hexdigest()[:16]
+
+
+def _utf8(doc_id: str, text: str) -> bytes:
+    """``text`` as UTF-8; text that has none (a lone surrogate) is a DataError naming the document, not a
+    UnicodeEncodeError halfway through building the index."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(f"document {bounded_repr(doc_id)} holds a lone surrogate (\\u{ord(text[exc.start]):04x} at "
+                        f"character {exc.start + 1}), which SQLite cannot store: fix the text (load_corpus names the "
+                        "file and line of such a document)") from None
 
 
 class FTS5Search(ThreadedAsyncSearch):
@@ -101,6 +114,8 @@ class FTS5Search(ThreadedAsyncSearch):
                 connection.execute("CREATE TABLE texts (doc_id TEXT PRIMARY KEY, title TEXT, text TEXT)")
                 for doc_id, doc in corpus.items():
                     title, text = doc.get("title") or "", doc.get("text") or ""
+                    for part in (doc_id, title, text):
+                        _utf8(doc_id, part)
                     connection.execute("INSERT INTO docs VALUES (?, ?, ?)",
                                        (doc_id, self._normalize(title), self._normalize(text)))
                     connection.execute("INSERT INTO texts VALUES (?, ?, ?)", (doc_id, title, text))

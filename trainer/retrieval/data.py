@@ -5,17 +5,28 @@ Every problem is reported as a :class:`DataError` naming the file and line and s
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
+import logging
 import math
+import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..common.errors import DataError
+from ..common.fields import bounded_repr
+
+logger = logging.getLogger(__name__)
 
 CORPUS_FILES = ("corpus.jsonl", "corpus.preprocessed.jsonl")
+MAX_ID_CHARS = 1024  # an id is a short key; a longer cell is a misplaced column or a broken file
+# Python converts at most this many digits (sys.get_int_max_str_digits); a longer JSON number is a DataError
+MAX_NUMBER_DIGITS = getattr(sys, "get_int_max_str_digits", lambda: 4300)() or 4300
+_ID_BREAKERS = re.compile(r"[\x00\t\n\r]")  # no id may hold these: qrels files are tab- and line-separated text
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # a JSON escape that may leave a lone surrogate
 
 
 @dataclass
@@ -55,16 +66,66 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     for number, line in text_lines(path):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
-        except RecursionError:
-            raise DataError(f"{path}:{number}: the JSON nests too deep to read; each line must be one flat "
-                            "JSON object of text fields") from None
+        row = json_line(path, number, line, shape="one flat JSON object of text fields", used=("_id", "title", "text"))
         if not isinstance(row, dict):
             raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
         yield number, row
+
+
+class _LongNumber(Exception):
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _json_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_NUMBER_DIGITS:
+        raise _LongNumber(digits)
+    return int(text)
+
+
+_DECODER = json.JSONDecoder(parse_int=_json_int)  # one decoder: json.loads with a keyword builds one per call
+
+
+def json_line(path: Path, number: int, line: str, *, shape: str, used: tuple[str, ...] | None = None) -> Any:
+    """One JSONL line parsed; a problem is a :class:`DataError` naming ``path:number`` and the fix (``shape``: what
+    each line must be). Text that cannot be written as UTF-8 (a lone surrogate left by a ``\\ud800`` escape) is
+    refused here, before an index or a tokenizer meets it: in the keys ``used`` of an object (None: anywhere)."""
+    try:
+        row = _DECODER.decode(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{number}: not valid JSON ({exc.msg}); each line must be {shape}") from None
+    except RecursionError:
+        raise DataError(f"{path}:{number}: the JSON nests too deep to read; each line must be {shape}") from None
+    except _LongNumber as exc:
+        raise DataError(f"{path}:{number}: a number of {exc.digits} digits is longer than Python reads "
+                        f"({MAX_NUMBER_DIGITS}); write ids as JSON strings (\"...\"), each at most {MAX_ID_CHARS} "
+                        "characters") from None
+    if _SURROGATE_ESCAPE.search(line):
+        checked = {key: row[key] for key in used if key in row} if used is not None and isinstance(row, dict) else row
+        check_encodable(checked, f"{path}:{number}")
+    return row
+
+
+def check_encodable(value: Any, where: str) -> None:
+    """Raise :class:`DataError` if any text in ``value`` (keys too, nested) cannot be written as UTF-8."""
+    stack = [(value, None)]
+    while stack:
+        item, key = stack.pop()
+        if isinstance(item, dict):
+            stack.extend((k, k) for k in item if isinstance(k, str))
+            stack.extend((v, k if isinstance(k, str) else key) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((v, key) for v in item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                field_name = f"{bounded_repr(key, 40)} " if key is not None else ""
+                raise DataError(f"{where}: {field_name}holds a lone surrogate (\\u{ord(item[exc.start]):04x} at "
+                                f"character {exc.start + 1}), which is not text: the tool that wrote the file split a "
+                                "character in two; write it again as UTF-8 (e.g. json.dumps(row, ensure_ascii=False) "
+                                "from the original text), or remove the escape") from None
 
 
 def _text_cell(path: Path, number: int, row: dict, key: str) -> str:
@@ -73,21 +134,38 @@ def _text_cell(path: Path, number: int, row: dict, key: str) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise DataError(f"{path}:{number}: {key!r} is {type(value).__name__} {str(value)[:60]!r}; it must be text "
-                        "(a JSON string)")
+        raise DataError(f"{path}:{number}: {key!r} is {type(value).__name__} {bounded_repr(value, 60)}; it must be "
+                        "text (a JSON string)")
     return value
 
 
+def check_id(value: Any, where: str, what: str = "'_id'") -> str:
+    """An id as text: a string, or an integer kept as its digits; a :class:`DataError` naming ``where`` otherwise
+    (missing or empty, another type, longer than :data:`MAX_ID_CHARS`, or holding a tab, line break or NUL)."""
+    if isinstance(value, (dict, list, tuple, bool, float)):
+        raise DataError(f"{where}: {what} is {type(value).__name__} {bounded_repr(value, 60)}; it must be a string "
+                        "(or an integer)")
+    if isinstance(value, int) and value.bit_length() > 4 * MAX_ID_CHARS:
+        raise DataError(f"{where}: {what} is an integer of about {int(value.bit_length() * 0.30103) + 1} digits; "
+                        f"an id is at most {MAX_ID_CHARS} characters: check the column")
+    text = "" if value is None else str(value)
+    if not text.strip():
+        raise DataError(f"{where}: missing {what}; every line needs a non-empty {what}")
+    if len(text) > MAX_ID_CHARS:
+        raise DataError(f"{where}: {what} {bounded_repr(text, 40)} is {len(text):,} characters long; an id is at "
+                        f"most {MAX_ID_CHARS} characters: check that the columns (or fields) are in their place")
+    bad = _ID_BREAKERS.search(text)
+    if bad:
+        raise DataError(f"{where}: {what} {bounded_repr(text, 40)} holds {bad.group()!r} at character "
+                        f"{bad.start() + 1}; ids are written to tab-separated qrels and run files, so they hold no "
+                        "tab, line break or NUL: remove it")
+    return text
+
+
 def _require_id(path: Path, number: int, row: dict, seen: set[str]) -> str:
-    doc_id = row.get("_id")
-    if isinstance(doc_id, (dict, list, bool, float)):
-        raise DataError(f"{path}:{number}: '_id' is {type(doc_id).__name__} {str(doc_id)[:60]!r}; it must be a "
-                        "string (or an integer)")
-    if doc_id is None or str(doc_id).strip() == "":
-        raise DataError(f"{path}:{number}: missing '_id'; every line needs a non-empty '_id'")
-    doc_id = str(doc_id)
+    doc_id = check_id(row.get("_id"), f"{path}:{number}")
     if doc_id in seen:
-        raise DataError(f"{path}:{number}: duplicate id {doc_id!r}; ids must be unique within the file")
+        raise DataError(f"{path}:{number}: duplicate id {bounded_repr(doc_id)}; ids must be unique within the file")
     seen.add(doc_id)
     return doc_id
 
@@ -144,20 +222,30 @@ def load_qrels(path: str | Path, split: str) -> dict[str, dict[str, float]]:
         raise DataError(f"{file}: missing; splits here are {available_splits(path)}")
     qrels: dict[str, dict[str, float]] = {}
     first_line: dict[tuple[str, str], int] = {}
+    quoted = False
     for number, line in text_lines(file):
-        row = next(csv.reader([line.rstrip("\r\n")], delimiter="\t"), [])
-        if not row or not "".join(row).strip():
+        # plain tab-separated text: a quote is part of its cell (csv's quoting would silently drop it)
+        row = line.rstrip("\r\n").split("\t")
+        if not "".join(row).strip():
             continue
         if number == 1 and row[0].strip().lower() in {"query-id", "query_id", "qid"}:
             continue
         if len(row) != 3:
-            raise DataError(f"{file}:{number}: expected 3 tab-separated columns (query-id, corpus-id, score), got {len(row)}")
+            raise DataError(f"{file}:{number}: expected 3 tab-separated columns (query-id, corpus-id, score), got "
+                            f"{len(row)}")
         qid, doc_id, score = (cell.strip() for cell in row)
+        qid = check_id(qid, f"{file}:{number}", "the query-id")
+        doc_id = check_id(doc_id, f"{file}:{number}", "the corpus-id")
+        if not quoted and '"' in qid + doc_id:
+            quoted = True
+            logger.warning("%s:%d: a quoted id; qrels are plain tab-separated text, so the quotes are part of the id "
+                           "(remove them if the ids in the corpus and queries have none)", file, number)
         grade = _grade(file, number, score)
         judged = qrels.setdefault(qid, {})
         if doc_id in judged and judged[doc_id] != grade:
-            raise DataError(f"{file}:{number}: query {qid!r} grades document {doc_id!r} {score}, but line "
-                            f"{first_line[(qid, doc_id)]} graded it {judged[doc_id]:g}; keep one judgment per pair")
+            raise DataError(f"{file}:{number}: query {bounded_repr(qid)} grades document {bounded_repr(doc_id)} "
+                            f"{score[:40]}, but line {first_line[(qid, doc_id)]} graded it {judged[doc_id]:g}; keep "
+                            "one judgment per pair")
         first_line.setdefault((qid, doc_id), number)
         judged[doc_id] = grade
     if not qrels:
@@ -169,12 +257,18 @@ def _grade(file: Path, number: int, score: str) -> float:
     try:
         grade = float(score)
     except ValueError:
-        raise DataError(f"{file}:{number}: score {score[:40]!r} is not a number; write a relevance grade such as 0, "
-                        "1 or 2") from None
+        raise DataError(f"{file}:{number}: score {bounded_repr(score, 40)} is not a number; write a relevance grade "
+                        "such as 0, 1 or 2") from None
     if not math.isfinite(grade):
-        raise DataError(f"{file}:{number}: score {score!r} is not a finite number; write a relevance grade such as "
-                        "0, 1 or 2")
+        raise DataError(f"{file}:{number}: score {bounded_repr(score, 40)} is not a finite number; write a relevance "
+                        "grade such as 0, 1 or 2")
     return grade
+
+
+def _quote_hint(*ids: str) -> str:
+    if any(i[:1] == '"' or i[-1:] == '"' for i in ids):
+        return "; qrels are plain tab-separated text, so quotes around an id are part of it: remove them"
+    return ""
 
 
 def _fingerprint(*files: Path) -> str:
@@ -200,12 +294,13 @@ def load_beir(path: str | Path, split: str, *, drop_unknown_docs: bool = False) 
     qrels_file = root / "qrels" / f"{split}.tsv"
     for qid, judged in list(qrels.items()):
         if qid not in queries:
-            raise DataError(f"{qrels_file}: query {qid!r} is not in {root / 'queries.jsonl'}; fix the id or add the query")
+            raise DataError(f"{qrels_file}: query {bounded_repr(qid)} is not in {root / 'queries.jsonl'}; fix the id "
+                            f"or add the query{_quote_hint(qid)}")
         unknown = [doc for doc in judged if doc not in corpus]
         if unknown and not drop_unknown_docs:
             raise DataError(
-                f"{qrels_file}: query {qid!r} judges documents not in the corpus: {unknown[:5]}"
-                " (pass drop_unknown_docs=True to ignore them)"
+                f"{qrels_file}: query {bounded_repr(qid)} judges documents not in the corpus: "
+                f"{bounded_repr(unknown[:5], 300)} (pass drop_unknown_docs=True to ignore them){_quote_hint(*unknown)}"
             )
         for doc in unknown:
             del judged[doc]

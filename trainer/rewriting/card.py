@@ -152,8 +152,14 @@ def _card_from_run_config(adapter: Path) -> AdapterCard | None:
         return None
     import yaml
 
+    from ..common.errors import ConfigError
+    from ..common.yaml_files import load_yaml
+
     try:
-        values = yaml.safe_load(config.read_text(encoding="utf-8")[:MAX_CARD_BYTES]) or {}
+        values = load_yaml(config.read_text(encoding="utf-8")[:MAX_CARD_BYTES], source=str(config)) or {}
+    except ConfigError as exc:  # aliases that repeat too much: the defaults, as for any unreadable config
+        logger.warning("%s; using the defaults for %s", exc, adapter)
+        return None
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(values, dict):

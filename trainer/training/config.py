@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args
 
 from ..common.errors import ConfigError
-from ..common.fields import check_fields
+from ..common.fields import bounded_repr, check_fields
 from ..common.precision import DTYPES
 from ..retrieval.framing import check_framing
 from ..rewriting.tasks import TASKS, Task, Tiers, get_task
@@ -42,14 +42,14 @@ FRAMEWORK_KINDS: dict[str, tuple[str, ...]] = {
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not supported: choose one of {list(choices)}")
+        raise ConfigError(f"{name}={bounded_repr(value)} is not supported: choose one of {list(choices)}")
 
 
 def _positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name}={value!r} must be a number {bound}")
+        raise ConfigError(f"{name}={bounded_repr(value)} must be a number {bound}")
 
 
 @dataclass
@@ -73,7 +73,7 @@ class DataConfig:
         if self.max_hardness is not None:
             _choice("data.max_hardness", self.max_hardness, get_args(Hardness))
         if self.path and not Path(self.path).expanduser().is_dir():
-            raise ConfigError(f"data.path={self.path!r} is not a folder: give a BEIR collection folder "
+            raise ConfigError(f"data.path={bounded_repr(self.path)} is not a folder: give a BEIR collection folder "
                               "(corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
 
 
@@ -104,7 +104,7 @@ class RetrieverConfig:
             what = "a persisted LlamaIndex storage folder" if self.kind == "storage" else "a Haystack pipeline YAML file"
             raise ConfigError(f"retriever.kind={self.kind!r} needs retriever.path: give {what}")
         if self.path and not Path(self.path).expanduser().exists():
-            raise ConfigError(f"retriever.path={self.path!r} does not exist: fix the path")
+            raise ConfigError(f"retriever.path={bounded_repr(self.path)} does not exist: fix the path")
 
 
 @dataclass
@@ -222,8 +222,8 @@ class TrainConfig:
             raise ConfigError(f"data.drop_table_counts=true leaves out SQL examples a whole-table count answers: it "
                               f"applies to task 'sql', not {self.task!r}; remove it")
         if self.data.validation_databases and self.task != "sql":
-            raise ConfigError(f"data.validation_databases={self.data.validation_databases!r} holds SQL databases out "
-                              f"of training: it applies to task 'sql', not {self.task!r}; remove it")
+            raise ConfigError(f"data.validation_databases={bounded_repr(self.data.validation_databases)} holds SQL "
+                              f"databases out of training: it applies to task 'sql', not {self.task!r}; remove it")
         _positive("sql_partial_credit", self.sql_partial_credit, allow_zero=True)
         if self.sql_partial_credit >= 1:
             raise ConfigError(f"sql_partial_credit={self.sql_partial_credit!r} must be below 1 (0 = off, e.g. 0.5): "
@@ -254,10 +254,10 @@ class TrainConfig:
                      "max_completion_length", "lora_r", "lora_alpha", "search_batch_size", "search_concurrency"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name}={value!r} must be a positive integer")
+                raise ConfigError(f"{name}={bounded_repr(value)} must be a positive integer")
         if not isinstance(self.num_generations, int) or self.num_generations < 2:
-            raise ConfigError(f"num_generations={self.num_generations!r}: GRPO compares samples of the same prompt, "
-                              "so it needs at least 2")
+            raise ConfigError(f"num_generations={bounded_repr(self.num_generations)}: GRPO compares samples of the "
+                              "same prompt, so it needs at least 2")
         for name in ("learning_rate", "temperature", "top_p"):
             _positive(name, getattr(self, name))
         _positive("beta", self.beta, allow_zero=True)
@@ -267,20 +267,24 @@ class TrainConfig:
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout={self.lora_dropout} must be in [0, 1)")
         if not isinstance(self.feedback_docs, int) or isinstance(self.feedback_docs, bool) or self.feedback_docs < 0:
-            raise ConfigError(f"feedback_docs={self.feedback_docs!r} must be an integer >= 0 (0: query-only prompt)")
+            raise ConfigError(f"feedback_docs={bounded_repr(self.feedback_docs)} must be an integer >= 0 "
+                              "(0: query-only prompt)")
         if self.reward_k is not None and (not isinstance(self.reward_k, int) or self.reward_k < 1):
-            raise ConfigError(f"reward_k={self.reward_k!r} must be a positive integer (or null for the task's train k)")
+            raise ConfigError(f"reward_k={bounded_repr(self.reward_k)} must be a positive integer "
+                              "(or null for the task's train k)")
         if self.max_minutes is not None:
             _positive("max_minutes", self.max_minutes)
         if self.search_timeout is not None:
             _positive("search_timeout", self.search_timeout)
         if self.torch_threads is not None and (not isinstance(self.torch_threads, int) or self.torch_threads < 1):
-            raise ConfigError(f"torch_threads={self.torch_threads!r} must be a positive integer (or null for torch's default)")
+            raise ConfigError(f"torch_threads={bounded_repr(self.torch_threads)} must be a positive integer "
+                              "(or null for torch's default)")
         if self.max_raw_reward is not None and self.task == "sql":
             raise ConfigError(f"max_raw_reward={self.max_raw_reward!r} filters retrieval queries by their raw query's "
                               "reward: it does not apply to task 'sql'; remove it (data.max_hardness picks easy SQL)")
         if self.max_queries is not None and (not isinstance(self.max_queries, int) or self.max_queries < 1):
-            raise ConfigError(f"max_queries={self.max_queries!r} must be a positive integer (or null for all)")
+            raise ConfigError(f"max_queries={bounded_repr(self.max_queries)} must be a positive integer "
+                              "(or null for all)")
         if self.use_vllm and self.vllm_mode == "server" and not self.vllm_server_base_url:
             logger.info("use_vllm with vllm_mode='server' and no vllm_server_base_url: TRL connects to 0.0.0.0:8000")
         self.build_task()  # validates tiers and format bonuses
@@ -312,7 +316,8 @@ class TrainConfig:
         try:
             pairs = tuple((float(t), float(r)) for t, r in steps)
         except (TypeError, ValueError):
-            raise ConfigError(f"reward_tiers={steps!r} must be a list of [threshold, reward] pairs") from None
+            raise ConfigError(f"reward_tiers={bounded_repr(steps)} must be a list of [threshold, reward] "
+                              "pairs") from None
         floor = self.reward_floor if self.reward_floor is not None else (base.floor if base else 0.0)
         higher = base.higher_is_better if base else task.metric != "hit_rank"
         try:
@@ -335,11 +340,13 @@ class TrainConfig:
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         import yaml
 
+        from ..common.yaml_files import load_yaml
+
         file = Path(path)
         if not file.is_file():
             raise ConfigError(f"{file}: no such config file")
         try:
-            values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+            values = load_yaml(file.read_text(encoding="utf-8"), source=str(file)) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{file}: not valid YAML ({exc})") from None
         except RecursionError:

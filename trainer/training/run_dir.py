@@ -13,9 +13,11 @@ RUN_DIR/
 
 The folder survives a ``kill -9`` at any moment: run.json and config.yaml are replaced atomically, a metrics line
 cut short is skipped when read, and a checkpoint whose ``trainer_state.json`` (the file transformers writes last) is
-missing or unreadable is incomplete: resume moves it aside and continues from the last complete one, so at most
-``save_steps`` steps are lost. :meth:`RunDir.check_writable` fails before any model loads when the folder's
-file system is read-only or full.
+missing or unreadable, or whose adapter file is not a readable safetensors file, is incomplete: resume moves it aside
+and continues from the last complete one, so at most ``save_steps`` steps are lost. A ``checkpoint-*`` folder whose
+step is not ASCII digits is ignored, and a run.json that is not a JSON object is read as empty and rewritten.
+:meth:`RunDir.check_writable` fails before any model loads (and resume checks it before it moves anything) when the
+folder is a file, or its file system is read-only or full.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -43,23 +46,63 @@ _TRAINER_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_stat
 
 _ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 PROBE_BYTES = 1 << 20  # written and removed by check_writable: a full disk fails here, not at the first checkpoint
+_CHECKPOINT_NAME = re.compile(r"checkpoint-([0-9]+)")  # ASCII digits: str.isdigit() accepts '²', int() does not
+_MAX_SAFETENSORS_HEADER = 100 << 20  # the safetensors library's own limit on a header
 
 
 def checkpoint_step(checkpoint: Path) -> int:
     """The optimizer step a ``checkpoint-N`` folder was saved at."""
-    return int(checkpoint.name.split("-")[-1])
+    match = _CHECKPOINT_NAME.fullmatch(checkpoint.name)
+    if match is None:
+        raise ValueError(f"{checkpoint}: not a checkpoint-N folder (N in ASCII digits)")
+    return int(match.group(1))
 
 
 def checkpoint_complete(checkpoint: Path) -> bool:
-    """Whether a checkpoint was fully written: its trainer_state.json (saved after the adapter, optimizer and RNG
-    state) parses and names the folder's step, and the adapter weights are there."""
+    """Whether a checkpoint was fully written (see :func:`checkpoint_problem`)."""
+    return checkpoint_problem(checkpoint) is None
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None: its trainer_state.json (saved after the adapter, optimizer
+    and RNG state) must parse and name the folder's step, and its adapter file must be whole (a safetensors file's
+    header parses and describes exactly the bytes that follow it)."""
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+    except (OSError, ValueError, RecursionError) as exc:
+        return f"its trainer_state.json is missing or unreadable ({type(exc).__name__})"
     if not isinstance(state, dict) or state.get("global_step") != checkpoint_step(checkpoint):
-        return False
-    return any((checkpoint / name).is_file() and (checkpoint / name).stat().st_size > 0 for name in _ADAPTER_FILES)
+        return f"its trainer_state.json does not name step {checkpoint_step(checkpoint)}"
+    files = [checkpoint / name for name in _ADAPTER_FILES if (checkpoint / name).is_file()]
+    if not files:
+        return "it holds no adapter file"
+    return next((f"{file.name} {problem}" for file in files if (problem := adapter_file_problem(file))), None)
+
+
+def adapter_file_problem(file: Path) -> str | None:
+    """What is wrong with an adapter weights file, or None; reads the header only (a safetensors file is an 8-byte
+    little-endian header length, a JSON header, then the tensor bytes; a torch ``.bin`` starts as a zip or a pickle)."""
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as handle:
+            head = handle.read(8)
+            if file.suffix != ".safetensors":
+                return None if head.startswith((b"PK\x03\x04", b"\x80")) else "is not a torch file (zip or pickle)"
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 2 <= length <= min(size - 8, _MAX_SAFETENSORS_HEADER):
+                return "is not a safetensors file (its header length does not fit the file)"
+            header = json.loads(handle.read(length))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    except (ValueError, RecursionError):
+        return "is not a safetensors file (its header is not JSON)"
+    try:
+        end = max((int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"), default=0)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return "is not a safetensors file (its header does not describe tensors)"
+    if 8 + length + end != size:
+        return f"is cut short or padded ({size} bytes; its header describes {8 + length + end})"
+    return None
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -85,9 +128,19 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
         self.info = self.path / "run.json"
         self.curve = self.path / "reward_curve.png"
+        self._ignored: set[Path] = set()  # checkpoint-* folders not named by a step, warned about once
 
     def checkpoint_folders(self) -> list[Path]:
-        found = [p for p in self.checkpoints.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+        found = []
+        for folder in self.checkpoints.glob("checkpoint-*"):
+            if not folder.is_dir():
+                continue
+            if _CHECKPOINT_NAME.fullmatch(folder.name):
+                found.append(folder)
+            elif folder not in self._ignored:
+                self._ignored.add(folder)
+                logger.warning("%s is not a checkpoint-N folder (N in ASCII digits): ignored; rename or remove it",
+                               folder)
         return sorted(found, key=checkpoint_step)
 
     def last_checkpoint(self) -> Path | None:
@@ -99,27 +152,45 @@ class RunDir:
         last = self.last_checkpoint()
         moved = []
         for folder in self.checkpoint_folders():
-            if (last is None or checkpoint_step(folder) > checkpoint_step(last)) and not checkpoint_complete(folder):
-                target = folder.with_name(f".incomplete-{folder.name}-{int(time.time())}")
+            if last is not None and checkpoint_step(folder) <= checkpoint_step(last):
+                continue
+            problem = checkpoint_problem(folder)
+            if problem is None:
+                continue
+            target = folder.with_name(f".incomplete-{folder.name}-{int(time.time())}")
+            try:
                 folder.rename(target)
-                logger.warning("%s was not completely written (a crash while saving?): moved to %s; resuming from %s",
-                               folder, target.name, last or "step 0")
-                moved.append(target)
+            except OSError as exc:
+                raise ConfigError(f"{folder} cannot be resumed from ({problem}) and cannot be moved aside "
+                                  f"({exc.strerror}): make {self.checkpoints} writable, or remove {folder.name}"
+                                  ) from None
+            logger.warning("%s was not completely written (a crash while saving?): %s; moved to %s; resuming from %s",
+                           folder, problem, target.name, last or "step 0")
+            moved.append(target)
         return moved
 
     def check_writable(self, free_bytes: int = PROBE_BYTES) -> None:
         """Fail now, with the fix, if the run folder cannot be created or written, or its disk is (nearly) full."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"run_dir={str(self.path)!r} is a file, not a folder: choose a folder for the run "
+                              "(it is created if missing), or move the file away")
         probe = self.path / ".write-probe"
+        created = False
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             with probe.open("wb") as out:
+                created = True
                 out.write(b"\0" * PROBE_BYTES)
                 out.flush()
                 os.fsync(out.fileno())
         except OSError as exc:
             raise ConfigError(_unwritable(self.path, exc)) from None
         finally:
-            probe.unlink(missing_ok=True)
+            if created:
+                try:
+                    probe.unlink(missing_ok=True)
+                except OSError as exc:  # never raised over the error above
+                    logger.warning("could not remove %s (%s)", probe, exc.strerror)
         free = shutil.disk_usage(self.path).free
         if free < free_bytes:
             raise ConfigError(f"run_dir={str(self.path)!r} has {free / 2**20:.1f} MiB free, and the run needs about "
@@ -127,6 +198,8 @@ class RunDir:
 
     def prepare(self, config: TrainConfig, fingerprint: str) -> Path | None:
         """Check the folder against ``resume``; return the checkpoint to resume from (None: start fresh)."""
+        if self.path.exists() and not self.path.is_dir():
+            self.check_writable()  # the error that says so
         if not config.resume:
             found = self.checkpoint_folders()
             if found or self.adapter.exists():
@@ -135,12 +208,14 @@ class RunDir:
                     "resume=True (--resume) to continue it, or choose a new run_dir"
                 )
             return None
+        self.check_writable()  # before anything is moved: a read-only folder is a ConfigError, not a failed rename
         self.set_aside_incomplete()
         checkpoint = self.last_checkpoint()
         if checkpoint is None:
             logger.warning("resume=True but %s has no complete checkpoint yet: starting from step 0", self.checkpoints)
             return None
-        previous = self.read_info().get("dataset", {}).get("fingerprint")
+        dataset = self.read_info().get("dataset")
+        previous = dataset.get("fingerprint") if isinstance(dataset, dict) else None
         if previous and previous != fingerprint:
             logger.warning("resuming %s on different data (fingerprint %s, the run had %s)", self.path, fingerprint,
                            previous)
@@ -170,10 +245,20 @@ class RunDir:
         write_atomically(self.path / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     def read_info(self) -> dict[str, Any]:
+        """run.json's facts; a missing, unreadable or non-object run.json reads as none (and is rewritten whole by
+        the next :meth:`write_info`)."""
         try:
-            return json.loads(self.info.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            info = json.loads(self.info.read_text(encoding="utf-8"))
+        except FileNotFoundError:
             return {}
+        except (OSError, ValueError, RecursionError) as exc:
+            logger.warning("%s is unreadable (%s): its facts are ignored and rewritten", self.info, type(exc).__name__)
+            return {}
+        if not isinstance(info, dict):
+            logger.warning("%s holds a JSON %s, not an object: its facts are ignored and rewritten", self.info,
+                           type(info).__name__)
+            return {}
+        return info
 
     def write_info(self, **facts: Any) -> None:
         info = self.read_info()

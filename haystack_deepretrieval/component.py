@@ -281,6 +281,14 @@ class DeepRetrievalQueryRewriter:
         return {"hits": [list(kept.values())[: feedback.docs]]}
 
     def _outputs(self, result: RewriteResult, include_original: bool | None) -> dict[str, Any]:
+        from deepretrieval_trainer.common.encoding import encoding_problem
+
+        problem = None if result.fell_back else encoding_problem(result.query)
+        if problem is not None:  # any Rewriter (from_rewriter): a rewrite the next component cannot encode
+            logger.warning("query rewrite fell back to the original query %r: the rewrite cannot be sent on: %s",
+                           result.original, problem)
+            result = RewriteResult(result.original, result.original, True, f"the rewrite cannot be sent on: {problem}",
+                                   result.completion, result.latency_s)
         include = self.include_original if include_original is None else include_original
         queries = [result.query]
         if include and result.original.strip().lower() != result.query.strip().lower():

@@ -14,6 +14,8 @@ from typing import Any, Optional
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.base import BaseEvent
 
+from deepretrieval_trainer.common.encoding import encoding_problem
+from deepretrieval_trainer.common.redaction import redact
 from deepretrieval_trainer.retrieval.search import DocumentHit
 from deepretrieval_trainer.rewriting.rewriters import RewriteError, Rewriter, RewriteResult
 
@@ -38,17 +40,21 @@ class QueryRewriteEvent(BaseEvent):
 
 
 def _checked(results: Any, original: str) -> RewriteResult:
-    """The single result of a one-query batch; anything else is a backend bug turned into a fallback."""
+    """The single result of a one-query batch; anything else is a backend bug turned into a fallback (any rewriter,
+    not only the built-in ones: a rewrite the retriever could not encode is one too)."""
     if not isinstance(results, list) or len(results) != 1 or not isinstance(results[0], RewriteResult):
         raise TypeError(f"the rewriter returned {results!r}; expected a list of one RewriteResult")
     result = results[0]
     if not isinstance(result.query, str) or not result.query.strip():
         raise ValueError(f"the rewriter returned an empty query {result.query!r}")
+    problem = None if result.fell_back else encoding_problem(result.query)
+    if problem is not None:
+        raise ValueError(f"the rewrite cannot be sent on: {problem}")
     return result
 
 
 def _fallback(original: str, exc: Exception) -> RewriteResult:
-    reason = f"unexpected error: {type(exc).__name__}: {exc}"
+    reason = redact(f"unexpected error: {type(exc).__name__}: {exc}")
     logger.warning("query rewrite fell back to the original query %r: %s", original, reason)
     return RewriteResult(original, original, True, reason)
 
@@ -60,7 +66,7 @@ def _emit(result: RewriteResult, original: str, mode: str, latency: float) -> Re
             query=result.query,
             rewritten=result.rewritten,
             fell_back=result.fell_back,
-            reason=result.reason,
+            reason=redact(result.reason) if result.reason else result.reason,
             latency_s=latency,
             mode=mode,
         )

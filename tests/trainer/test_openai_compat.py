@@ -43,6 +43,12 @@ class FakeServer(ThreadingHTTPServer):
     def hits(self, query: str) -> int:
         return sum(1 for r in self.requests if r["body"]["messages"][-2]["content"].endswith(query))
 
+    def handle_error(self, request, client_address):
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):  # a client that hung up
+            super().handle_error(request, client_address)
+
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -55,7 +61,8 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         query = body["messages"][-2]["content"].removeprefix("Query: ")
         with server.lock:
-            server.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
+            server.requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization"),
+                                    "headers": dict(self.headers)})
             step = server.plan[query].pop(0) if server.plan[query] else ("ok",)
             server.in_flight += 1
             server.max_in_flight = max(server.max_in_flight, server.in_flight)
@@ -82,6 +89,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send(step[1], {"error": {"message": f"scripted {step[1]}"}}, step[2] if len(step) > 2 else {})
         elif kind == "raw":
             self.send(200, step[1])
+        elif kind == "bytes":  # ("bytes", status, body bytes, headers): e.g. a compressed body
+            self.send(step[1], step[2], step[3] if len(step) > 3 else {})
         elif kind == "trickle":  # a stalled server: a valid answer, one byte every step[1] seconds
             from tests.trainer.literature.loopback import trickle
 
@@ -96,7 +105,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send(step[1], {"error": {"message": f"bad credentials: {self.headers.get('Authorization')}"}})
 
     def send(self, status, payload, headers=None):
-        data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        if isinstance(payload, bytes):
+            data = payload
+        else:
+            data = (payload if isinstance(payload, str) else json.dumps(payload)).encode("utf-8", "surrogatepass")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

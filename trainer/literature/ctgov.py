@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 
+from ..common.redaction import excerpt
 from ..retrieval.dates import DateRange, full_date
 from .http import HttpPolicy, JsonService, PagedSearch, SearchServiceError
 
@@ -73,13 +74,21 @@ class ClinicalTrialsSearch(PagedSearch):
         studies = payload.get("studies")
         if not isinstance(studies, list):
             raise SearchServiceError(f"ClinicalTrials.gov answered {query!r} without a 'studies' list "
-                                     f"(keys: {sorted(payload)}); is base_url the API v2 root?")
+                                     f"(keys: {excerpt(str(sorted(payload)), 200)}); is base_url the API v2 root?")
         ids = []
         for study in studies:
             try:
                 ids.append(str(study["protocolSection"]["identificationModule"]["nctId"]))
             except (KeyError, TypeError):
                 raise SearchServiceError(f"ClinicalTrials.gov answered {query!r} with a study lacking "
-                                         f"{NCT_FIELD}: {str(study)[:200]}") from None
+                                         f"{NCT_FIELD}: {_shown(study)}") from None
         token = payload.get("nextPageToken")
         return ids, (str(token) if token else None)
+
+
+def _shown(value: object) -> str:
+    """A short, masked excerpt of a piece of an answer (``repr`` of a nested one can recurse past the limit)."""
+    try:
+        return excerpt(str(value), 200)
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deep to show"

@@ -3,17 +3,21 @@
 Every request waits its turn at a rate limiter shared by all engines talking to the same service with the same
 rate, has a deadline for the whole request (``timeout_s``, however slowly the bytes arrive), and is retried with
 exponential backoff on transport errors, timeouts, 429 (honouring ``Retry-After``), 5xx and malformed JSON while the
-call's overall budget (``total_timeout_s``) lasts. Other 4xx answers fail at once. Secret parameters (the NCBI API
-key) never appear in logs or error messages. Sync calls run the async request on a private event loop, so both
-paths keep the same deadlines (httpx's own timeouts are per socket operation; tenacity's stop_after_delay cannot
-cut an attempt in flight, so the retry loop stays ours).
+call's overall budget (``total_timeout_s``) lasts. Other 4xx answers fail at once, and so does an answer that
+decodes past ``max_response_bytes`` (read decoded, a bounded step at a time: a compressed body cannot expand in
+memory). Secret parameters (the NCBI API key) never appear in logs or error messages. Sync calls run the async
+request on a private event loop, so both paths keep the same deadlines (httpx's own timeouts are per socket
+operation; tenacity's stop_after_delay cannot cut an attempt in flight, so the retry loop stays ours).
+
+Each query of a batch runs in its own ``try`` (:meth:`PagedSearch.search_each`): whatever its text or its answers
+raise (a query UTF-8 cannot encode, an answer nested past the recursion limit, not UTF-8, too large) is that
+query's :class:`SearchServiceError` or :class:`BooleanQueryError`, and the other queries finish.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import logging
 import threading
 import time
@@ -22,9 +26,18 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ..common.deadline import DeadlineExceeded, LoopThread, RetryBudget, within
+from ..common.deadline import (
+    DeadlineExceeded,
+    LoopThread,
+    ResponseTooLarge,
+    RetryBudget,
+    UnreadableResponse,
+    read_capped,
+    within,
+)
+from ..common.encoding import encoding_problem
 from ..common.fields import check_fields
-from ..common.redaction import redact
+from ..common.redaction import excerpt, redact
 from ..retrieval.dates import DateRange
 from ..retrieval.search import check_k
 from .boolean import BooleanQueryError
@@ -32,6 +45,9 @@ from .boolean import BooleanQueryError
 logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: The default cap of one answer's decoded bytes: ~30x the largest answer the engines ask for (an esearch page of
+#: 9,999 PMIDs is ~120 KB of JSON, a /studies page of 1,000 NCT ids ~75 KB).
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
 
 
 class SearchServiceError(RuntimeError):
@@ -49,6 +65,7 @@ class HttpPolicy:
     Backoff after the n-th failed attempt is ``backoff_s * 2**n`` (capped at ``max_backoff_s``), or the server's
     ``Retry-After`` when it sends one. ``timeout_s`` is the deadline of one request; ``total_timeout_s`` bounds one
     call's attempts, rate-limit waits and backoffs together (None: ``timeout_s * (max_retries + 1) + max_backoff_s``).
+    ``max_response_bytes``: the most bytes one answer may decode to (compressed or not).
     """
 
     requests_per_second: float = 3.0
@@ -57,6 +74,7 @@ class HttpPolicy:
     backoff_s: float = 1.0
     max_backoff_s: float = 60.0
     total_timeout_s: float | None = None
+    max_response_bytes: int = MAX_RESPONSE_BYTES
     user_agent: str = "deepretrieval (https://pypi.org/project/deepretrieval/)"
 
     def __post_init__(self) -> None:
@@ -66,6 +84,9 @@ class HttpPolicy:
                 raise ValueError(f"HttpPolicy.{name}={getattr(self, name)!r} must be > 0")
         if self.max_retries < 0:
             raise ValueError(f"HttpPolicy.max_retries={self.max_retries!r} must be >= 0 (0 disables retries)")
+        if self.max_response_bytes < 1024:
+            raise ValueError(f"HttpPolicy.max_response_bytes={self.max_response_bytes!r} must be >= 1024 "
+                             f"(default {MAX_RESPONSE_BYTES})")
         if self.total_timeout_s is not None and not self.total_timeout_s > 0:
             raise ValueError(f"HttpPolicy.total_timeout_s={self.total_timeout_s!r} must be > 0 (or None)")
         if self.backoff_s < 0 or self.max_backoff_s < self.backoff_s:
@@ -159,9 +180,16 @@ class JsonService:
         for attempt in range(self.policy.max_retries + 1):
             await self.limiter.await_turn()
             try:
-                response = await within(client.get(self.base_url + path, params=dict(params)),
-                                        budget.attempt_timeout(), self.describe(path, params))
+                response = await within(
+                    read_capped(client, "GET", self.base_url + path, max_bytes=self.policy.max_response_bytes,
+                                params=dict(params)),
+                    budget.attempt_timeout(), self.describe(path, params))
                 outcome = self._judge(response, path, params, attempt, budget)
+            except ResponseTooLarge as exc:
+                raise SearchServiceError(f"{self.describe(path, params)}: {exc} (HttpPolicy.max_response_bytes); "
+                                         "is base_url the service's API root? (this is not retried)") from None
+            except UnreadableResponse as exc:  # corrupt compression, or an encoding not asked for
+                outcome = self._retry_or_raise(f"unreadable answer: {exc}", path, params, attempt, None, budget)
             except (httpx.TransportError, DeadlineExceeded) as exc:  # connect/read errors, timeouts, the deadline
                 outcome = self._retry_or_raise(f"{type(exc).__name__}: {exc}", path, params, attempt, None, budget)
             if not isinstance(outcome, _Retry):
@@ -197,9 +225,10 @@ class JsonService:
                                      "; check the query and the parameters (this is not retried)")
         try:
             payload = response.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return self._retry_or_raise(f"malformed JSON: {_excerpt(response.text)}", path, params, attempt, None,
-                                        budget)
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested past the recursion limit
+            why = " (nested past the recursion limit)" if isinstance(exc, RecursionError) else ""
+            return self._retry_or_raise(f"malformed JSON{why}: {_excerpt(response.text)}", path, params, attempt,
+                                        None, budget)
         if not isinstance(payload, dict):
             return self._retry_or_raise(f"expected a JSON object, got {type(payload).__name__}", path, params, attempt,
                                         None, budget)
@@ -244,8 +273,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
 
 
 def _excerpt(text: str, limit: int = 200) -> str:
-    text = " ".join(text[:limit * 4].split())  # cap before splitting: the body may be huge
-    return text if len(text) <= limit else text[:limit] + "..."
+    return excerpt(text, limit)  # secrets masked before the cut, not after
 
 
 class PagedSearch:
@@ -253,7 +281,8 @@ class PagedSearch:
 
     A subclass sets ``service`` (a :class:`JsonService`), ``path`` and ``max_k``, and writes ``_pages``: a generator
     that yields the parameters of each request, receives the decoded answer, and returns the ids. The same
-    generator drives the sync and the async path.
+    generator drives the sync and the async path. Each query runs in its own ``try``: :meth:`search_each` gives
+    every query its ids or its own error; ``search`` raises the first error once every query has finished.
     """
 
     service: JsonService
@@ -268,30 +297,94 @@ class PagedSearch:
         return await self.asearch_dated(queries, k, [self.date_range] * len(queries))
 
     def search_dated(self, queries: Sequence[str], k: int, dates: Sequence[DateRange | None]) -> list[list[str]]:
-        """Ranked ids per query, each limited to its publication-date window (None: no limit)."""
-        pairs = self._check(queries, k, dates)
-        return [self._run_sync(self._pages(query, date, k)) for query, date in pairs]
+        """Ranked ids per query, each limited to its publication-date window (None: no limit).
+
+        A query the engine cannot send raises :class:`BooleanQueryError` before any request; a query whose answers
+        fail raises its :class:`SearchServiceError` once the other queries have finished."""
+        self._check_queries(queries)
+        return _first_error_raised(self.search_each(queries, k, dates))
 
     async def asearch_dated(self, queries: Sequence[str], k: int,
                             dates: Sequence[DateRange | None]) -> list[list[str]]:
+        self._check_queries(queries)
+        return _first_error_raised(await self.asearch_each(queries, k, dates))
+
+    def search_each(self, queries: Sequence[str], k: int, dates: Sequence[DateRange | None] | None = None
+                    ) -> list[list[str] | Exception]:
+        """Like :meth:`search_dated` (``dates`` None: the engine's ``date_range``), but each query's failure is put in
+        its place, as a :class:`BooleanQueryError` (a query the engine cannot send) or a :class:`SearchServiceError`
+        (whatever its requests or answers raised), and the other queries still get their ids."""
         pairs = self._check(queries, k, dates)
+        return [self._isolated(query, lambda q=query, d=date: self._run_sync(self._query_pages(q, d, k)))
+                for query, date in pairs]
+
+    async def asearch_each(self, queries: Sequence[str], k: int, dates: Sequence[DateRange | None] | None = None
+                           ) -> list[list[str] | Exception]:
+        """The async form of :meth:`search_each` (the queries run concurrently)."""
+        pairs = self._check(queries, k, dates)
+
+        async def one(query: str, date: DateRange | None, client) -> list[str] | Exception:
+            try:
+                return await self._run_async(self._query_pages(query, date, k), client)
+            except Exception as exc:  # noqa: BLE001 - one query's failure is its own (see _failure)
+                return self._failure(query, exc)
+
         async with self.service.async_client() as client:
-            return list(await asyncio.gather(*(self._run_async(self._pages(q, d, k), client) for q, d in pairs)))
+            return list(await asyncio.gather(*(one(q, d, client) for q, d in pairs)))
+
+    def query_error(self, query: str) -> str | None:
+        """Why this engine cannot send ``query`` (empty, or text UTF-8 or a URL cannot carry), or None; no request.
+
+        The trainer's rewards call this on every rewrite: such a query gets the format penalty instead of a search."""
+        if not isinstance(query, str) or not query.strip():
+            return "the query is empty; write at least one term"
+        problem = encoding_problem(query)
+        return None if problem is None else f"the query cannot be sent: {problem}"
+
+    def _query_pages(self, query: str, date: DateRange | None, k: int) -> Generator[dict, dict, list[str]]:
+        problem = self.query_error(query)
+        if problem is not None:
+            raise BooleanQueryError(repr(query), None, problem)
+        return self._pages(query, date, k)
+
+    def _isolated(self, query: str, run) -> list[str] | Exception:
+        try:
+            return run()
+        except Exception as exc:  # noqa: BLE001 - one query's failure is its own (see _failure)
+            return self._failure(query, exc)
+
+    def _failure(self, query: str, exc: Exception) -> Exception:
+        """``exc`` as this query's error: a search or query error as it is; anything else a hostile answer raised
+        (RecursionError, UnicodeError, MemoryError, ...) as a :class:`SearchServiceError` naming the query."""
+        if isinstance(exc, (SearchServiceError, BooleanQueryError)):
+            return exc
+        failure = SearchServiceError(f"{self.service.name}: the answer to {query[:200]!r} cannot be used: "
+                                     f"{type(exc).__name__}: {excerpt(str(exc), 200)}")
+        failure.__cause__ = exc
+        return failure
+
+    def _check_queries(self, queries: Sequence[str]) -> None:
+        """Refuse, before any request, a batch holding a query the engine cannot send."""
+        if isinstance(queries, str):
+            return  # _check says what is wrong
+        for query in queries:
+            problem = self.query_error(query)
+            if problem is not None:
+                raise BooleanQueryError(repr(query), None, problem)
 
     def _pages(self, query: str, date: DateRange | None, k: int) -> Generator[dict, dict, list[str]]:
         raise NotImplementedError
 
-    def _check(self, queries: Sequence[str], k: int, dates: Sequence[DateRange | None]):
+    def _check(self, queries: Sequence[str], k: int, dates: Sequence[DateRange | None] | None):
         check_k(k)
         if k > self.max_k:
             raise ValueError(f"k={k} is above what {type(self).__name__} can page through ({self.max_k}); lower k")
         if isinstance(queries, str):
             raise ValueError("queries must be a list of strings, not one string; wrap it: [query]")
+        if dates is None:
+            dates = [self.date_range] * len(queries)
         if len(dates) != len(queries):
             raise ValueError(f"got {len(dates)} date ranges for {len(queries)} queries; give one (or None) per query")
-        for query in queries:
-            if not isinstance(query, str) or not query.strip():
-                raise BooleanQueryError(repr(query), None, "the query is empty; write at least one term")
         return list(zip(queries, dates, strict=True))
 
     def _run_sync(self, pages: Generator[dict, dict, list[str]]) -> list[str]:
@@ -312,3 +405,10 @@ class PagedSearch:
 
     def close(self) -> None:
         self.service.close()
+
+
+def _first_error_raised(results: list[list[str] | Exception]) -> list[list[str]]:
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results  # type: ignore[return-value]

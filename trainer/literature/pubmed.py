@@ -3,7 +3,8 @@
 One request returns up to ``page_size`` PMIDs (``retstart``/``retmax`` paging) until ``k`` ids or the result
 count is reached; esearch serves at most the first 9,999 records of a search, so ``k`` is capped there (the paper
 uses 3,000). A per-query publication-date window becomes ``datetype=pdat`` with ``mindate``/``maxdate``.
-The API key comes from ``NCBI_API_KEY`` unless given; with it NCBI allows 10 requests/s, without it 3.
+The API key comes from ``NCBI_API_KEY`` unless given (surrounding whitespace dropped: a key read from a secret file
+ends with a newline); with it NCBI allows 10 requests/s, without it 3.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Generator
 
-from ..common.redaction import register_secret
+from ..common.redaction import excerpt, register_secret
 from ..retrieval.dates import DateRange
 from .http import HttpPolicy, JsonService, PagedSearch, SearchServiceError
 
@@ -40,8 +41,9 @@ class PubMedSearch(PagedSearch):
                  page_size: int = MAX_RESULTS, policy: HttpPolicy | None = None,
                  date_range: DateRange | None = None) -> None:
         self.date_range = date_range
-        self.api_key = os.environ.get("NCBI_API_KEY", "") if api_key is None else api_key
-        register_secret(self.api_key)  # httpx logs each request URL, which carries api_key=...
+        given = os.environ.get("NCBI_API_KEY", "") if api_key is None else api_key
+        register_secret(given)  # every form of it: httpx logs each request URL, which carries api_key=...
+        self.api_key = given.strip()
         self.email = os.environ.get("NCBI_EMAIL", "") if email is None else email
         if not 1 <= page_size <= MAX_RESULTS:
             raise ValueError(f"page_size={page_size} must be within 1..{MAX_RESULTS} (esearch's retmax limit)")
@@ -86,9 +88,10 @@ class PubMedSearch(PagedSearch):
         result = payload.get("esearchresult")
         if not isinstance(result, dict):
             raise SearchServiceError(f"PubMed esearch answered {query!r} without 'esearchresult' "
-                                     f"(keys: {sorted(payload)}); is base_url an E-utilities endpoint?")
+                                     f"(keys: {excerpt(str(sorted(payload)), 200)}); is base_url an E-utilities "
+                                     "endpoint?")
         if "ERROR" in result:
-            raise SearchServiceError(f"PubMed esearch rejected {query!r}: {result['ERROR']}")
+            raise SearchServiceError(f"PubMed esearch rejected {query!r}: {excerpt(str(result['ERROR']), 300)}")
         try:
             return [str(pmid) for pmid in result.get("idlist", [])], int(result.get("count", 0))
         except (TypeError, ValueError):

@@ -6,8 +6,11 @@ started with the task's prefill (``<think>``); vLLM continues it (``continue_fin
 same prompt as in training. Requests run concurrently (asyncio with a semaphore; sync calls on a private event loop)
 over one connection pool. ``timeout`` is a deadline for the whole request, however slowly the bytes arrive, and
 retries with exponential backoff on 429, 5xx and connection errors stop when ``max_retries`` or the query's overall
-budget ``total_timeout`` runs out. A failed request makes its query fall back to the original text with the reason
-logged.
+budget ``total_timeout`` runs out. An answer is read decoded up to ``max_response_bytes`` (by default what
+``n`` completions of ``max_tokens`` tokens can take, see :meth:`EndpointConfig.response_cap`), so a compressed
+body cannot expand in memory. Each query is its own request in its own ``try``: a failed request, an answer that
+cannot be read, or a query that cannot be encoded makes that query alone fall back to the original text, with the
+reason logged.
 
 We keep our own client over httpx instead of the ``openai`` package: vLLM's ``continue_final_message`` and the
 per-query fallback need the raw request and answer, and the ``openai`` client's timeout and retries are per read and
@@ -17,6 +20,7 @@ per attempt, without the whole-request deadline and overall budget asked for her
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -29,9 +33,17 @@ from typing import Any, Literal
 
 import httpx
 
-from ..common.deadline import DeadlineExceeded, LoopThread, RetryBudget, within
+from ..common.deadline import (
+    DeadlineExceeded,
+    LoopThread,
+    ResponseTooLarge,
+    RetryBudget,
+    UnreadableResponse,
+    read_capped,
+    within,
+)
 from ..common.fields import check_fields
-from ..common.redaction import redact, register_secret
+from ..common.redaction import excerpt, redact, register_secret
 from .answer import MAX_QUERY_CHARS, parse_answer
 from .card import CARD_FILE, AdapterCard, read_card
 from .rewriters import BaseRewriter
@@ -44,6 +56,9 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 API_KEY_ENV_VARS = ("DEEPRETRIEVAL_API_KEY", "OPENAI_API_KEY")
 RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 MAX_BACKOFF_S = 8.0
+#: The default cap of one answer's decoded bytes: the envelope (id, usage, ...) plus, per generated token, far more
+#: than a token takes as JSON (a token is a few to a few dozen characters, at most 6 bytes each as a \uXXXX escape).
+RESPONSE_BASE_BYTES, RESPONSE_BYTES_PER_TOKEN = 64 * 1024, 256
 
 
 class ServerError(RuntimeError):
@@ -68,6 +83,7 @@ class EndpointConfig:
     n: int = 1
     choice: Choice = "first_valid"
     total_timeout: float | None = None  # one query's attempts and waits; None: timeout * (max_retries + 1) + 8 s
+    max_response_bytes: int | None = None  # one answer's decoded bytes; None: 64 KiB + 256 B * max_tokens * n
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -82,6 +98,8 @@ class EndpointConfig:
             (self.max_retries >= 0, f"max_retries={self.max_retries} must be >= 0 (0 = no retry)"),
             (self.retry_backoff >= 0, f"retry_backoff={self.retry_backoff} must be >= 0 seconds"),
             (self.max_concurrency >= 1, f"max_concurrency={self.max_concurrency} must be >= 1"),
+            (self.max_response_bytes is None or self.max_response_bytes >= 1024,
+             f"max_response_bytes={self.max_response_bytes} must be >= 1024 (or None for 64 KiB + 256 B per token)"),
             (self.max_tokens >= 1, f"max_tokens={self.max_tokens} must be >= 1"),
             (self.temperature >= 0, f"temperature={self.temperature} must be >= 0 (0 means greedy)"),
             (self.n >= 1, f"n={self.n} must be >= 1"),
@@ -101,15 +119,35 @@ class EndpointConfig:
         return self.timeout * (self.max_retries + 1) + MAX_BACKOFF_S
 
     @property
+    def response_cap(self) -> int:
+        """The most bytes one answer may decode to: ``max_response_bytes``, else what ``n`` completions of
+        ``max_tokens`` tokens can take with room to spare (96 KiB at the defaults)."""
+        if self.max_response_bytes is not None:
+            return self.max_response_bytes
+        return RESPONSE_BASE_BYTES + RESPONSE_BYTES_PER_TOKEN * self.max_tokens * self.n
+
+    @property
     def chat_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
 
 
 def resolve_api_key(api_key: str | None) -> str | None:
-    """The given key, else ``$DEEPRETRIEVAL_API_KEY``, else ``$OPENAI_API_KEY``, else None (no auth header)."""
-    if api_key:
-        return api_key
-    return next((os.environ[name] for name in API_KEY_ENV_VARS if os.environ.get(name)), None)
+    """The given key, else ``$DEEPRETRIEVAL_API_KEY``, else ``$OPENAI_API_KEY``, else None (no auth header).
+
+    Surrounding whitespace is dropped (a key read from a mounted secret file ends with a newline); a key holding a
+    character an HTTP header cannot carry is refused with a message that does not show it.
+    """
+    given = api_key or next((os.environ[name] for name in API_KEY_ENV_VARS if os.environ.get(name)), None)
+    register_secret(given)  # every form of it, before anything can show it
+    key = given.strip() if given else None
+    if not key:
+        return None
+    bad = next((i for i, char in enumerate(key) if not " " <= char <= "~"), None)
+    if bad is not None:
+        raise ValueError(f"the API key has a character an HTTP header cannot carry (U+{ord(key[bad]):04X}, "
+                         f"character {bad + 1} of {len(key)}); check the value of api_key, $DEEPRETRIEVAL_API_KEY "
+                         "or $OPENAI_API_KEY (the key itself is not shown)")
+    return key
 
 
 def choose_completion(task: Task, samples: Sequence[str], choice: Choice, *, max_chars: int = MAX_QUERY_CHARS) -> str:
@@ -150,6 +188,7 @@ class OpenAIRewriter(BaseRewriter):
         card: AdapterCard | str | Path | None = None,
         timeout: float = 30.0,
         total_timeout: float | None = None,
+        max_response_bytes: int | None = None,
         max_retries: int = 2,
         retry_backoff: float = 0.5,
         max_concurrency: int = 8,
@@ -172,11 +211,10 @@ class OpenAIRewriter(BaseRewriter):
         super().__init__(task=task, strict=strict, max_query_chars=max_query_chars)
         self.config = EndpointConfig(
             model=model, base_url=base_url, timeout=timeout, total_timeout=total_timeout, max_retries=max_retries,
-            retry_backoff=retry_backoff,
+            retry_backoff=retry_backoff, max_response_bytes=max_response_bytes,
             max_concurrency=max_concurrency, max_tokens=max_tokens, temperature=temperature, n=n, choice=choice,
         )
         self._api_key = resolve_api_key(api_key)
-        register_secret(self._api_key)
         self._clients: dict[asyncio.AbstractEventLoop, tuple[httpx.AsyncClient, asyncio.Semaphore]] = {}
         self._runner: LoopThread | None = None
         self._lock = threading.Lock()
@@ -222,11 +260,19 @@ class OpenAIRewriter(BaseRewriter):
         try:
             choices = response.json()["choices"]
             samples = [c["message"]["content"] for c in choices]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ServerError(f"malformed response from {self.config.chat_url}: {_snippet(response)}") from exc
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8 too
+            raise ServerError(f"malformed response from {self.config.chat_url} ({type(exc).__name__}): "
+                              f"{_snippet(response)}") from exc
         if not all(isinstance(s, str) for s in samples):
             raise ServerError(f"a choice from {self.config.chat_url} has no text content: {_snippet(response)}")
         return choose_completion(self.task, samples, self.config.choice, max_chars=self.max_query_chars)
+
+    def _unreadable(self, exc: UnreadableResponse) -> ServerError:
+        if isinstance(exc, ResponseTooLarge):
+            return ServerError(f"unusable answer from {self.config.chat_url}: {exc} (max_response_bytes); "
+                               f"{self.config.n} completion(s) of max_tokens={self.config.max_tokens} take far "
+                               "less: is base_url an OpenAI-compatible server?")
+        return ServerError(f"unusable answer from {self.config.chat_url}: {exc}")
 
     def _give_up(self, attempt: int, response: httpx.Response | None, error: Exception | None) -> Exception:
         where = f"{self.config.chat_url} (model {self.config.model!r})"
@@ -281,15 +327,36 @@ class OpenAIRewriter(BaseRewriter):
         logger.debug("retrying %s in %.2fs (%s)", self.config.chat_url, delay, error or response.status_code)
         return False, delay
 
+    def _request_body(self, conversation: list[dict[str, str]]) -> bytes:
+        """The request's JSON as UTF-8; :class:`ServerError` when the query holds text UTF-8 cannot encode."""
+        try:
+            text = json.dumps(self.payload(conversation), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            return text.encode("utf-8")  # as httpx's json= would send it, but a query it cannot encode stays here
+        except UnicodeEncodeError as exc:  # a lone surrogate (e.g. from a JSON escape such as "\ud800")
+            raise ServerError(f"the query cannot be sent: it holds {exc.object[exc.start:exc.end]!r}, which UTF-8 "
+                              "cannot encode (a lone surrogate); pass well-formed text") from None
+
+    async def _aquery(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, conversation) -> str | Exception:
+        """One query's completion, or the exception that makes it (and only it) fall back."""
+        try:
+            return await self._apost(client, gate, conversation)
+        except Exception as exc:  # noqa: BLE001 - whatever one query's text or answer raises stays with that query
+            return exc
+
     async def _apost(self, client: httpx.AsyncClient, gate: asyncio.Semaphore, conversation) -> str | Exception:
-        body = self.payload(conversation)
+        body = self._request_body(conversation)
+        headers = {"Content-Type": "application/json", **self._headers()}
         budget = RetryBudget(self.config.timeout, self.config.budget_s)
         for attempt in range(self.config.max_retries + 1):
             response, error = None, None
             try:
                 async with gate:  # waiting for a free connection is not part of the request's deadline
-                    response = await within(client.post(self.config.chat_url, json=body, headers=self._headers()),
-                                            budget.attempt_timeout(), f"POST {self.config.chat_url}")
+                    response = await within(
+                        read_capped(client, "POST", self.config.chat_url, max_bytes=self.config.response_cap,
+                                    content=body, headers=headers),
+                        budget.attempt_timeout(), f"POST {self.config.chat_url}")
+            except UnreadableResponse as exc:  # past the cap, corrupt or not-asked-for compression: not retried
+                return self._unreadable(exc)
             except (httpx.TransportError, DeadlineExceeded) as exc:  # refused/reset, timeouts, protocol errors
                 error = exc
             done, value = self._settle(attempt, response, error, budget)
@@ -309,7 +376,7 @@ class OpenAIRewriter(BaseRewriter):
 
     async def _acomplete(self, conversations: list[list[dict[str, str]]]) -> list[str | Exception]:
         client, gate = self._async_client()
-        return list(await asyncio.gather(*(self._apost(client, gate, c) for c in conversations)))
+        return list(await asyncio.gather(*(self._aquery(client, gate, c) for c in conversations)))
 
     def _complete(self, conversations: list[list[dict[str, str]]]) -> list[str | Exception]:
         with self._lock:
@@ -355,5 +422,4 @@ class OpenAIRewriter(BaseRewriter):
 
 
 def _snippet(response: httpx.Response, limit: int = 300) -> str:
-    text = " ".join(response.text[:limit * 4].split())  # cap before splitting: the body may be huge
-    return text if len(text) <= limit else text[:limit] + "..."
+    return excerpt(response.text, limit)  # secrets masked before the cut, not after

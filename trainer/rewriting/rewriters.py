@@ -121,13 +121,18 @@ class BaseRewriter(ABC):
         return [self.task.messages(q, h) for q, h in zip(queries, hits, strict=True)]
 
     def _backend_failed(self, queries: Sequence[QueryInput], exc: Exception, latency: float) -> list[RewriteResult]:
+        from ..common.redaction import redact  # an exception's text may hold a key (a server echoing the request)
+
         if self.strict:
-            raise RewriteError(f"{type(self).__name__} failed: {exc}") from exc
-        reason = f"backend error: {type(exc).__name__}: {exc}"
+            raise RewriteError(redact(f"{type(self).__name__} failed: {exc}")) from exc
+        reason = redact(f"backend error: {type(exc).__name__}: {exc}")
         logger.warning("query rewrite fell back to the original query(s): %s", reason)
         return [RewriteResult(_original_text(q), _original_text(q), True, reason, None, latency) for q in queries]
 
     def _results(self, queries: Sequence[QueryInput], completions: Sequence[str | None], latency: float) -> list[RewriteResult]:
+        from ..common.encoding import encoding_problem
+        from ..common.redaction import redact
+
         if len(completions) != len(queries):
             return self._backend_failed(
                 queries, RuntimeError(f"{len(completions)} completions for {len(queries)} queries"), latency
@@ -142,13 +147,16 @@ class BaseRewriter(ABC):
                 self.task.completion_text(completion) if isinstance(completion, str) else completion,
                 max_chars=self.max_query_chars,
             )
-            if parsed.ok:
+            # a rewrite the next component cannot encode (a lone surrogate from a JSON escape, NUL) is no rewrite
+            problem = encoding_problem(parsed.query) if parsed.ok else None
+            if parsed.ok and problem is None:
                 results.append(RewriteResult(original, parsed.query, False, None, completion, latency))
                 continue
+            reason = redact(parsed.reason if problem is None else f"the rewrite cannot be sent on: {problem}")
             if self.strict:
-                raise RewriteError(f"unparsable completion for {original!r}: {parsed.reason}")
-            logger.warning("query rewrite fell back to the original query %r: %s", original, parsed.reason)
-            results.append(RewriteResult(original, original, True, parsed.reason, completion, latency))
+                raise RewriteError(f"unparsable completion for {original!r}: {reason}")
+            logger.warning("query rewrite fell back to the original query %r: %s", original, reason)
+            results.append(RewriteResult(original, original, True, reason, completion, latency))
         return results
 
 

@@ -23,12 +23,13 @@ class Request:
     path: str
     params: dict[str, str]
     time: float
+    headers: dict[str, str] | None = None
 
 
 @dataclass
 class Answer:
     status: int = 200
-    body: object = None  # dict/list -> JSON; str -> sent as is
+    body: object = None  # dict/list -> JSON; str -> sent as is; bytes -> sent as is (e.g. compressed: see headers)
     headers: dict | None = None
     trickle_s: float | None = None  # send the body one byte every trickle_s seconds (a stalled server)
 
@@ -47,11 +48,14 @@ class Loopback:
                 parts = urlsplit(self.path)
                 params = {key: values[-1] for key, values in parse_qs(parts.query, keep_blank_values=True).items()}
                 with owner._lock:
-                    owner.requests.append(Request(parts.path, params, time.monotonic()))
+                    owner.requests.append(Request(parts.path, params, time.monotonic(), dict(self.headers)))
                     answer = owner.script.popleft() if owner.script else None
                 answer = answer or owner.service(parts.path, params)
-                body = answer.body if isinstance(answer.body, str) else json.dumps(answer.body)
-                data = body.encode("utf-8")
+                if isinstance(answer.body, bytes):
+                    data = answer.body
+                else:
+                    body = answer.body if isinstance(answer.body, str) else json.dumps(answer.body)
+                    data = body.encode("utf-8", "surrogatepass")
                 self.send_response(answer.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -62,6 +66,12 @@ class Loopback:
                     self.wfile.write(data)
                 else:
                     owner.trickled.append((trickle(self.wfile, data, answer.trickle_s), len(data)))
+
+            def handle(self):
+                try:
+                    super().handle()
+                except (BrokenPipeError, ConnectionResetError):  # a client that stopped reading an answer
+                    pass
 
             def log_message(self, *args):
                 pass

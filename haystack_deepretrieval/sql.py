@@ -5,8 +5,8 @@
   (``backend="openai"``, the adapter chosen by ``model``). Its ``schema`` input, when not connected, is read from
   ``database``. A bad generation gives ``sql=None`` and the reason in ``meta`` (logged), unless ``strict``.
 - The runner opens ``database`` (a SQLite file path, or a SQLAlchemy URL without its password: the password is a
-  ``Secret``, never serialized in clear) read-only, with a time limit and a row cap. A missing, refused or failing
-  query gives empty ``rows`` and the reason in ``error``, unless ``strict``.
+  ``Secret``, never serialized in clear) read-only, with a time limit, a row cap and a byte cap. A missing, refused,
+  failing or oversized query gives empty ``rows`` and the reason in ``error``, unless ``strict``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from haystack import component, default_from_dict, default_to_dict
 from haystack.utils import Secret, deserialize_secrets_inplace
 
 from deepretrieval_trainer.rewriting.rewriters import RewriteError
+from deepretrieval_trainer.sql.results import MAX_RESULT_BYTES, check_limits
 
-from . import serialization as _serialization  # noqa: F401 - registers this package with the YAML allowlist
+from .serialization import refuse_clear_secrets  # importing it registers this package with the YAML allowlist
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ def _check_database(database: Optional[str]) -> None:
                              f"pass password=Secret.from_env_var('{PASSWORD_ENV}') so it is never serialized")
 
 
-def _open(database: str, password: Optional[Secret], *, timeout_s: float = 2.0, max_rows: int = 10_000):
+def _open(database: str, password: Optional[Secret], *, timeout_s: float = 2.0, max_rows: int = 10_000,
+          max_bytes: int = MAX_RESULT_BYTES):
     from deepretrieval_trainer.sql.engines import open_database
 
     target: Any = database
@@ -50,7 +52,7 @@ def _open(database: str, password: Optional[Secret], *, timeout_s: float = 2.0, 
         from sqlalchemy.engine import make_url
 
         target = make_url(database).set(password=secret)
-    return open_database(target, timeout_s=timeout_s, max_rows=max_rows)
+    return open_database(target, timeout_s=timeout_s, max_rows=max_rows, max_bytes=max_bytes)
 
 
 def _secret_dict(secret: Optional[Secret]) -> Optional[dict]:
@@ -172,6 +174,7 @@ class DeepRetrievalSQLWriter:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeepRetrievalSQLWriter:
+        refuse_clear_secrets(data, ["api_key", "password"])
         data = {**data, "init_parameters": dict(data.get("init_parameters", {}))}
         deserialize_secrets_inplace(data["init_parameters"], keys=["api_key", "password"])
         return default_from_dict(cls, data)
@@ -179,23 +182,27 @@ class DeepRetrievalSQLWriter:
 
 @component
 class ReadOnlySQLQuery:
-    """Runs one read-only SQL statement on ``database`` (read-only connection/transaction, time limit, row cap)."""
+    """Runs one read-only SQL statement on ``database`` (read-only connection/transaction, time limit, at most
+    ``max_rows`` rows and ``max_bytes`` bytes of result)."""
 
     def __init__(self, *, database: str,
                  password: Optional[Secret] = Secret.from_env_var(PASSWORD_ENV, strict=False),  # noqa: B008
-                 timeout_s: float = 2.0, max_rows: int = 1000, strict: bool = False) -> None:
+                 timeout_s: float = 2.0, max_rows: int = 1000, max_bytes: int = MAX_RESULT_BYTES,
+                 strict: bool = False) -> None:
         if not database:
             raise ValueError("database is required: a SQLite file path or a SQLAlchemy URL (no password in it)")
         _check_database(database)
-        if not timeout_s > 0 or not isinstance(max_rows, int) or max_rows < 1:
-            raise ValueError(f"timeout_s={timeout_s!r} must be > 0 and max_rows={max_rows!r} a positive integer")
-        self.database, self.password, self.timeout_s, self.max_rows, self.strict = (database, password, timeout_s,
-                                                                                    max_rows, strict)
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s={timeout_s!r} must be > 0 seconds")
+        check_limits(max_rows, max_bytes)
+        self.database, self.password, self.timeout_s, self.strict = database, password, timeout_s, strict
+        self.max_rows, self.max_bytes = max_rows, max_bytes
         self._database = None
 
     def warm_up(self) -> None:
         if self._database is None:
-            self._database = _open(self.database, self.password, timeout_s=self.timeout_s, max_rows=self.max_rows)
+            self._database = _open(self.database, self.password, timeout_s=self.timeout_s, max_rows=self.max_rows,
+                                   max_bytes=self.max_bytes)
 
     @component.output_types(rows=list[list[Any]], columns=list[str], error=Optional[str])
     def run(self, sql: Optional[str] = None) -> dict[str, Any]:
@@ -216,10 +223,12 @@ class ReadOnlySQLQuery:
 
     def to_dict(self) -> dict[str, Any]:
         return default_to_dict(self, database=self.database, password=_secret_dict(self.password),
-                               timeout_s=self.timeout_s, max_rows=self.max_rows, strict=self.strict)
+                               timeout_s=self.timeout_s, max_rows=self.max_rows, max_bytes=self.max_bytes,
+                               strict=self.strict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReadOnlySQLQuery:
+        refuse_clear_secrets(data, ["password"])
         data = {**data, "init_parameters": dict(data.get("init_parameters", {}))}
         deserialize_secrets_inplace(data["init_parameters"], keys=["password"])
         return default_from_dict(cls, data)

@@ -4,9 +4,10 @@
 (the embedded model in-process, a trained SQL adapter, or a vLLM server) and returns what ``NLSQLRetriever`` returns:
 one node with the result rows as text and ``sql_query`` / ``result`` / ``col_keys`` in its metadata
 (``return_raw=False``: one node per row). The SQL runs on a read-only connection of the database's file (SQLite) or
-in a read-only transaction (PostgreSQL), with a time limit and a row cap, never through ``SQLDatabase.run_sql``
-(which runs in a writable transaction). A bad generation, a refused statement or a failing query gives a single
-"No answer" node with the reason in ``metadata["error"]`` and a logged warning, unless ``strict=True``.
+in a read-only transaction (PostgreSQL), with a time limit and at most ``max_rows`` rows and ``max_bytes`` bytes of
+result, never through ``SQLDatabase.run_sql`` (which runs in a writable transaction). A bad generation, a refused
+statement or a failing or oversized query gives a single "No answer" node with the reason in ``metadata["error"]``
+and a logged warning, unless ``strict=True``.
 :class:`DeepRetrievalSQLQueryEngine` is ``NLSQLTableQueryEngine`` with this retriever.
 """
 
@@ -25,7 +26,7 @@ from llama_index.core.utilities.sql_wrapper import SQLDatabase
 
 from deepretrieval_trainer.rewriting.rewriters import RewriteError
 from deepretrieval_trainer.sql.engines import open_database
-from deepretrieval_trainer.sql.results import QueryResult
+from deepretrieval_trainer.sql.results import MAX_RESULT_BYTES, QueryResult
 from deepretrieval_trainer.sql.schema import describe
 from deepretrieval_trainer.sql.writer import SQLGeneration, SQLWriter
 
@@ -40,7 +41,8 @@ class DeepRetrievalSQLRetriever(BaseRetriever):
 
     def __init__(self, *, sql_database: SQLDatabase, writer: SQLWriter, tables: Optional[Sequence[str]] = None,
                  sample_values: int = 0, return_raw: bool = True, timeout_s: float = 2.0, max_rows: int = 1000,
-                 strict: bool = False, callback_manager: Optional[CallbackManager] = None,
+                 max_bytes: int = MAX_RESULT_BYTES, strict: bool = False,
+                 callback_manager: Optional[CallbackManager] = None,
                  verbose: bool = False) -> None:
         if not isinstance(sql_database, SQLDatabase):
             raise TypeError(f"sql_database={sql_database!r}: pass a llama_index SQLDatabase")
@@ -48,7 +50,7 @@ class DeepRetrievalSQLRetriever(BaseRetriever):
             raise TypeError(f"writer={writer!r}: pass a deepretrieval_trainer.sql.writer.SQLWriter "
                             "(SQLWriter.local() or SQLWriter.server(...))")
         self.sql_database = sql_database
-        self.database = open_database(sql_database, timeout_s=timeout_s, max_rows=max_rows)
+        self.database = open_database(sql_database, timeout_s=timeout_s, max_rows=max_rows, max_bytes=max_bytes)
         writer.dialect = self.database.dialect
         self.writer = writer
         self.tables = list(tables) if tables is not None else sorted(sql_database.get_usable_table_names())

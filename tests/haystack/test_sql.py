@@ -18,6 +18,7 @@ from haystack_deepretrieval import DeepRetrievalSQLWriter, ReadOnlySQLQuery
 from tests.conftest import ScriptedRewriter
 from tests.postgres_fixtures import copy_sqlite
 from tests.trainer.sql.conftest import spider_db, writable_copy  # noqa: F401 - writable_copy is a fixture
+from tests.trainer.sql.test_single_call_limits import entry_point_attacks
 
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 
@@ -27,7 +28,7 @@ WRITER = {"backend": "openai", "model": "sql-adapter", "adapter": None, "base_ur
           "max_tokens": 77, "temperature": 0.3, "timeout": 12.5, "max_retries": 5, "device": "cpu", "strict": True}
 RUNNER = {"database": "postgresql+psycopg://reader@db.internal:5433/shop",
           "password": Secret.from_env_var("MY_DB_PASSWORD", strict=False), "timeout_s": 3.5, "max_rows": 77,
-          "strict": True}
+          "max_bytes": 4096, "strict": True}
 
 
 def _params(component) -> dict:
@@ -52,6 +53,38 @@ def test_passwords_never_go_into_the_yaml():
         ReadOnlySQLQuery(database="postgresql+psycopg://reader:hunter2@db/shop")
     with pytest.raises(SerializationError, match="cannot be serialized"):
         DeepRetrievalSQLWriter.from_writer(SQLWriter(backend=ScriptedRewriter())).to_dict()
+
+
+KEY = "sk-live-0123456789abcdef"
+CLEAR = {"a plain string": KEY, "a token secret": {"type": "token", "token": KEY, "strict": False}}
+SECRETS = {"writer api_key": (DeepRetrievalSQLWriter, {"backend": "openai", "model": "m"}, "api_key"),
+           "writer password": (DeepRetrievalSQLWriter, {"backend": "openai", "model": "m"}, "password"),
+           "runner password": (ReadOnlySQLQuery, {"database": "postgresql+psycopg://reader@db/shop"}, "password")}
+
+
+@pytest.mark.parametrize("form", CLEAR.values(), ids=CLEAR.keys())
+@pytest.mark.parametrize("secret", SECRETS)
+def test_a_clear_secret_in_pipeline_yaml_is_refused_and_never_repeated(secret, form, caplog):
+    """As the other components do (tests/haystack/test_secrets.py): the loader's error names the fix, not the key."""
+    import logging
+
+    import yaml
+    from haystack.core.errors import DeserializationError
+
+    caplog.set_level(logging.DEBUG)
+    cls, values, key = SECRETS[secret]
+    pipeline = Pipeline()
+    pipeline.add_component("c", cls(**values))
+    data = pipeline.to_dict()
+    data["components"]["c"]["init_parameters"][key] = form
+    text = yaml.safe_dump(data)
+    assert KEY in text
+    with pytest.raises(DeserializationError) as caught:
+        Pipeline.loads(text)
+    message = str(caught.value) + str(caught.value.__cause__)
+    assert KEY not in message, message
+    assert "env_var" in message and "clear text" in message and repr(key) in message
+    assert all(KEY not in record.getMessage() for record in caplog.records)
 
 
 def _pipeline(writer: DeepRetrievalSQLWriter, database: str) -> Pipeline:
@@ -103,6 +136,22 @@ def test_no_rows_and_a_reason(writable_copy, completion, reason):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
     with pytest.raises(RewriteError, match="ReadOnlySQLQuery"):
         ReadOnlySQLQuery(database=str(path), strict=True).run(sql="DELETE FROM singer")
+
+
+def test_single_statement_attacks_give_no_rows_and_a_reason_within_the_limits(postgres_server):
+    """A value, result or search past the limits (tests/trainer/sql/test_single_call_limits.py) through
+    ReadOnlySQLQuery: no rows and an error naming the limit, in bounded time and memory, on both engines."""
+    entry_point_attacks("haystack", str(spider_db("concert_singer")), "sqlite")
+    copy_sqlite(postgres_server, spider_db("concert_singer"), "haystack_limits")
+    entry_point_attacks("haystack", postgres_server.url("haystack_limits"), "postgres")
+
+
+def test_the_result_byte_cap(writable_copy):
+    path = str(writable_copy("concert_singer"))
+    output = ReadOnlySQLQuery(database=path, max_bytes=40).run(sql="SELECT Name FROM singer")
+    assert output["rows"] == [] and "result too large" in output["error"] and "limit 40 bytes" in output["error"]
+    with pytest.raises(ValueError, match="max_bytes=0 must be a positive integer"):
+        ReadOnlySQLQuery(database=path, max_bytes=0)
 
 
 def test_postgres_runner_with_the_password_as_a_secret(postgres_server, monkeypatch):

@@ -18,6 +18,7 @@ from llamaindex_deepretrieval import DeepRetrievalSQLQueryEngine, DeepRetrievalS
 from tests.conftest import ScriptedRewriter
 from tests.postgres_fixtures import copy_sqlite
 from tests.trainer.sql.conftest import spider_db, writable_copy  # noqa: F401 - writable_copy is a fixture
+from tests.trainer.sql.test_single_call_limits import entry_point_attacks
 
 SQL = "SELECT Name, Age FROM singer WHERE Age > 30 ORDER BY Age"
 
@@ -88,6 +89,26 @@ def test_postgres_sqldatabase(postgres_server):
     hostile = DeepRetrievalSQLRetriever(sql_database=sql_database, writer=scripted("DELETE FROM student"))
     assert "refused" in hostile.retrieve_with_metadata("q")[1]["error"]
     assert retriever.retrieve_with_metadata("again")[1]["result"] == [(34,)]
+
+
+def test_single_statement_attacks_give_a_no_answer_node_within_the_limits():
+    """A value, result or search past the limits (tests/trainer/sql/test_single_call_limits.py) through the retriever:
+    a "No answer" node naming the limit, in bounded time and memory, on SQLite."""
+    entry_point_attacks("llamaindex", str(spider_db("concert_singer")), "sqlite")
+
+
+def test_single_statement_attacks_on_postgres(postgres_server):
+    copy_sqlite(postgres_server, spider_db("concert_singer"), "llama_limits")
+    entry_point_attacks("llamaindex", postgres_server.url("llama_limits"), "postgres")
+
+
+def test_the_result_byte_cap_is_a_parameter(concert):
+    _, sql_database = concert
+    retriever = DeepRetrievalSQLRetriever(sql_database=sql_database, writer=scripted("SELECT Name FROM singer"),
+                                          max_bytes=40)
+    assert "result too large" in retriever.retrieve_with_metadata("q")[1]["error"]
+    with pytest.raises(ValueError, match="max_bytes=0 must be a positive integer"):
+        DeepRetrievalSQLRetriever(sql_database=sql_database, writer=scripted(SQL), max_bytes=0)
 
 
 def test_wrong_arguments_name_the_fix(concert):

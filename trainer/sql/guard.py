@@ -83,7 +83,8 @@ def check_sql(sql: object, *, dialect: str = "sqlite") -> CheckedSQL:
     Refused, with :class:`UnsafeSQL` naming why: empty or overlong text, several statements, anything but a query
     (INSERT, UPDATE, DELETE, DDL, PRAGMA, ATTACH, COPY, SET, EXPLAIN, transaction control, unknown commands),
     a query containing a write (``WITH d AS (DELETE ... RETURNING *)``), ``SELECT ... INTO``, row locks
-    (``FOR UPDATE``) and the functions in :data:`DENIED_FUNCTIONS`.
+    (``FOR UPDATE``), the functions in :data:`DENIED_FUNCTIONS`, and a query whose cost inside one step cannot be
+    bounded (:func:`~.cost.check_cost`: a blowup when subqueries are inlined, a search over a value it builds).
     """
     from sqlglot import exp
 
@@ -111,6 +112,12 @@ def check_sql(sql: object, *, dialect: str = "sqlite") -> CheckedSQL:
     denied = sorted(_function_names(tree) & DENIED_FUNCTIONS)
     if denied:
         raise UnsafeSQL(f"the function(s) {denied} touch files, settings or other sessions and are not allowed")
+    from .cost import CostRefused, check_cost
+
+    try:
+        check_cost(tree, dialect)
+    except CostRefused as exc:
+        raise UnsafeSQL(str(exc)) from None
     return CheckedSQL(text, ordered=tree.args.get("order") is not None)
 
 

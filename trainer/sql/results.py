@@ -11,21 +11,23 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 Row = tuple[Any, ...]
 MAX_PERMUTED_COLUMNS = 6  # above this, only the identity and column-set-compatible orders are tried
+MAX_RESULT_BYTES = 8 * 2**20  # what one statement may return (8 MiB); the largest Spider gold answer is 16 kB
 
 
 @dataclass(frozen=True)
 class QueryResult:
     """What running one statement gave: ``rows`` and ``columns``, or ``error`` (the reason it scored nothing).
 
-    ``kind`` names the failure: ``refused`` (not one read statement), ``error`` (the database rejected it),
-    ``timeout``, ``too_many_rows``; None when the query ran.
+    ``kind`` names the failure: ``refused`` (not one read statement, or one whose cost cannot be bounded),
+    ``error`` (the database rejected it), ``timeout``, ``too_many_rows``, ``too_large`` (a value or the result over
+    its byte limit); None when the query ran. ``nbytes``: the result's size as :func:`row_bytes` counts it.
     """
 
     columns: tuple[str, ...] = ()
@@ -34,6 +36,7 @@ class QueryResult:
     kind: str | None = None
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    nbytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -42,6 +45,43 @@ class QueryResult:
     @classmethod
     def failed(cls, kind: str, error: str, seconds: float = 0.0) -> QueryResult:
         return cls(error=error, kind=kind, seconds=seconds)
+
+
+class ResultTooLarge(Exception):
+    """Fetching stopped at a cap: ``kind`` is ``too_many_rows`` or ``too_large``, ``reason`` the message."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind, self.reason = kind, reason
+
+
+def row_bytes(row: Sequence[Any]) -> int:
+    """A row's size: the length of each text or binary value, 8 for anything else (numbers, NULL, dates)."""
+    return sum(len(v) if isinstance(v, (str, bytes, bytearray, memoryview)) else 8 for v in row)
+
+
+def collect_rows(rows: Iterable[Sequence[Any]], *, max_rows: int, max_bytes: int) -> tuple[list[Row], int]:
+    """Take rows one at a time from a cursor (or any iterator) until it ends: ``(rows, bytes)``. Stops as soon as a
+    row would be the ``max_rows + 1``-th or bring the total past ``max_bytes``, raising :class:`ResultTooLarge`;
+    what the cursor has not handed over yet is never fetched."""
+    kept: list[Row] = []
+    total = 0
+    for row in rows:
+        if len(kept) >= max_rows:
+            raise ResultTooLarge("too_many_rows", f"the query returns more than {max_rows} rows")
+        total += row_bytes(row)
+        if total > max_bytes:
+            raise ResultTooLarge("too_large", f"result too large: at least {total:,} bytes in {len(kept) + 1} rows "
+                                              f"(limit {max_bytes:,} bytes)")
+        kept.append(tuple(row))
+    return kept, total
+
+
+def check_limits(max_rows: Any, max_bytes: Any) -> None:
+    """The engines' and plugins' shared validation of the two caps."""
+    for name, value in (("max_rows", max_rows), ("max_bytes", max_bytes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
 
 
 def normalize_value(value: Any) -> Any:

@@ -53,13 +53,19 @@ class GoldCache:
 
 
 class ExecutionScorer:
-    """Runs predicted SQL and compares it with the reference: shared by the reward and the evaluation."""
+    """Runs predicted SQL and compares it with the reference: shared by the reward and the evaluation.
 
-    def __init__(self, databases: Mapping[str, Any], *, cache_size: int = 50_000) -> None:
+    Predicted results are cached (a policy repeats itself) up to ``cache_size`` statements and ``cache_bytes`` of
+    rows, least recently used first out: each result may hold up to the engine's ``max_bytes``."""
+
+    def __init__(self, databases: Mapping[str, Any], *, cache_size: int = 50_000,
+                 cache_bytes: int = 256 * 2**20) -> None:
         self.databases = dict(databases)
         self.gold = GoldCache()
         self._predicted: OrderedDict[tuple[str, str], QueryResult] = OrderedDict()
         self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        self._cached_bytes = 0
         self.seconds = 0.0
 
     def database(self, db_id: str) -> Any:
@@ -70,12 +76,16 @@ class ExecutionScorer:
 
     def run(self, db_id: str, sql: str) -> QueryResult:
         key = (db_id, sql)
-        if key not in self._predicted:
-            self._predicted[key] = self.database(db_id).execute(sql)
-            while len(self._predicted) > self.cache_size:
-                self._predicted.popitem(last=False)
-        self._predicted.move_to_end(key)
-        return self._predicted[key]
+        if key in self._predicted:
+            self._predicted.move_to_end(key)
+            return self._predicted[key]
+        result = self.database(db_id).execute(sql)
+        self._predicted[key] = result
+        self._cached_bytes += result.nbytes
+        while len(self._predicted) > 1 and (len(self._predicted) > self.cache_size
+                                            or self._cached_bytes > self.cache_bytes):
+            self._cached_bytes -= self._predicted.popitem(last=False)[1].nbytes
+        return result
 
     def reference(self, db_id: str, gold_sql: str | None, gold_rows: Sequence[Sequence[Any]] | None) -> QueryResult:
         if gold_rows is not None:

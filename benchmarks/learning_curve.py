@@ -86,15 +86,16 @@ def run_one(collection: str, framework: str, args: argparse.Namespace) -> dict:
         learning_rate=args.lr, num_generations=args.num_generations, prompts_per_step=args.prompts_per_step,
         max_completion_length=args.max_completion_length, temperature=args.temperature, framing=args.framing,
         query_weight=args.query_weight, beta=args.beta, reward_k=args.reward_k, torch_threads=args.torch_threads,
-        seed=0, data={"path": str(path), "split": "train", "drop_unknown_docs": drop},
+        seed=args.seed, data={"path": str(path), "split": "train", "drop_unknown_docs": drop},
     )
     config = TrainConfig(**{**fields, **extra_fields(args.set)})  # --set wins over the named flags
     start = time.perf_counter()
     adapter = train(search, load_beir(path, "train", drop_unknown_docs=drop), config)
     train_s = time.perf_counter() - start
     dev = load_beir(path, "dev", drop_unknown_docs=drop)
-    sources = [parse_source(s, framing=args.framing, query_weight=args.query_weight, search=search,
-                            max_new_tokens=args.eval_max_new_tokens, batch_size=args.eval_batch)
+    sources = [parse_source(s, task=config.task, feedback_docs=config.feedback_docs, framing=config.framing,
+                            query_weight=config.query_weight, search=search, max_new_tokens=args.eval_max_new_tokens,
+                            batch_size=args.eval_batch)
                for s in ("raw", "prf", "base", f"trained=adapter:{adapter}")]
     start = time.perf_counter()
     report = evaluate(dev, search, sources, limit=args.eval_queries, out_dir=Path(args.out) / f"eval-{collection}",
@@ -171,7 +172,8 @@ def main() -> None:
     parser.add_argument("--prompts-per-step", type=int, default=defaults.prompts_per_step)
     parser.add_argument("--max-completion-length", type=int, default=defaults.max_completion_length)
     parser.add_argument("--temperature", type=float, default=defaults.temperature)
-    parser.add_argument("--framing", choices=("replace", "expand", "fuse"), default=defaults.framing)
+    parser.add_argument("--framing", choices=("replace", "expand", "fuse", "steer"), default=defaults.framing)
+    parser.add_argument("--seed", type=int, default=0, help="the training seed (sampling, data order, LoRA init)")
     parser.add_argument("--query-weight", type=int, default=defaults.query_weight,
                         help="expand: times the query is searched beside the rewrite")
     parser.add_argument("--beta", type=float, default=defaults.beta, help="KL coefficient (0: no reference model)")

@@ -151,6 +151,9 @@ class DeepRetrievalQueryRewriter:
         self.strict = strict
         self.feedback_docs = feedback_docs
         card = read_card(adapter) if backend == "local" and adapter else None
+        warning = card.mismatch("HaystackSearch") if card is not None else None
+        if warning:
+            logger.warning("%s: %s", adapter, warning)
         self._task = _build_task(task, system_prompt, user_prompt, feedback_docs, card)  # validates them now
         # as given, else as the adapter was trained: serialized resolved, so a saved pipeline keeps searching so
         self.include_original, self.query_weight = _searched_as(card, include_original, query_weight)
@@ -256,7 +259,8 @@ class DeepRetrievalQueryRewriter:
         """
         if not _usable(query):
             return self._outputs(_empty_result(query), include_original)
-        return self._outputs(self._ready().rewrite([query], **self._hits(documents))[0], include_original)
+        hits = self._hits(documents)
+        return self._outputs(self._ready().rewrite([query], **hits)[0], include_original, hits)
 
     @component.output_types(query=str, queries=list[str], search_query=str, meta=dict[str, Any])
     async def run_async(self, query: str, include_original: bool | None = None,
@@ -265,7 +269,8 @@ class DeepRetrievalQueryRewriter:
         if not _usable(query):
             return self._outputs(_empty_result(query), include_original)
         rewriter = self._rewriter or await asyncio.to_thread(self._ready)  # model loads off the event loop
-        return self._outputs((await rewriter.arewrite([query], **self._hits(documents)))[0], include_original)
+        hits = self._hits(documents)
+        return self._outputs((await rewriter.arewrite([query], **hits))[0], include_original, hits)
 
     def _hits(self, documents: list[Document] | None) -> dict[str, Any]:
         """The rewriter's ``hits`` argument: the first-pass documents, each id once, as training reads them."""
@@ -280,7 +285,8 @@ class DeepRetrievalQueryRewriter:
             kept.setdefault(document.id, document_hit(document))
         return {"hits": [list(kept.values())[: feedback.docs]]}
 
-    def _outputs(self, result: RewriteResult, include_original: bool | None) -> dict[str, Any]:
+    def _outputs(self, result: RewriteResult, include_original: bool | None,
+                 hits: dict[str, Any] | None = None) -> dict[str, Any]:
         from deepretrieval_trainer.common.encoding import encoding_problem
 
         problem = None if result.fell_back else encoding_problem(result.query)
@@ -295,8 +301,15 @@ class DeepRetrievalQueryRewriter:
             queries.append(result.original)
         meta = {"original": result.original, "fell_back": result.fell_back, "reason": result.reason,
                 "latency_s": result.latency_s}
-        searched = result.query if result.fell_back or not include else search_text(
-            result.original, result.query, "expand", self.query_weight)
+        if result.fell_back:
+            searched = result.query
+        elif self._task.feedback is not None and self._task.feedback.field == "terms":
+            # the corpus-steered task (framing steer): RM3 over the first-pass candidate terms the answer keeps
+            candidates = self._task.feedback.candidates((hits or {}).get("hits", [[]])[0])
+            searched = search_text(result.original, result.query, "steer", self.query_weight, candidates)
+        else:
+            searched = search_text(result.original, result.query, "expand", self.query_weight) if include \
+                else result.query
         return {"query": result.query, "queries": queries, "search_query": searched, "meta": meta}
 
     def to_dict(self) -> dict[str, Any]:
@@ -353,12 +366,14 @@ def _searched_as(card: AdapterCard | None, include_original: bool | None, query_
                  ) -> tuple[bool, int]:
     """``include_original`` and ``query_weight`` as given, else as the adapter was trained (its card's framing:
     ``expand`` searches the original ``query_weight`` times then the rewrite; ``replace`` and ``fuse`` the rewrite
-    alone, ``fuse`` beside the original's own search through ``QueryFusionJoiner``), else True and 1."""
+    alone, ``fuse`` beside the original's own search through ``QueryFusionJoiner``; ``steer`` RM3 over the kept
+    candidate terms, the query weighted by ``query_weight``), else True and 1."""
     trained_include = card.framing == "expand" if card is not None else True
-    trained_weight = card.query_weight if card is not None and card.framing == "expand" else 1
+    trained_weight = card.query_weight if card is not None and card.framing in ("expand", "steer") else 1
     include = trained_include if include_original is None else include_original
     weight = trained_weight if query_weight is None else query_weight
-    if card is not None and (include, weight if include else 1) != (trained_include, trained_weight):
+    if card is not None and (include, weight if include or card.framing == "steer" else 1) != (trained_include,
+                                                                                                trained_weight):
         logger.warning("the adapter was trained with framing %s, query_weight %d; this component's search_query "
                        "follows include_original=%s, query_weight=%d instead, as its parameters ask", card.framing,
                        card.query_weight, include, weight)

@@ -35,7 +35,7 @@ from .transform import DeepRetrievalQueryTransform, trained_mode
 
 logger = logging.getLogger(__name__)
 
-RetrieverMode = Literal["replace", "expand", "embed", "fuse"]
+RetrieverMode = Literal["replace", "expand", "embed", "fuse", "steer"]
 
 
 class DeepRetrievalRetriever(BaseRetriever):

@@ -6,6 +6,9 @@ Modes decide where the rewrite goes in the :class:`QueryBundle`:
 - ``expand``: ``query_str`` is ``"original rewrite"``; the embedding strings are both (vector retrievers average them).
 - ``embed``: ``query_str`` stays the original; only ``custom_embedding_strs`` is the rewrite: for vector retrievers
   whose downstream synthesis should still see the user's words.
+- ``steer`` (the corpus-steered task): ``query_str`` is RM3 over the first-pass candidate terms the answer keeps
+  (framing ``steer``, :func:`deepretrieval_trainer.retrieval.prf.steered_query`); the embedding text stays the
+  original query.
 
 On any failure the original bundle comes back unchanged and a warning says why (see :mod:`.events`).
 
@@ -33,7 +36,7 @@ from deepretrieval_trainer.rewriting.tasks import Task, get_task
 
 from .events import arewrite_query, rewrite_query
 
-Mode = Literal["replace", "expand", "embed"]
+Mode = Literal["replace", "expand", "embed", "steer"]
 MODES: tuple[str, ...] = get_args(Mode)
 logger = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ class DeepRetrievalQueryTransform(BaseQueryTransform):
                              "rewriter=..., mode='fuse', query_weight=...) instead")
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: choose one of {MODES} ('replace' for BM25, 'embed' or 'expand' for vectors)")
-        check_framing("expand" if mode == "expand" else "replace", query_weight)
+        check_framing(mode if mode in ("expand", "steer") else "replace", query_weight)
         if not callable(getattr(rewriter, "rewrite", None)) or not callable(getattr(rewriter, "arewrite", None)):
             raise TypeError(
                 f"rewriter={rewriter!r} has no rewrite()/arewrite(); pass a deepretrieval_trainer rewriter "
@@ -82,6 +85,9 @@ class DeepRetrievalQueryTransform(BaseQueryTransform):
             )
         if task is not None:
             rewriter.task = get_task(task)
+        if mode == "steer" and getattr(rewriter.task.feedback, "field", None) != "terms":
+            raise ValueError(f"mode='steer' weights the candidate terms a corpus-steered prompt shows, and task "
+                             f"{rewriter.task.name!r} shows none: use task='steer' (an adapter trained so), or another mode")
         self.rewriter = rewriter
         self.mode = mode
         self.query_weight = query_weight
@@ -105,13 +111,14 @@ class DeepRetrievalQueryTransform(BaseQueryTransform):
 
     def _run(self, query_bundle: QueryBundle, metadata: Dict) -> QueryBundle:
         hits = self._first_pass(metadata)
-        return self._apply(query_bundle, rewrite_query(self.rewriter, query_bundle.query_str, self.mode, hits))
+        return self._apply(query_bundle, rewrite_query(self.rewriter, query_bundle.query_str, self.mode, hits), hits)
 
     async def arun(self, query_bundle_or_str: QueryType, metadata: Optional[Dict] = None) -> QueryBundle:
         """The async form of :meth:`run`: the rewrite awaits the rewriter's ``arewrite``."""
         query_bundle = _bundle(query_bundle_or_str)
         hits = self._first_pass(metadata or {})
-        return self._apply(query_bundle, await arewrite_query(self.rewriter, query_bundle.query_str, self.mode, hits))
+        return self._apply(query_bundle, await arewrite_query(self.rewriter, query_bundle.query_str, self.mode, hits),
+                           hits)
 
     def _first_pass(self, metadata: Dict) -> Optional[List[DocumentHit]]:
         if self.task.feedback is None:
@@ -126,11 +133,16 @@ class DeepRetrievalQueryTransform(BaseQueryTransform):
 
         return node_hits(found, self.task.feedback.docs)
 
-    def _apply(self, query_bundle: QueryBundle, result: RewriteResult) -> QueryBundle:
+    def _apply(self, query_bundle: QueryBundle, result: RewriteResult,
+               hits: Optional[List[DocumentHit]] = None) -> QueryBundle:
         if result.fell_back:
             return query_bundle
         rewrite = result.query
-        if self.mode == "replace":
+        if self.mode == "steer":  # RM3 over the candidate terms the answer keeps; vector retrievers embed the query
+            candidates = self.task.feedback.candidates(hits or [])
+            fields = {"query_str": search_text(query_bundle.query_str, rewrite, "steer", self.query_weight, candidates),
+                      "custom_embedding_strs": [query_bundle.query_str]}
+        elif self.mode == "replace":
             fields: dict[str, Any] = {"query_str": rewrite, "custom_embedding_strs": [rewrite]}
         elif self.mode == "expand":
             fields = {"query_str": search_text(query_bundle.query_str, rewrite, "expand", self.query_weight),

@@ -40,7 +40,8 @@ def test_a_card_round_trips_and_bad_cards_name_the_file_and_the_fix(tmp_path, ca
     FUSED.write(tmp_path)
     assert read_card(tmp_path) == FUSED
     values = json.loads((tmp_path / CARD_FILE).read_text())
-    assert values["version"] == 1 and values["feedback"] == {"docs": 2, "field": "sentence", "max_chars": 160}
+    assert values["version"] == 1 and values["feedback"] == {"docs": 2, "field": "sentence", "max_chars": 160,
+                                                             "terms": 10}
     values["added_later"] = 1
     (tmp_path / CARD_FILE).write_text(json.dumps(values))
     with caplog.at_level(logging.WARNING):
@@ -151,3 +152,22 @@ def test_deepretrieval_eval_searches_a_copied_adapter_as_trained(tmp_path, adapt
     rows = json.loads((out / "results.json").read_text())["per_query"]["trained"]
     for row in rows:  # expand, query_weight 3: the query three times, then the rewrite (or the query alone)
         assert row["search_query"].startswith(" ".join([row["query"]] * 3)) or row["search_query"] == row["query"]
+
+
+def test_an_adapter_whose_weights_are_repeated_words_warns_when_searched_through_another_retriever(
+        tmp_path, adapter_template, data_dir, caplog):
+    from haystack_deepretrieval import DeepRetrievalQueryRewriter, HaystackSearch
+
+    from deepretrieval_trainer.evaluation.sources import parse_source
+
+    adapter = copied(adapter_template, EXPANDED, tmp_path)  # expand, query_weight 3, trained through LlamaIndexSearch
+    with caplog.at_level(logging.WARNING):
+        parse_source(f"adapter:{adapter}", search=HaystackSearch.from_beir(data_dir / "adi"))
+        DeepRetrievalQueryRewriter(adapter=str(adapter))
+    assert caplog.text.count("trained through LlamaIndexSearch with framing expand") == 2
+    caplog.clear()
+    fused = copied(adapter_template, FUSED, tmp_path / "fused")  # fuse keeps its weight in the scores
+    with caplog.at_level(logging.WARNING):
+        parse_source(f"adapter:{fused}", search=HaystackSearch.from_beir(data_dir / "adi"))
+    assert "trained through" not in caplog.text
+    assert EXPANDED.mismatch("LlamaIndexSearch") is None

@@ -20,7 +20,7 @@ def test_expand_repeats_the_original_query_weight_times():
 @pytest.mark.parametrize("framing,weight,message", [
     ("expand", 0, "query_weight=0 must be a whole number >= 1"),
     ("expand", 2.5, "query_weight=2.5 must be a whole number"),
-    ("replace", 2, "only applies to framing='expand'"),
+    ("replace", 2, "only applies to framing 'expand', 'fuse' or 'steer'"),
     ("both", 1, "framing='both'"),
 ])
 def test_bad_framing_names_the_fix(framing, weight, message):
@@ -37,7 +37,7 @@ def test_new_words_are_the_rewrites_words_the_query_lacks():
 
 def test_config_checks_query_weight():
     assert TrainConfig(framing="expand", query_weight=3).query_weight == 3
-    with pytest.raises(ConfigError, match="only applies to framing='expand'"):
+    with pytest.raises(ConfigError, match="only applies to framing 'expand', 'fuse' or 'steer'"):
         TrainConfig(query_weight=2)
 
 
@@ -97,7 +97,7 @@ def test_fuse_refuses_a_retriever_without_scores():
 
 def test_config_takes_fuse_with_a_query_weight():
     assert TrainConfig(framing="fuse", query_weight=3).framing == "fuse"
-    with pytest.raises(ConfigError, match="framing='expand' or 'fuse'"):
+    with pytest.raises(ConfigError, match="framing 'expand', 'fuse' or 'steer'"):
         TrainConfig(framing="replace", query_weight=3)
 
 

@@ -14,10 +14,12 @@ def test_completions_end_at_eos_or_at_the_stop_string():
     eos, pad = 2, 2
     generated = torch.tensor([
         [5, 6, 2, pad, pad],   # the model wrote EOS: kept, the padding after it dropped
-        [5, 6, 7, pad, pad],   # stopped at the stop string after 3 tokens: the padding (== EOS here) is not kept
-        [5, 6, 7, 8, 9],       # ran to the budget
+        [5, 6, 7, pad, pad],   # stopped at the stop string after 3 tokens: ends with EOS, the padding dropped
+        [5, 6, 7, 8, 9],       # ran to the budget: no EOS, which TRL counts as clipped
+        [5, 2, 7, 8, 9],       # EOS before the stop string ended: the EOS wins
     ])
-    assert cut_completions(generated, [eos], [None, 3, None]) == [[5, 6, 2], [5, 6, 7], [5, 6, 7, 8, 9]]
+    assert cut_completions(generated, [eos], [None, 3, None, 4]) == [[5, 6, 2], [5, 6, 7, eos], [5, 6, 7, 8, 9],
+                                                                      [5, 2]]
 
 
 @pytest.mark.slow

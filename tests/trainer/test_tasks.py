@@ -16,14 +16,18 @@ from deepretrieval_trainer.sql.answer import parse_sql_answer
 
 
 def test_every_task_asks_for_the_answer_format_and_its_example_parses():
-    assert set(TASKS) == {"retrieval", "dense", "qa", "literature", "sql"}
+    assert set(TASKS) == {"retrieval", "dense", "qa", "literature", "sql", "steer"}
     for task in TASKS.values():
-        messages = task.messages({"P": "adults", "I": "statins"} if task.name == "literature" else "some query")
+        query = {"P": "adults", "I": "statins"} if task.name == "literature" else "some query"
+        messages = task.messages(query, [] if task.feedback is not None else None)
         assert messages[0]["role"] == "system" and "<answer>" in messages[0]["content"]
         assert messages[-1]["role"] == "user"
-        parse = parse_sql_answer if task.name == "sql" else parse_answer  # the sql task answers SQL, not JSON
         for _, example_answer in task.examples:
-            assert parse(example_answer).well_formed
+            if task.name == "sql":  # the sql task answers SQL, not JSON
+                assert parse_sql_answer(example_answer).well_formed
+            else:  # the worked example has the trained format: what the format reward pays
+                parsed = parse_answer(example_answer, key=task.answer_key)
+                assert task.well_formed(parsed), (task.name, parsed)
 
 
 def test_paper_recall_tiers():

@@ -38,12 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="base model id or path for base/hyde/adapter (default: the config's, "
                                         "else the embedded SmolLM2)")
     parser.add_argument("--task", help="prompt kind of the rewriters (default: the config's, else retrieval)")
-    parser.add_argument("--framing", choices=("replace", "expand", "fuse"),
-                        help="search the rewrite alone (replace), after the query (expand), or apart from the query "
-                             "with the scores summed (fuse) (default: the config's, else replace)")
+    parser.add_argument("--framing", choices=("replace", "expand", "fuse", "steer"),
+                        help="search the rewrite alone (replace), after the query (expand), apart from the query "
+                             "with the scores summed (fuse), or as RM3 over the candidate terms it keeps (steer, "
+                             "--task steer) (default: the config's, else replace; an adapter's card wins)")
     parser.add_argument("--query-weight", type=int,
-                        help="with expand or fuse: how many times the query counts beside the rewrite (default: the "
-                             "config's, else 1; an adapter's run config wins)")
+                        help="with expand, fuse or steer: how much the query counts beside the rewrite (default: the "
+                             "config's, else 1; an adapter's card wins)")
     parser.add_argument("--feedback-docs", type=int,
                         help="show model sources the top N first-pass results of the raw query in the prompt "
                              "(default: the config's, else 0 = query-only; an adapter's run config wins)")

@@ -177,8 +177,9 @@ def evaluate(
     cache = Path(out_dir) / "rewrites" if out_dir is not None else None
     results = []
     for source in sources:
-        rewrites = _rewrites(source, queries, cache, batch_size, progress, search)
-        results.append(_score(source, queries, rewrites, collection, search, progress))
+        hits = _first_pass(source, queries, search)
+        rewrites = _rewrites(source, queries, cache, batch_size, progress, hits)
+        results.append(_score(source, queries, rewrites, collection, search, progress, hits=hits))
     raw = next(r for r in results if r.name == RAW)
     for result in results:
         if result is not raw:
@@ -190,10 +191,11 @@ def evaluate(
 
 
 def _rewrites(source: Source, queries: dict[str, str], cache: Path | None, batch_size: int,
-              progress: bool, search: SearchBackend | None = None) -> dict[str, RewriteResult]:
+              progress: bool, hits: dict[str, list]) -> dict[str, RewriteResult]:
+    """Each query's rewrite by ``source`` (``hits``: each query's first-pass documents, for a prompt that shows
+    them), from the cache where it holds them."""
     if source.rewriter is None:
         return {qid: RewriteResult(text, text, False) for qid, text in queries.items()}
-    hits = _first_pass(source, queries, search)
     if hits:  # the prompts show these first-pass documents: cached rewrites are valid for the same ones only
         shown = json.dumps([[h.doc_id for h in hits[qid]] for qid in queries]).encode()
         source = dataclasses.replace(source, identity=source.identity and
@@ -261,9 +263,12 @@ def _first_pass(source: Source, queries: dict[str, str], search: SearchBackend |
 
 
 def _score(source: Source, queries: dict[str, str], rewrites: dict[str, RewriteResult], collection: Collection,
-           search: SearchBackend, progress: bool, batch_size: int = 32) -> SourceResult:
+           search: SearchBackend, progress: bool, batch_size: int = 32, hits: dict[str, list] | None = None
+           ) -> SourceResult:
     qids = list(queries)
-    texts = [_search_query(source, rewrites[qid]) for qid in qids]
+    feedback = getattr(getattr(source.rewriter, "task", None), "feedback", None)
+    offered = {qid: feedback.candidates(hits[qid]) for qid in qids} if source.steer and hits else {}
+    texts = [_search_query(source, rewrites[qid], offered.get(qid)) for qid in qids]
     outcomes: list[QueryOutcome] = []
     bar = _progress(len(qids), f"searching ({source.name})", progress)
     for start in range(0, len(qids), batch_size):
@@ -288,7 +293,9 @@ def _score(source: Source, queries: dict[str, str], rewrites: dict[str, RewriteR
     return SourceResult(source.name, outcomes)
 
 
-def _search_query(source: Source, rewrite: RewriteResult) -> str:
+def _search_query(source: Source, rewrite: RewriteResult, candidates=None) -> str:
+    if source.steer and not rewrite.fell_back:
+        return search_text(rewrite.original, rewrite.query, "steer", source.query_weight, candidates)
     if source.include_original and not source.fuse and not rewrite.fell_back:
         return search_text(rewrite.original, rewrite.query, "expand", source.query_weight)
     return rewrite.query

@@ -33,7 +33,8 @@ class Source:
     ``include_original`` searches ``query + " " + rewrite`` (HyDE's usual form, and the trainer's ``expand``
     framing, with the query repeated ``query_weight`` times: :func:`deepretrieval_trainer.retrieval.framing.search_text`).
     ``fuse`` searches the query and the rewrite apart and sums their scores, the query's times ``query_weight`` (the
-    trainer's ``fuse`` framing: :func:`deepretrieval_trainer.retrieval.framing.fuse_hits`).
+    trainer's ``fuse`` framing: :func:`deepretrieval_trainer.retrieval.framing.fuse_hits`). ``steer`` searches RM3
+    restricted to the first-pass candidate terms the rewrite keeps (the trainer's ``steer`` framing).
     ``identity`` names everything that determines the rewrites (model, adapter weights, prompt,
     decoding); rewrites are cached in the output folder under it, and an empty identity disables the cache.
     """
@@ -44,6 +45,7 @@ class Source:
     identity: str = ""
     query_weight: int = 1
     fuse: bool = False
+    steer: bool = False
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.:@+\-]+", self.name or ""):
@@ -93,9 +95,16 @@ def parse_source(spec: str, *, model: str | None = None, task: str | Task = "ret
             logger.info("%s was trained with framing %s, query_weight %d: evaluating it the same way", arg,
                         backend.card.framing, backend.card.query_weight)
         framing, query_weight = backend.card.framing, backend.card.query_weight
-    expand = framing in ("expand", "fuse")
-    return Source(name or backend.label, backend.rewriter, include_original=expand, identity=backend.identity,
-                  query_weight=query_weight if expand else 1, fuse=framing == "fuse")
+        warning = backend.card.mismatch(type(search).__name__) if search is not None else None
+        if warning:
+            logger.warning("%s: %s", arg, warning)
+    if framing == "steer" and getattr(backend.rewriter.task.feedback, "field", None) != "terms":
+        raise ValueError(f"query source {spec!r}: framing 'steer' weights the candidate terms a corpus-steered prompt "
+                         "shows; evaluate it with --task steer (an adapter's card says so itself)")
+    weighted = framing in ("expand", "fuse", "steer")
+    return Source(name or backend.label, backend.rewriter, include_original=framing in ("expand", "fuse"),
+                  identity=backend.identity, query_weight=query_weight if weighted else 1, fuse=framing == "fuse",
+                  steer=framing == "steer")
 
 
 def prf_source(search: SearchBackend, settings=None, *, name: str = "prf") -> Source:

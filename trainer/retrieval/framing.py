@@ -11,6 +11,9 @@
   ``DeepRetrievalRetriever(mode="fuse")`` and Haystack's ``QueryFusionJoiner``). It weights the user's words in any
   retriever that returns scores, including those that count a repeated token once (Haystack's in-memory BM25) and
   dense ones.
+- ``steer``: for the corpus-steered task, whose prompt shows the candidate terms RM3 mines from the query's first pass
+  and whose answer keeps some of them: RM3 restricted to the kept terms (:func:`~.prf.steered_query`), the original
+  query's weight ``query_weight / (query_weight + 1)``. Keeping every candidate is RM3; keeping none, the raw query.
 
 Measured with the untrained embedded model on the dev splits through LlamaIndex BM25: expansion at weight 1 was level
 with the raw query on SciFact and +0.009 nDCG@10 on NFCorpus; at weight 3, +0.011 and +0.012
@@ -25,9 +28,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from .prf import Candidates, steered_query
 from .search import DocumentHit, DocumentSearch, document_search
 
-FRAMINGS = ("replace", "expand", "fuse")
+FRAMINGS = ("replace", "expand", "fuse", "steer")
 # how many documents each of the two searches under ``fuse`` returns before their scores are summed: a document
 # ranked past the cut-off of one list counts 0 there, so the cut-off must be well below the depth that is scored
 FUSION_DEPTH = 100
@@ -40,8 +44,8 @@ def check_framing(framing: str, query_weight: int = 1) -> None:
         raise ValueError(f"query_weight={query_weight!r} must be a whole number >= 1 (how many times the original "
                          "query is searched beside the rewrite)")
     if framing == "replace" and query_weight != 1:
-        raise ValueError(f"query_weight={query_weight} only applies to framing='expand' or 'fuse' (replace searches "
-                         "the rewrite alone): set framing='expand' or 'fuse', or query_weight=1")
+        raise ValueError(f"query_weight={query_weight} only applies to framing 'expand', 'fuse' or 'steer' (replace "
+                         "searches the rewrite alone): set one of those framings, or query_weight=1")
 
 
 _WORD = re.compile(r"\w+")
@@ -54,9 +58,16 @@ def new_words(original: str, rewrite: str) -> set[str]:
     return set(_WORD.findall(rewrite.casefold())) - set(_WORD.findall(original.casefold()))
 
 
-def search_text(original: str, rewrite: str, framing: str = "replace", query_weight: int = 1) -> str:
+def search_text(original: str, rewrite: str, framing: str = "replace", query_weight: int = 1,
+                candidates: Candidates | None = None) -> str:
     """The text to search for ``rewrite`` of ``original`` under ``framing`` (under ``fuse``, the rewrite's own search:
-    the original is searched beside it, :func:`fuse_hits`)."""
+    the original is searched beside it, :func:`fuse_hits`; under ``steer``, RM3 restricted to the ``candidates`` of
+    the first pass that the rewrite keeps, :func:`~deepretrieval_trainer.retrieval.prf.steered_query`)."""
+    if framing == "steer":
+        if candidates is None:
+            raise ValueError("framing 'steer' weights the first pass's candidate terms that the answer keeps: pass "
+                             "candidates= (Feedback.candidates of the query's first-pass documents)")
+        return steered_query(original, rewrite, candidates, query_weight)
     if framing == "expand":
         return " ".join([original] * query_weight + [rewrite])
     return rewrite

@@ -26,6 +26,8 @@ stop-word list instead; surface forms instead of index terms.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -176,6 +178,69 @@ def expanded_query(query: str, model: Mapping[str, float], forms: Mapping[str, s
         units = max(1, round(copies * query_terms / ratio))
     repeated = [forms[key] for key, count in apportion(units, model).items() for _ in range(count)]
     return " ".join([query] * copies + repeated)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A first pass's candidate terms, most weighted first: ``weights`` (term key -> RM3 feedback weight, summing to 1)
+    and ``forms`` (term key -> the surface form shown in the prompt and searched)."""
+
+    weights: Mapping[str, float]
+    forms: Mapping[str, str]
+
+    def to_json(self) -> str:
+        return json.dumps([[key, self.forms[key], weight] for key, weight in self.weights.items()])
+
+    @classmethod
+    def from_json(cls, text: str) -> Candidates:
+        rows = json.loads(text) if text else []
+        return cls({key: float(weight) for key, _, weight in rows}, {key: form for key, form, _ in rows})
+
+
+@functools.lru_cache(maxsize=4)
+def analyzer(stemmer: str | None = "english") -> Analyzer:
+    """The shared :class:`Analyzer` of a stemmer (its stop-word set and stemmer load once)."""
+    return Analyzer(stemmer)
+
+
+def candidate_terms(hits: Sequence[DocumentHit], terms: int = 10, stemmer: str | None = "english") -> Candidates:
+    """RM3's feedback model of ``hits`` (all of them: the caller cuts the first pass), cut to ``terms`` terms."""
+    weights, forms = feedback_model(analyzer(stemmer), hits, terms)
+    return Candidates(weights, forms)
+
+
+def steered_query(query: str, answer: str, candidates: Candidates, query_weight: int = 1,
+                  stemmer: str | None = "english") -> str:
+    """The search text of framing ``steer``: RM3 restricted to what ``answer`` keeps.
+
+    ``answer`` names terms (any separators); each candidate it names keeps its RM3 weight, and each word of its own
+    (not a candidate, not a query word) gets the candidates' mean weight, at most as many as there are candidates.
+    The weights are not renormalized: keeping every candidate is RM3 itself (the original query's weight
+    ``query_weight / (query_weight + 1)``, 0.5 at 1, Pyserini's default), keeping fewer shrinks the feedback's mass
+    towards the raw query, and keeping none is the raw query. Written as repetitions as RM3 writes them
+    (:func:`expanded_query`), which a bm25s-based retriever counts; one that counts a repeated word once still sees
+    which terms were kept.
+    """
+    words = analyzer(stemmer)
+    query_terms = len(words.tokens(query))
+    if query_terms == 0 or not candidates.weights:
+        return query
+    named = dict.fromkeys(key for _, key in words.tokens(answer))
+    own = {word: key for word, key in words.tokens(answer) if key not in candidates.weights}
+    query_keys = {key for _, key in words.tokens(query)}
+    kept = {key: weight for key, weight in candidates.weights.items() if key in named}
+    forms = dict(candidates.forms)
+    mean = 1.0 / len(candidates.weights)
+    for word, key in list(own.items())[: len(candidates.weights)]:
+        if key not in query_keys and key not in kept:
+            kept[key] = mean
+            forms.setdefault(key, word)
+    mass = sum(kept.values())
+    if mass <= 0:
+        return query
+    weight = query_weight / (query_weight + 1)
+    return expanded_query(query, {key: value / mass for key, value in kept.items()}, forms, query_terms,
+                          weight / (weight + (1 - weight) * mass))
 
 
 class PseudoRelevanceFeedback:

@@ -87,6 +87,20 @@ class AdapterCard:
                     else f"{self.framing} with query_weight {self.query_weight}")
         return f"base {self.base_model}, {prompt}, searched as {searched}, trained in {self.dtype}"
 
+    def mismatch(self, retriever: str) -> str | None:
+        """Why searching this adapter through ``retriever`` (a SearchBackend class name) may not rank as training
+        did, or None. ``expand`` with a query weight above 1 and ``steer`` write their weights as repeated words,
+        which a bm25s-based retriever (LlamaIndex's ``BM25Retriever``, the core ``BM25Search``) counts each time and
+        Haystack's in-memory BM25 counts once; ``fuse`` carries its weight in the scores, so any retriever keeps it."""
+        weighted = self.framing == "steer" or (self.framing == "expand" and self.query_weight > 1)
+        if not weighted or not self.retriever or self.retriever == retriever:
+            return None
+        return (f"this adapter was trained through {self.retriever} with framing {self.framing} (query_weight "
+                f"{self.query_weight}), whose weights are written as repeated words; {retriever} may count a "
+                "repeated word once (Haystack's in-memory BM25 does), so it may rank otherwise than training did: "
+                "evaluate it through the retriever it was trained through, or train one through this retriever "
+                "(framing fuse keeps the query's weight in any retriever)")
+
     def to_dict(self) -> dict[str, Any]:
         return {"version": CARD_VERSION, **dataclasses.asdict(self)}
 

@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from ..retrieval.prf import Candidates, candidate_terms
 from ..retrieval.search import DocumentHit
 
-Field = Literal["title", "sentence", "title+sentence"]
+Field = Literal["title", "sentence", "title+sentence", "terms"]
 NO_RESULTS = "(no results)"
 # appended to the task's user template
 FEEDBACK_BLOCK = ("\nThe search engine's top results for this query now (keep the words of relevant ones, leave out "
@@ -37,11 +38,14 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 class Feedback:
     """How the first pass appears in the prompt: the top ``docs`` documents, each as its ``field`` (``title``, with
     the leading sentence when a document has no title; ``sentence``; or ``title+sentence``), whitespace collapsed and
-    cut at a word boundary to ``max_chars``, one numbered line each."""
+    cut at a word boundary to ``max_chars``, one numbered line each. ``terms``: instead of documents, the ``terms``
+    candidate terms RM3 mines from the top ``docs`` documents (:meth:`candidates`), most weighted first, on one line:
+    the corpus-steered prompt, whose answer picks among them (framing ``steer``)."""
 
     docs: int = 3
     field: Field = "title"
     max_chars: int = 160
+    terms: int = 10
 
     def __post_init__(self) -> None:
         if not isinstance(self.docs, int) or isinstance(self.docs, bool) or self.docs < 1:
@@ -50,11 +54,21 @@ class Feedback:
             raise ValueError(f"feedback field={self.field!r}: choose one of {list(get_args(Field))}")
         if not isinstance(self.max_chars, int) or self.max_chars < 20:
             raise ValueError(f"feedback max_chars={self.max_chars!r} must be an integer >= 20")
+        if not isinstance(self.terms, int) or isinstance(self.terms, bool) or self.terms < 1:
+            raise ValueError(f"feedback terms={self.terms!r} must be a positive integer (candidate terms shown)")
 
     def text(self, hits: Sequence[DocumentHit]) -> str:
         """The prompt text of a first-pass ranking (best first); :data:`NO_RESULTS` when it is empty."""
+        if self.field == "terms":
+            return ", ".join(self.candidates(hits).forms.values()) or NO_RESULTS
         lines = [f"{rank}. {self._snippet(hit)}" for rank, hit in enumerate(list(hits)[: self.docs], start=1)]
         return "\n".join(lines) or NO_RESULTS
+
+    def candidates(self, hits: Sequence[DocumentHit]) -> Candidates:
+        """The candidate terms of a first-pass ranking: RM3's feedback model of its top ``docs`` documents, cut to
+        ``terms`` terms (:func:`deepretrieval_trainer.retrieval.prf.feedback_model`, Pyserini's RM3 with a stemmer).
+        The prompt shows them and framing ``steer`` weights what the answer keeps of them, from this one function."""
+        return candidate_terms(list(hits)[: self.docs], self.terms) if hits else Candidates({}, {})
 
     def _snippet(self, hit: DocumentHit) -> str:
         title, sentence = _clean(hit.title), leading_sentence(hit.text)

@@ -86,17 +86,50 @@ class StopRecorder(StoppingCriteria):
         return done
 
 
+class LoopStop(StoppingCriteria):
+    """Stops a row whose last tokens are one unit of 1 to ``max_unit`` tokens written ``repeats`` times in a row.
+
+    Greedy decoding of a small model can repeat a word until the token budget runs out; such a row has said what it
+    will say, so decoding it further only costs time. The answer parser cuts the loop back to its first occurrence
+    (:func:`deepretrieval_trainer.rewriting.answer.cut_loop`), which is what every decoding path, a served one
+    included, then returns. It reads only each row's last ``maximum_token_len`` tokens, as a stop-string check does.
+    """
+
+    def __init__(self, max_unit: int = 8, repeats: int = 4) -> None:
+        self.max_unit = max_unit
+        self.repeats = repeats
+        self.maximum_token_len = max_unit * repeats
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor | None, **kwargs) -> torch.Tensor:
+        rows, width = input_ids.shape
+        done = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+        for unit in range(1, self.max_unit + 1):
+            span = unit * self.repeats
+            if span > width:
+                break
+            blocks = input_ids[:, -span:].reshape(rows, self.repeats, unit)
+            done |= (blocks == blocks[:, -1:, :]).all(dim=2).all(dim=1)
+        return done
+
+
 def cut_completions(completion_ids: torch.Tensor, eos_ids: Sequence[int], stop_lengths: Sequence[int | None]
                     ) -> list[list[int]]:
-    """Each row up to its first EOS (included) or the end of its stop string, whichever comes first."""
+    """Each row up to its first EOS (included) or the end of its stop string, whichever comes first.
+
+    A row that ends at its stop string ends with an EOS token appended: the answer is complete there, and nothing
+    after the stop string is ever read, so it is a finished completion. TRL counts a completion whose last token is
+    not EOS as cut off by the length limit (``completions/clipped_ratio``), and ``mask_truncated_completions`` would
+    drop it from the loss; the appended EOS also teaches the policy to end where the served rewriter stops.
+    """
     rows = []
     eos = torch.tensor(list(eos_ids), device=completion_ids.device)
     for row, stop_length in zip(completion_ids.cpu(), stop_lengths, strict=True):
         hits = torch.nonzero(torch.isin(row, eos.cpu())).flatten()
         end = int(hits[0]) + 1 if len(hits) else row.numel()
-        if stop_length is not None:
-            end = min(end, stop_length)
-        rows.append(row[:end].tolist())
+        stopped = stop_length is not None and stop_length < end
+        if stopped:
+            end = stop_length
+        rows.append(row[:end].tolist() + ([int(eos_ids[0])] if stopped and eos_ids else []))
     return rows
 
 
@@ -442,7 +475,7 @@ def _lean_generate(model, input_ids, attention_mask, gc, stopping_criteria, *, s
 
     processors = _logits_processors(gc)
     if speculate > 0 and not gc.do_sample and not processors and all(
-            isinstance(c, StopStringCriteria) and c.maximum_token_len <= input_ids.shape[1]
+            isinstance(c, (StopStringCriteria, LoopStop)) and c.maximum_token_len <= input_ids.shape[1]
             for c in stopping_criteria):  # each stop check reads the row's last maximum_token_len tokens
         return _speculative_greedy(model, cache_arg, cache, input_ids, attention_mask, positions, logits, gc,
                                    list(stopping_criteria), eos_ids, pad, speculate=speculate, ngram=ngram,

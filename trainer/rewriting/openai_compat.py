@@ -44,7 +44,7 @@ from ..common.deadline import (
 )
 from ..common.fields import check_fields
 from ..common.redaction import excerpt, redact, register_secret
-from .answer import MAX_QUERY_CHARS, parse_answer
+from .answer import MAX_QUERY_CHARS
 from .card import CARD_FILE, AdapterCard, read_card
 from .rewriters import BaseRewriter
 from .tasks import Task
@@ -157,7 +157,7 @@ def choose_completion(task: Task, samples: Sequence[str], choice: Choice, *, max
     """
     if not samples:
         raise ServerError("the server returned no choices")
-    parsed = [parse_answer(task.completion_text(s), max_chars=max_chars) for s in samples]
+    parsed = [task.parse(s, max_chars=max_chars) for s in samples]
     valid = [(i, " ".join(p.query.lower().split())) for i, p in enumerate(parsed) if p.ok]
     if not valid:
         return samples[0]

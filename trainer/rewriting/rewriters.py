@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from ..retrieval.search import DocumentHit
-from .answer import MAX_QUERY_CHARS, parse_answer
+from .answer import MAX_QUERY_CHARS
 from .card import CARD_FILE, AdapterCard, model_name, read_card
 from .tasks import QueryInput, Task, get_task
 
@@ -143,10 +143,7 @@ class BaseRewriter(ABC):
             if isinstance(completion, Exception):
                 results.append(self._backend_failed([query], completion, latency)[0])
                 continue
-            parsed = parse_answer(
-                self.task.completion_text(completion) if isinstance(completion, str) else completion,
-                max_chars=self.max_query_chars,
-            )
+            parsed = self.task.parse(completion, max_chars=self.max_query_chars)
             # a rewrite the next component cannot encode (a lone surrogate from a JSON escape, NUL) is no rewrite
             problem = encoding_problem(parsed.query) if parsed.ok else None
             if parsed.ok and problem is None:
@@ -302,7 +299,7 @@ class LocalRewriter(BaseRewriter):
 
         from transformers import StopStringCriteria
 
-        from .generation import lean_generate, lean_unsupported
+        from .generation import LoopStop, lean_generate, lean_unsupported
 
         settings = dict(max_new_tokens=self.max_new_tokens, do_sample=sampling,
                         temperature=self.temperature if sampling else None, top_p=self.top_p if sampling else None,
@@ -311,14 +308,13 @@ class LocalRewriter(BaseRewriter):
         config.update(**settings)
         if self._lean is None:
             self._lean = self.decoding == "lean" and lean_unsupported(config, self._model) is None
-        # nothing after the answer is read: stop generating there (a task may have no stop strings)
+        # nothing after the answer is read: stop generating there (a task may have no stop strings), or where a row
+        # loops (the parser cuts the loop back to its first occurrence, on every path)
+        stopping = [LoopStop()] + ([StopStringCriteria(self._tokenizer, list(self.task.stop))] if self.task.stop else [])
         if self._lean:
-            stopping = [StopStringCriteria(self._tokenizer, list(self.task.stop))] if self.task.stop else []
             return lean_generate(self._model, encoded["input_ids"], encoded["attention_mask"], config,
                                  stopping_criteria=stopping, speculate=0 if sampling else self.speculate)
-        return self._model.generate(
-            **encoded, **settings,
-            **({"stop_strings": list(self.task.stop), "tokenizer": self._tokenizer} if self.task.stop else {}))
+        return self._model.generate(**encoded, **settings, stopping_criteria=stopping)
 
     def prompt_text(self, conversation: list[dict[str, str]]) -> str:
         """The chat-templated prompt, ending with the task's prefill."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Union
 
 from ..retrieval.search import DocumentHit, SearchBackend, document_search
+from .answer import MAX_QUERY_CHARS, Rewrite, parse_answer
 from .feedback import EXAMPLE_FEEDBACK, FEEDBACK_BLOCK, NO_RESULTS, Feedback
 
 QueryInput = Union[str, Mapping[str, str]]
@@ -110,6 +111,10 @@ class Task:
     # shows the query's first-pass results in this format; example_feedback is what each worked example shows
     feedback: Feedback | None = None
     example_feedback: tuple[str, ...] = ()
+    # the JSON field of the answer that holds the query ("terms" for the corpus-steered task), and whether the trained
+    # format starts with a <think> block
+    answer_key: str = "query"
+    think: bool = True
 
     def __post_init__(self) -> None:
         if "{query}" not in self.user:
@@ -158,6 +163,16 @@ class Task:
     def completion_text(self, completion: str) -> str:
         """The full assistant text: the prefill the backend started with, then the generated completion."""
         return self.prefill + completion
+
+    def parse(self, completion: object, *, max_chars: int = MAX_QUERY_CHARS) -> Rewrite:
+        """The rewrite in a completion (generated after :attr:`prefill`); never raises on model text."""
+        text = self.completion_text(completion) if isinstance(completion, str) else completion
+        return parse_answer(text, max_chars=max_chars, key=self.answer_key)
+
+    def well_formed(self, parsed: Rewrite) -> bool:
+        """Whether a parsed completion has the exact trained format: a JSON answer with a usable query, after a
+        ``<think>`` block when the task thinks."""
+        return parsed.ok and parsed.is_json and not parsed.repaired and (parsed.has_think or not self.think)
 
 
 def format_pico(fields: Mapping[str, str]) -> str:
@@ -245,6 +260,23 @@ SQL_EXAMPLES = 4
 # (an error, a timeout, too many rows, a refused statement); the value scored is 1 / 0 / -1.
 EXECUTION_TIERS = Tiers(((1.0, 1.0), (0.0, 0.0)), floor=-0.5)
 
+# The corpus-steered task: the prompt shows the candidate terms RM3 mines from the query's first pass (the same
+# retriever's top 10 documents), and the answer copies the ones that fit; framing "steer" searches RM3 restricted to
+# them. No <think>: with one, the untrained embedded model looped on 87 of 100 NFCorpus dev queries. The answer's
+# JSON field is "terms", not "query": asked for a "query", it echoed the user's query instead of choosing among the
+# candidates, while "terms" makes it copy the list, so its untrained start is RM3 itself
+# (docs/experiments/retrieval-recipes.md#a-corpus-steered-prompt-what-does-the-untrained-model-start-from).
+STEER_SYSTEM = (
+    "You choose search terms for a keyword (BM25) search engine. You see a user's query and candidate terms found in "
+    "the engine's top results for it. Copy the candidate terms that fit what the query means, in their order, and "
+    "leave out the ones that drift to other topics. Give only the terms as JSON inside <answer> </answer>."
+)
+_STEER_CANDIDATES = "aspirin, myocardial, infarction, platelet, cardiovascular, risk, prevention, bleeding, trial, stroke"
+_STEER_EXAMPLE = (
+    "aspirin prevents heart attacks",
+    '<answer>{"terms": "aspirin, myocardial, infarction, platelet, cardiovascular, risk, prevention, stroke"}</answer>',
+)
+
 TASKS: dict[str, Task] = {
     "retrieval": Task("retrieval", RETRIEVAL_SYSTEM, metric="ndcg", k=10, train_k=100,
                       examples=(_RETRIEVAL_EXAMPLE,)),
@@ -255,6 +287,10 @@ TASKS: dict[str, Task] = {
                        format_valid=1.0, format_invalid=-4.0, examples=(_LITERATURE_EXAMPLE,)),
     "sql": Task("sql", SQL_SYSTEM, "{query}", metric="execution", k=1, tiers=EXECUTION_TIERS,
                 format_valid=0.1, format_invalid=-2.0, examples=SQL_EXAMPLE_POOL[:SQL_EXAMPLES]),
+    "steer": Task("steer", STEER_SYSTEM, "Query: {query}\nCandidate terms: {feedback}", metric="ndcg", k=10,
+                  train_k=100, examples=(_STEER_EXAMPLE,), prefill='<answer>{"terms": "', answer_key="terms",
+                  think=False, feedback=Feedback(docs=10, field="terms", terms=10),
+                  example_feedback=(_STEER_CANDIDATES,)),
 }
 # Not in TASKS: a prompted baseline for evaluation (`deepretrieval eval --source hyde`), not a trained format.
 HYDE_TASK = Task("hyde", HYDE_SYSTEM, metric="ndcg", k=10, examples=(_HYDE_EXAMPLE,), prefill="<answer>")
@@ -284,7 +320,8 @@ def with_feedback(task: str | Task, feedback: Feedback | int = 3) -> Task:
     ``feedback``: a :class:`Feedback` or a number of documents."""
     task = get_task(task)
     if isinstance(feedback, int) and not isinstance(feedback, bool):
-        feedback = Feedback(docs=feedback)
+        # a number of documents: the task's own feedback format (the corpus-steered one's terms) with that many
+        feedback = dataclasses.replace(task.feedback, docs=feedback) if task.feedback else Feedback(docs=feedback)
     if not isinstance(feedback, Feedback):
         raise TypeError(f"feedback={feedback!r}: pass a Feedback or a number of documents")
     if task.feedback is not None:

@@ -69,7 +69,7 @@ def parse_sql_answer(text: object, *, max_chars: int = MAX_SQL_CHARS, require_th
     rest, has_think = _strip_think(text)
     if require_think and not has_think:
         return SQLAnswer(None, False, "no <think>...</think> block before the answer")
-    body = _answer_body(rest)
+    body, _ = _answer_body(rest)
     if body is None:
         return SQLAnswer(None, False, "no <answer> tag in the completion", has_think)
     sql = _unwrap(body)

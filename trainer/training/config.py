@@ -28,7 +28,7 @@ LossType = Literal["grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"]
 VllmMode = Literal["colocate", "server"]
 Framework = Literal["llamaindex", "haystack", "bm25s"]
 RetrieverKind = Literal["bm25", "storage", "pipeline"]
-Framing = Literal["replace", "expand", "fuse"]
+Framing = Literal["replace", "expand", "fuse", "steer"]
 # Spider's hardness levels, easiest first (deepretrieval_trainer.sql.hardness grades a query into one of them)
 Hardness = Literal["easy", "medium", "hard", "extra"]
 
@@ -161,9 +161,13 @@ class TrainConfig:
     # the Jaccard of its tables and columns with the gold SQL's (sql/linking.py; Reasoning-SQL's schema-linking
     # reward); 0 = off. Needs gold SQL (examples with gold rows only get none). Not yet measured.
     sql_partial_credit: float = 0.0
+    # how a rewrite is searched (retrieval/framing.py): replace (the rewrite alone), expand (the query, then the
+    # rewrite), fuse (the two apart, scores summed), steer (task "steer": RM3 restricted to the candidate terms the
+    # answer keeps)
     framing: str = "replace"
-    # expand and fuse: how many times the original query is searched beside the rewrite (framing.py; bm25s-based
-    # retrievers weight a repeated token by its count under expand; fuse weights the original's scores, any retriever)
+    # expand and fuse: how many times the original query is searched beside the rewrite (bm25s-based retrievers weight
+    # a repeated token by its count under expand; fuse weights the original's scores, any retriever); steer: the
+    # original query's share of the weights is query_weight / (query_weight + 1) (1: RM3's 0.5)
     query_weight: int = 1
     # what the retrieval reward gives a completion with no usable query: "zero" (the format reward penalizes it) or
     # "raw": the raw query's own score, which is what deployment searches when the model's output is unusable (the
@@ -243,6 +247,11 @@ class TrainConfig:
             check_echo_penalty(self.echo_penalty, self.framing)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        terms = TASKS[self.task].feedback is not None and TASKS[self.task].feedback.field == "terms"
+        if self.framing == "steer" and not terms:
+            raise ConfigError(f"framing 'steer' with task={self.task!r}: it weights the candidate terms that a "
+                              "corpus-steered prompt shows, so it needs task 'steer'; set task: steer, or another "
+                              "framing")
         _choice("dtype", self.dtype, DTYPES)
         _choice("sampler", self.sampler, ("lean", "merged", "trl"))
         _choice("scale_rewards", self.scale_rewards, ("group", "batch", "none"))

@@ -193,11 +193,16 @@ def build_trainer(config: TrainConfig, task: Task, base_model: str, rows: Sequen
 
 def prompt_rows(tokenizer, task: Task, rows: Sequence[TrainingRow], search_backend: SearchBackend) -> list[dict]:
     """The training dataset rows: the prompt, and the columns the rewards read. A feedback task's prompt shows each
-    raw query's first-pass results from ``search_backend``, searched once here (deepretrieval_trainer.rewriting.feedback)."""
+    raw query's first-pass results from ``search_backend``, searched once here (deepretrieval_trainer.rewriting.feedback);
+    a corpus-steered task's rows also carry the candidate terms shown, which framing ``steer`` weights."""
     first = first_pass(search_backend, [r.query_text for r in rows], task) if task.feedback else [None] * len(rows)
-    return [{"prompt": prompt_text(tokenizer, task, r.query, hits), "query": r.query_text,
-             "qrels": json.dumps(r.qrels), "query_id": r.query_id, "pub_date": r.pub_date}
-            for r, hits in zip(rows, first, strict=True)]
+    prompts = [{"prompt": prompt_text(tokenizer, task, r.query, hits), "query": r.query_text,
+                "qrels": json.dumps(r.qrels), "query_id": r.query_id, "pub_date": r.pub_date}
+               for r, hits in zip(rows, first, strict=True)]
+    if task.feedback is not None and task.feedback.field == "terms":  # what framing "steer" weights, as shown
+        for row, hits in zip(prompts, first, strict=True):
+            row["candidates"] = task.feedback.candidates(hits).to_json()
+    return prompts
 
 
 def _dataset_info(dataset: Dataset, rows: Sequence[TrainingRow], data_fingerprint: str) -> dict[str, Any]:

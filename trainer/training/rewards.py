@@ -19,9 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..retrieval.framing import FUSION_DEPTH, check_framing, fuse_hits, new_words, search_text
+from ..retrieval.prf import Candidates, steered_query
 from ..retrieval.metrics import first_hit_rank, ndcg_at_k, recall_at_k
 from ..retrieval.search import DocumentHit, SearchBackend, document_search
-from ..rewriting.answer import Rewrite, parse_answer
+from ..rewriting.answer import Rewrite
 from ..rewriting.tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
@@ -66,11 +67,11 @@ class FormatReward:
         self.query_check = query_check
 
     def parse(self, completion: str) -> Rewrite:
-        return parse_answer(self.task.completion_text(completion), require_think=True)
+        return self.task.parse(completion)
 
     def is_valid(self, completion: str) -> bool:
         parsed = self.parse(completion)
-        return parsed.well_formed and (self.query_check is None or self.query_check(parsed.query) is None)
+        return self.task.well_formed(parsed) and (self.query_check is None or self.query_check(parsed.query) is None)
 
     def __call__(self, completions: Sequence[str], log_metric: MetricLogger | None = None, **kwargs: Any) -> list[float]:
         valid = [self.is_valid(c) for c in completions]
@@ -235,30 +236,37 @@ class RetrievalReward:
             return float(task.tiers(value))
         return task.reward_scale * value
 
-    def search_text(self, original: str, rewrite: str) -> str:
-        return search_text(original, rewrite, self.framing, self.query_weight)
+    def search_text(self, original: str, rewrite: str, candidates: Candidates | None = None) -> str:
+        return search_text(original, rewrite, self.framing, self.query_weight, candidates)
 
     def __call__(self, completions: Sequence[str], query: Sequence[str], qrels: Sequence[Any],
                  log_metric: MetricLogger | None = None, pub_date: Sequence[str | None] | None = None,
-                 **kwargs: Any) -> list[float]:
-        parsed = [parse_answer(self.task.completion_text(c)) for c in completions]
+                 candidates: Sequence[str] | None = None, **kwargs: Any) -> list[float]:
+        """``candidates`` (framing ``steer``): each row's first-pass candidate terms, as ``Candidates.to_json``."""
+        parsed = [self.task.parse(c) for c in completions]
         judged = [parse_qrels(q) for q in qrels]
-        usable = [i for i, p in enumerate(parsed)
-                  if p.ok and (self.query_check is None or self.query_check(self.search_text(query[i], p.query)) is None)]
+        offered = self._candidates(candidates, len(completions))
+        shown = [self.search_text(query[i], p.query, offered[i]) if p.ok else None for i, p in enumerate(parsed)]
+        usable = [i for i, text in enumerate(shown)
+                  if text is not None and (self.query_check is None or self.query_check(text) is None)]
         hits, misses, seconds = self.cache.hits, self.cache.misses, self.cache.search_seconds
-        texts = [self.search_text(query[i], parsed[i].query) for i in usable]
+        texts = [shown[i] for i in usable]
+        # the free baseline on the same prompts, for the curve a user watches: RM3 keeps every candidate
+        rm3 = [steered_query(q, " ".join(c.forms.values()), c, self.query_weight) for q, c in zip(query, offered)
+               ] if self.framing == "steer" else []
         dates = list(pub_date) if pub_date is not None else [None] * len(completions)
-        found = self.cache.rankings(texts + list(query), [dates[i] for i in usable] + dates)
-        rankings, raw_found = found[: len(texts)], found[len(texts):]
+        found = self.cache.rankings(texts + list(query) + rm3, [dates[i] for i in usable] + dates + dates[: len(rm3)])
+        rankings, raw_found = found[: len(texts)], found[len(texts):len(texts) + len(query)]
+        rm3_found = found[len(texts) + len(query):]
         if self.cache.scored:  # framing "fuse": each rewrite's hits summed with its own query's
             rankings = [fuse_hits(raw_found[i], hits, self.query_weight) for i, hits in zip(usable, rankings)]
             raw_found = [[hit.doc_id for hit in hits] for hits in raw_found]
         raw = [self.score(r, j) for r, j in zip(raw_found, judged, strict=True)]
         rewards = list(raw) if self.unusable == "raw" else [0.0] * len(completions)
         echoes = [i for i in usable if not new_words(query[i], parsed[i].query)]
-        for i, ranking in zip(usable, rankings, strict=True):
-            rewards[i] = self.score(ranking, judged[i])
-        retrieved = [rewards[i] for i in usable]  # before the penalty: what the search itself scored
+        searched = {i: self.score(ranking, judged[i]) for i, ranking in zip(usable, rankings, strict=True)}
+        for i, value in searched.items():
+            rewards[i] = value
         for i in echoes:
             rewards[i] -= self.echo_penalty
         if log_metric is not None:
@@ -267,10 +275,25 @@ class RetrievalReward:
             log_metric("search/cache_hit_rate", (self.cache.hits - hits) / max(lookups, 1))
             log_metric("search/cache_size", float(len(self.cache._results)))
             log_metric("retrieval/raw_query_reward", sum(raw) / max(len(raw), 1))
-            if usable:
-                log_metric("retrieval/rewrite_reward", sum(retrieved) / len(usable))
+            if usable:  # before the penalty: what the search itself scored
+                log_metric("retrieval/rewrite_reward", sum(searched.values()) / len(usable))
                 log_metric("retrieval/no_new_words_rate", len(echoes) / len(usable))
+            # what the model adds on the same prompts: every sample (a fallback searches the raw query) minus raw
+            served = [searched.get(i, raw[i]) for i in range(len(completions))]
+            log_metric("retrieval/gain_over_raw", sum(s - r for s, r in zip(served, raw)) / max(len(raw), 1))
+            if rm3_found:
+                baseline = [self.score(r, j) for r, j in zip(rm3_found, judged, strict=True)]
+                log_metric("retrieval/rm3_reward", sum(baseline) / len(baseline))
+                log_metric("retrieval/gain_over_rm3", sum(s - b for s, b in zip(served, baseline)) / len(baseline))
         return rewards
+
+    def _candidates(self, candidates: Sequence[str] | None, rows: int) -> list[Candidates | None]:
+        if self.framing != "steer":
+            return [None] * rows
+        if candidates is None:
+            raise ValueError("framing 'steer' needs each row's first-pass candidate terms (the dataset column "
+                             "'candidates', Candidates.to_json); train with a task whose feedback shows terms")
+        return [Candidates.from_json(c) for c in candidates]
 
 
 def build_rewards(search: SearchBackend, task: str | Task, *, framing: str = "replace", query_weight: int = 1,

@@ -39,7 +39,6 @@ from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-CURVE_KEYS = ("reward", "format/valid_rate", "step_s")
 # a checkpoint's files that are the trainer's state, not the adapter
 _TRAINER_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "training_args.bin"}
 
@@ -345,30 +344,37 @@ def _unwritable(path: Path, exc: OSError) -> str:
 
 
 def plot_curves(runs: dict[str, list[dict[str, Any]]], out: str | Path, *, window: int = 10) -> Path:
-    """Reward, format-valid rate and step time per step (raw and a moving average) for one or more runs."""
+    """Per step, for one or more runs (raw and a moving average): the total reward; what the rewrites' retrieval
+    gained over the raw query on the same prompts (solid) and over RM3 (dashed, the corpus-steered task), which is
+    what a user gets, while the total also counts the format reward; the format-valid rate; the step time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    titles = {"reward": "total reward", "format/valid_rate": "format-valid rate", "step_s": "step time (s)"}
-    for name, rows in runs.items():
+    panels = [("total reward", [("reward", "-")]),
+              ("retrieval gain over raw (solid) and RM3 (dashed)",
+               [("retrieval/gain_over_raw", "-"), ("retrieval/gain_over_rm3", "--")]),
+              ("format-valid rate", [("format/valid_rate", "-")]), ("step time (s)", [("step_s", "-")])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(20, 4))
+    for index, (name, rows) in enumerate(runs.items()):
+        color = f"C{index % 10}"
         steps = [r["step"] for r in rows]
-        for ax, key in zip(axes, CURVE_KEYS, strict=True):
-            values = [r.get(key) for r in rows]
-            pairs = [(s, v) for s, v in zip(steps, values, strict=True) if v is not None]
-            if not pairs:
-                continue
-            xs, ys = zip(*pairs, strict=True)
-            line = ax.plot(xs, ys, alpha=0.3)[0]
-            smooth = [sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1])
-                      for i in range(len(ys))]
-            ax.plot(xs, smooth, color=line.get_color(), label=name)
-    for ax, key in zip(axes, CURVE_KEYS, strict=True):
-        ax.set_title(titles[key])
+        for ax, (_, series) in zip(axes, panels, strict=True):
+            for key, style in series:
+                pairs = [(s, r.get(key)) for s, r in zip(steps, rows, strict=True) if r.get(key) is not None]
+                if not pairs:
+                    continue
+                xs, ys = zip(*pairs, strict=True)
+                ax.plot(xs, ys, alpha=0.25, color=color, linestyle=style)
+                smooth = [sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1])
+                          for i in range(len(ys))]
+                ax.plot(xs, smooth, color=color, linestyle=style, label=name if style == "-" else None)
+    for ax, (title, _) in zip(axes, panels, strict=True):
+        ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    axes[1].axhline(0.0, color="black", linewidth=0.8)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)

@@ -70,7 +70,7 @@ class TimedGRPOTrainer(GRPOTrainer):
         import torch
         from trl.trainer.utils import pad
 
-        from ..rewriting.generation import MergedTwin, StopRecorder, cut_completions, lean_generate
+        from ..rewriting.generation import LoopStop, MergedTwin, StopRecorder, cut_completions, lean_generate
 
         if self._twin is None:
             self._twin = MergedTwin(self.accelerator.unwrap_model(self.model))
@@ -80,6 +80,7 @@ class TimedGRPOTrainer(GRPOTrainer):
         attention_mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left")
         device = self.accelerator.device
         stopping = [StopRecorder(self._tokenizer, self.stop, input_ids.shape[1], len(prompts))] if self.stop else []
+        stopping.append(LoopStop())  # a row that loops has said what it will say (the parser cuts the loop)
         lean = self.lean_decoding and not self._lean_fallback()
         with torch.no_grad():
             if lean:
@@ -89,7 +90,7 @@ class TimedGRPOTrainer(GRPOTrainer):
                 generated = self._twin.model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                     generation_config=self.generation_config, stopping_criteria=stopping)
-        lengths = stopping[0].lengths if stopping else [None] * len(prompts)
+        lengths = stopping[0].lengths if self.stop else [None] * len(prompts)
         return cut_completions(generated[:, input_ids.shape[1]:], self.eos_token_ids, lengths), None
 
     def _lean_fallback(self) -> bool:

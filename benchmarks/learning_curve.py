@@ -70,45 +70,60 @@ def summarize_training(rows: list[dict]) -> dict:
 
 
 def run_one(collection: str, framework: str, args: argparse.Namespace) -> dict:
-    from deepretrieval_trainer.evaluation.evaluate import evaluate
-    from deepretrieval_trainer.evaluation.sources import parse_source
     from deepretrieval_trainer.retrieval.data import load_beir
-    from deepretrieval_trainer.training.config import TrainConfig
     from deepretrieval_trainer.training.retrieval import train
-    from deepretrieval_trainer.training.run_dir import RunDir
 
     path = DATA / collection
     drop = collection in DROP_UNKNOWN
     search = build_search(framework, path)
     run_dir = Path(args.out) / f"{collection}-{framework}"
+    config = train_config(args, run_dir, data={"path": str(path), "split": "train", "drop_unknown_docs": drop})
+    start = time.perf_counter()
+    adapter = train(search, load_beir(path, "train", drop_unknown_docs=drop), config)
+    train_s = time.perf_counter() - start
+    return {"collection": collection, "framework": framework, "adapter": str(adapter), "train_wall_s": train_s,
+            **evaluate_run(collection, framework, search, config, adapter, args)}
+
+
+def train_config(args: argparse.Namespace, run_dir: Path, **values):
+    """The TrainConfig the flags of :func:`add_training_arguments` say (``--set`` wins over the named flags)."""
+    from deepretrieval_trainer.training.config import TrainConfig
+
     fields = dict(
         run_dir=str(run_dir), resume=True, max_steps=args.steps, max_minutes=args.max_minutes, save_steps=10,
         learning_rate=args.lr, num_generations=args.num_generations, prompts_per_step=args.prompts_per_step,
         max_completion_length=args.max_completion_length, temperature=args.temperature, framing=args.framing,
         query_weight=args.query_weight, beta=args.beta, reward_k=args.reward_k, torch_threads=args.torch_threads,
-        seed=args.seed, data={"path": str(path), "split": "train", "drop_unknown_docs": drop},
+        seed=args.seed, **values,
     )
-    config = TrainConfig(**{**fields, **extra_fields(args.set)})  # --set wins over the named flags
-    start = time.perf_counter()
-    adapter = train(search, load_beir(path, "train", drop_unknown_docs=drop), config)
-    train_s = time.perf_counter() - start
-    dev = load_beir(path, "dev", drop_unknown_docs=drop)
+    return TrainConfig(**{**fields, **extra_fields(args.set)})
+
+
+def evaluate_run(collection: str, framework: str, search, config, adapter: Path, args: argparse.Namespace, *,
+                 split: str = "dev", name: str | None = None) -> dict:
+    """Raw, RM3, the untrained base model and the trained adapter on the judged queries of ``split`` (the first
+    ``--eval-queries``), paired tests of trained vs each, and the run's training summary and curve. The report goes
+    to ``OUT/eval-<name>`` (default: the collection's name)."""
+    from deepretrieval_trainer.evaluation.evaluate import compare, evaluate
+    from deepretrieval_trainer.evaluation.sources import parse_source
+    from deepretrieval_trainer.retrieval.data import load_beir
+    from deepretrieval_trainer.training.run_dir import RunDir
+
+    dev = load_beir(DATA / collection, split, drop_unknown_docs=collection in DROP_UNKNOWN)
     sources = [parse_source(s, task=config.task, feedback_docs=config.feedback_docs, framing=config.framing,
                             query_weight=config.query_weight, search=search, max_new_tokens=args.eval_max_new_tokens,
                             batch_size=args.eval_batch)
                for s in ("raw", "prf", "base", f"trained=adapter:{adapter}")]
     start = time.perf_counter()
-    report = evaluate(dev, search, sources, limit=args.eval_queries, out_dir=Path(args.out) / f"eval-{collection}",
-                      retriever=f"{framework} bm25", progress=False, batch_size=args.eval_batch)
+    out_dir = Path(args.out) / f"eval-{name or collection}"
+    report = evaluate(dev, search, sources, limit=args.eval_queries, out_dir=out_dir, retriever=f"{framework} bm25",
+                      progress=False, batch_size=args.eval_batch)
     eval_s = time.perf_counter() - start
-    rows = RunDir(run_dir).read_metrics()
-    from deepretrieval_trainer.evaluation.evaluate import compare
-
+    rows = RunDir(config.run_dir).read_metrics()
     trained = report.source("trained")
     versus = {f"{name} {metric}": dataclasses.asdict(compare(trained, report.source(name), metric))
               for name in ("raw", "prf", "base") for metric in PAIRED_METRICS}
     return {
-        "collection": collection, "framework": framework, "adapter": str(adapter), "train_wall_s": train_s,
         "eval_wall_s": eval_s, "eval_queries": report.queries, "training": summarize_training(rows),
         "eval": {s.name: {"ndcg@10": s.means["ndcg@10"], "recall@100": s.means["recall@100"],
                           "fallback_rate": s.fallback_rate, "no_new_words_rate": s.no_new_words_rate}
@@ -155,12 +170,11 @@ def print_result(result: dict) -> None:
               f"mean delta {c['mean_delta']:+.4f}, paired t-test p={p}")
 
 
-def main() -> None:
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training and evaluation flags (the defaults are TrainConfig's)."""
     from deepretrieval_trainer.training.config import TrainConfig
 
     defaults = TrainConfig()  # the training defaults are the measured CPU recipe: use them as they are
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", default=["scifact:llamaindex"], help="COLLECTION:FRAMEWORK ...")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--max-minutes", type=float, default=None, help="stop each training run after this long")
     parser.add_argument("--eval-queries", type=int, default=100, help="first N judged dev queries (0: all)")
@@ -183,6 +197,12 @@ def main() -> None:
                              "it wins over the named flag for the same field")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch threads (default: torch's own; 1 when other work shares the cores)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", default=["scifact:llamaindex"], help="COLLECTION:FRAMEWORK ...")
+    add_training_arguments(parser)
     parser.add_argument("--out", default="/tmp/deepretrieval-learning-curve")
     parser.add_argument("--png", default=None, help="also write the reward curves of all runs here")
     parser.add_argument("--plot-only", nargs="+", default=None, help="only draw --png from these results.json files")

@@ -5,6 +5,8 @@ Using ``DeepRetrievalQueryRewriter``, ``QueryFusionJoiner`` or ``HaystackSearch`
 Haystack's deserialization allowlist, so pipeline YAML naming the components loads with ``Pipeline.loads``.
 Framing ``fuse``: ``QueryFusionJoiner`` joins the documents of the user's query and of the rewrite.
 Text-to-SQL: ``DeepRetrievalSQLWriter`` (question + schema -> SQL) and ``ReadOnlySQLQuery`` (runs it read-only).
+Training without judgments: ``synthesize`` makes labels from a document store's own documents (``StoreDocuments``,
+``SavedStoreDocuments``: a live store, or one saved with ``save_to_disk``, streamed).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ if TYPE_CHECKING:
     from .literature import LiteratureSearchRetriever
     from .search import HaystackSearch
     from .sql import DeepRetrievalSQLWriter, ReadOnlySQLQuery
+    from .stores import SavedStoreDocuments, StoreDocuments
+    from .synthetic import synthesize
 
 _LAZY = {
     "DeepRetrievalQueryRewriter": ("haystack_deepretrieval.component", "DeepRetrievalQueryRewriter"),
@@ -28,11 +32,15 @@ _LAZY = {
     "ReadOnlySQLQuery": ("haystack_deepretrieval.sql", "ReadOnlySQLQuery"),
     "LiteratureSearchRetriever": ("haystack_deepretrieval.literature", "LiteratureSearchRetriever"),
     "beir_documents": ("haystack_deepretrieval.beir", "beir_documents"),
+    "SavedStoreDocuments": ("haystack_deepretrieval.stores", "SavedStoreDocuments"),
+    "StoreDocuments": ("haystack_deepretrieval.stores", "StoreDocuments"),
+    "synthesize": ("haystack_deepretrieval.synthetic", "synthesize"),
     "train": ("deepretrieval_trainer.training.retrieval", "train"),
 }
 
 __all__ = ["DeepRetrievalQueryRewriter", "DeepRetrievalSQLWriter", "HaystackSearch", "LiteratureSearchRetriever",
-           "QueryFusionJoiner", "ReadOnlySQLQuery", "beir_documents", "train"]
+           "QueryFusionJoiner", "ReadOnlySQLQuery", "SavedStoreDocuments", "StoreDocuments", "beir_documents",
+           "synthesize", "train"]
 
 
 def __getattr__(name: str) -> Any:

@@ -107,6 +107,18 @@ class HaystackSearch:
         return cls(retriever=InMemoryBM25Retriever(document_store=store), max_concurrency=max_concurrency)
 
     @classmethod
+    def from_store(cls, path: str | Path, *, id_meta_key: str | None = None,
+                   max_concurrency: int = 4) -> HaystackSearch:
+        """An ``InMemoryBM25Retriever`` over the ``InMemoryDocumentStore`` saved in ``path`` (``save_to_disk``), loaded
+        with its own BM25 settings. The store is ``search.retriever.document_store``."""
+        from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
+
+        from .stores import load_store
+
+        return cls(retriever=InMemoryBM25Retriever(document_store=load_store(path)), id_meta_key=id_meta_key,
+                   max_concurrency=max_concurrency)
+
+    @classmethod
     def from_yaml(
         cls,
         path: str | Path,
@@ -238,7 +250,10 @@ class HaystackSearch:
 def search_from_config(retriever: Any, path: str) -> HaystackSearch:
     """What ``retriever.framework: haystack`` builds for ``deepretrieval train``/``eval`` (the package's entry point
     in the group ``deepretrieval.search_backends``): the pipeline YAML in ``path`` (``kind: pipeline``, with the
-    config's sockets and id key), else BM25 over the BEIR corpus in ``path``."""
+    config's sockets and id key), BM25 over the store saved in ``path`` (``kind: store``), else BM25 over the BEIR
+    corpus in ``path``."""
+    if retriever.kind == "store":
+        return HaystackSearch.from_store(path, id_meta_key=retriever.id_meta_key)
     if retriever.kind == "pipeline":
         return HaystackSearch.from_yaml(path, input_socket=retriever.input_socket,
                                         output_socket=retriever.output_socket, id_meta_key=retriever.id_meta_key)

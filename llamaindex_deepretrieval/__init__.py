@@ -7,6 +7,8 @@
   where ``NLSQLRetriever`` / ``NLSQLTableQueryEngine`` go, read-only (``llamaindex_deepretrieval.sql``).
 - :class:`LiteratureRetriever`: the literature-search engines (embedded FTS5, PubMed, ClinicalTrials.gov) as retrievers.
 - ``train``: ``deepretrieval_trainer.training.retrieval.train``, imported on first use (it needs torch and TRL).
+- ``synthesize``: training labels made from an index's own documents (``llamaindex_deepretrieval.synthetic``), and
+  ``index_documents``: those documents as a core document source, streamed from a persisted folder.
 
 Imports nothing heavy: torch, transformers and TRL load only when a rewriter or ``train`` runs.
 """
@@ -22,7 +24,7 @@ from .transform import DeepRetrievalQueryTransform
 __all__ = [
     "DeepRetrievalQueryTransform", "DeepRetrievalRetriever", "DeepRetrievalSQLQueryEngine", "DeepRetrievalSQLRetriever",
     "LiteratureRetriever", "LlamaIndexSearch", "QueryRewriteEvent",
-    "train",
+    "index_documents", "synthesize", "train",
 ]
 
 
@@ -31,6 +33,10 @@ def __getattr__(name: str) -> Any:
         from . import sql
 
         return getattr(sql, name)
+    if name in ("synthesize", "index_documents"):
+        from . import documents, synthetic
+
+        return getattr(synthetic if name == "synthesize" else documents, name)
     if name == "train":
         from deepretrieval_trainer.training.retrieval import train
 

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("deepretrieval_trainer.commands.serve", "serve a trained adapter with vLLM (LoRA by model name)"),
     "eval": ("deepretrieval_trainer.commands.eval", "compare raw, base, HyDE, adapter and served rewrites on a collection"),
     "train": ("deepretrieval_trainer.commands.train", "train a query rewriter (LoRA, GRPO) against your retriever"),
+    "synthesize": ("deepretrieval_trainer.commands.synthesize", "make training labels from your index's own documents (no judgments)"),
     "demo": ("deepretrieval_trainer.commands.demo", "index a collection, train an adapter for a bounded time, compare before/after"),
 }
 

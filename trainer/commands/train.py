@@ -4,7 +4,11 @@
 
 The YAML file is a TrainConfig; every field is also a flag (nested ones as --data-path, --retriever-framework).
 Its `data:` section names the BEIR collection and split, its `retriever:` section the framework and how to
-build the retriever: llamaindex (bm25 | storage), haystack (bm25 | pipeline) or bm25s (the core's quick BM25).
+build the retriever: llamaindex (bm25 | storage), haystack (bm25 | pipeline | store) or bm25s (the core's quick BM25).
+
+Without judgments: `--labels synthetic --synthesis-documents beir:PATH|llamaindex:PATH|haystack:PATH` makes the
+labels from the documents first (as `deepretrieval synthesize` does) and keeps them, and how they were made, in the
+run folder; `--labels FOLDER` trains on a folder `deepretrieval synthesize` wrote.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ import types
 import typing
 from typing import Any
 
-from ..training.config import DataConfig, RetrieverConfig, TrainConfig
+from ..training.config import DataConfig, RetrieverConfig, SynthesisConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
-NESTED = {"data": DataConfig, "retriever": RetrieverConfig}
+NESTED = {"data": DataConfig, "retriever": RetrieverConfig, "synthesis": SynthesisConfig}
 
 
 def _flag(name: str) -> str:
@@ -115,11 +119,19 @@ def run(args: argparse.Namespace) -> int:
         from ..sql.train import train_from_config
 
         return train_from_config(config)
-    if not config.data.path:
-        raise ValueError("no training data: set data.path (--data-path) to a BEIR collection folder")
-    dataset = load_beir(config.data.path, config.data.split, drop_unknown_docs=config.data.drop_unknown_docs)
-    search = build_search(config.retriever, config.data.path)
-    adapter = train(search, dataset, config)
+    if config.labels != "qrels":  # labels made from the documents, no judgments needed
+        from ..training.synthetic_run import documents_retriever, labels_documents, training_labels
+
+        retriever, path = documents_retriever(config.retriever, labels_documents(config), config.data.path)
+        search = build_search(retriever, path)
+        adapter = train(search, training_labels(config, search), config)
+    else:
+        if not config.data.path:
+            raise ValueError("no training data: set data.path (--data-path) to a BEIR collection folder, or train "
+                             "without judgments: --labels synthetic --synthesis-documents SCHEME:PATH")
+        dataset = load_beir(config.data.path, config.data.split, drop_unknown_docs=config.data.drop_unknown_docs)
+        search = build_search(config.retriever, config.data.path)
+        adapter = train(search, dataset, config)
     print(f"adapter: {adapter}")
     print(f"serve it: deepretrieval serve --adapter {adapter.parent}")
     return 0

@@ -21,13 +21,14 @@ from ..common.precision import DTYPES
 from ..retrieval.framing import check_framing
 from ..rewriting.tasks import TASKS, Task, Tiers, get_task
 from .rewards import UNUSABLE_REWARDS, check_echo_penalty
+from .synthesis_config import SYNTHETIC_TASKS, SynthesisConfig
 
 logger = logging.getLogger(__name__)
 
 LossType = Literal["grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"]
 VllmMode = Literal["colocate", "server"]
 Framework = Literal["llamaindex", "haystack", "bm25s"]
-RetrieverKind = Literal["bm25", "storage", "pipeline"]
+RetrieverKind = Literal["bm25", "storage", "pipeline", "store"]
 Framing = Literal["replace", "expand", "fuse", "steer"]
 # Spider's hardness levels, easiest first (deepretrieval_trainer.sql.hardness grades a query into one of them)
 Hardness = Literal["easy", "medium", "hard", "extra"]
@@ -35,7 +36,7 @@ Hardness = Literal["easy", "medium", "hard", "extra"]
 # which retriever kinds each framework can build
 FRAMEWORK_KINDS: dict[str, tuple[str, ...]] = {
     "llamaindex": ("bm25", "storage"),
-    "haystack": ("bm25", "pipeline"),
+    "haystack": ("bm25", "pipeline", "store"),
     "bm25s": ("bm25",),
 }
 
@@ -82,8 +83,9 @@ class RetrieverConfig:
     """How the CLI builds the host retriever that the reward searches (:func:`.retrievers.build_search`).
 
     ``llamaindex``: ``bm25`` over a BEIR corpus (``path``, default ``data.path``) or ``storage`` (a persisted index
-    folder in ``path``); ``haystack``: ``bm25`` over a corpus or ``pipeline`` (a pipeline YAML in ``path`` with
-    optional ``input_socket``/``output_socket``/``id_meta_key``); ``bm25s``: the core in-process BM25 for quick runs.
+    folder in ``path``); ``haystack``: ``bm25`` over a corpus, ``pipeline`` (a pipeline YAML in ``path`` with
+    optional ``input_socket``/``output_socket``/``id_meta_key``) or ``store`` (BM25 over an ``InMemoryDocumentStore``
+    saved with ``save_to_disk`` in ``path``); ``bm25s``: the core in-process BM25 for quick runs.
     """
 
     framework: str = "bm25s"
@@ -100,8 +102,9 @@ class RetrieverConfig:
         kinds = FRAMEWORK_KINDS[self.framework]
         if self.kind not in kinds:
             raise ConfigError(f"retriever.kind={self.kind!r} is not available for {self.framework}: choose one of {list(kinds)}")
-        if self.kind in ("storage", "pipeline") and not self.path:
-            what = "a persisted LlamaIndex storage folder" if self.kind == "storage" else "a Haystack pipeline YAML file"
+        if self.kind in ("storage", "pipeline", "store") and not self.path:
+            what = {"storage": "a persisted LlamaIndex storage folder", "pipeline": "a Haystack pipeline YAML file",
+                    "store": "a JSON file written by InMemoryDocumentStore.save_to_disk"}[self.kind]
             raise ConfigError(f"retriever.kind={self.kind!r} needs retriever.path: give {what}")
         if self.path and not Path(self.path).expanduser().exists():
             raise ConfigError(f"retriever.path={bounded_repr(self.path)} does not exist: fix the path")
@@ -208,15 +211,22 @@ class TrainConfig:
     vllm_mode: str = "colocate"
     vllm_server_base_url: str | None = None
     vllm_gpu_memory_utilization: float = 0.3
+    # where the training labels come from: "qrels" (data.path's qrels/<data.split>.tsv), "synthetic" (made from the
+    # documents before training, as the synthesis section says, and kept in the run folder) or the folder a
+    # `deepretrieval synthesize` wrote
+    labels: str = "qrels"
     # CLI only: where the data and the retriever come from
     data: DataConfig = field(default_factory=DataConfig)
     retriever: RetrieverConfig = field(default_factory=RetrieverConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
             self.data = _build(DataConfig, self.data, "data")
         if isinstance(self.retriever, dict):
             self.retriever = _build(RetrieverConfig, self.retriever, "retriever")
+        if isinstance(self.synthesis, dict):
+            self.synthesis = _build(SynthesisConfig, self.synthesis, "synthesis")
         check_fields(self, error=ConfigError)  # every field against its annotation, fields added later included
         _choice("task", self.task, tuple(TASKS))
         if self.data.max_hardness is not None and self.task != "sql":
@@ -228,6 +238,7 @@ class TrainConfig:
         if self.data.validation_databases and self.task != "sql":
             raise ConfigError(f"data.validation_databases={bounded_repr(self.data.validation_databases)} holds SQL "
                               f"databases out of training: it applies to task 'sql', not {self.task!r}; remove it")
+        self._check_labels()
         _positive("sql_partial_credit", self.sql_partial_credit, allow_zero=True)
         if self.sql_partial_credit >= 1:
             raise ConfigError(f"sql_partial_credit={self.sql_partial_credit!r} must be below 1 (0 = off, e.g. 0.5): "
@@ -297,6 +308,19 @@ class TrainConfig:
         if self.use_vllm and self.vllm_mode == "server" and not self.vllm_server_base_url:
             logger.info("use_vllm with vllm_mode='server' and no vllm_server_base_url: TRL connects to 0.0.0.0:8000")
         self.build_task()  # validates tiers and format bonuses
+
+    def _check_labels(self) -> None:
+        if self.labels == "qrels":
+            return
+        if self.task not in SYNTHETIC_TASKS:
+            raise ConfigError(f"labels={bounded_repr(self.labels)} gives each query one relevant document: it applies "
+                              f"to tasks {list(SYNTHETIC_TASKS)}, not {self.task!r}; set labels: qrels")
+        if self.labels != "synthetic" and not (Path(self.labels).expanduser() / "synthesis.json").is_file():
+            raise ConfigError(f"labels={bounded_repr(self.labels)}: choose qrels, synthetic, or a folder written by "
+                              "`deepretrieval synthesize` (it holds synthesis.json)")
+        if self.labels == "synthetic" and not (self.synthesis.documents or self.data.path):
+            raise ConfigError("labels=synthetic needs documents: set synthesis.documents (--synthesis-documents "
+                              "beir:PATH | llamaindex:PATH | haystack:PATH) or data.path (a BEIR folder)")
 
     def build_task(self) -> Task:
         """The task with this config's reward overrides applied."""

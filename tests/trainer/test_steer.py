@@ -136,3 +136,32 @@ def test_the_reward_scores_the_steered_search_and_logs_gains_over_raw_and_rm3():
                                                                - logged["retrieval/rm3_reward"]) / 2)
     with pytest.raises(ValueError, match="dataset column 'candidates'"):
         reward(completions, query=["q"] * 2, qrels=[json.dumps({"bone": 1})] * 2)
+
+
+def test_min_choice_spread_keeps_the_queries_where_the_kept_candidates_change_the_reward(scifact_dev):
+    import random
+
+    from deepretrieval_trainer.common.errors import DataError
+    from deepretrieval_trainer.training.retrieval import CHOICE_PROBES, choice_rows, training_rows
+    from deepretrieval_trainer.training.rewards import RetrievalReward
+
+    search = BM25Search(scifact_dev.corpus)
+    rows = training_rows(scifact_dev)[:60]
+    config = TrainConfig(task="steer", framing="steer", reward_k=10, min_choice_spread=0.05)
+    task = config.build_task()
+    kept = choice_rows(search, rows, config, task)
+    assert 0 < len(kept) < len(rows)
+    reward = RetrievalReward(search=search, task=task)
+    rng = random.Random(config.seed)  # the same draws choice_rows made, query by query
+    for row in rows:
+        candidates = task.feedback.candidates(search.search_documents([row.query_text], task.feedback.docs)[0])
+        forms = list(candidates.forms.values())
+        keeps = [forms, []] + [rng.sample(forms, len(forms) // 2) for _ in range(CHOICE_PROBES)]
+        texts = [steered_query(row.query_text, " ".join(keep), candidates) for keep in keeps]
+        scores = [reward.score(found, row.qrels) for found in search.search(texts, 10)]
+        assert (row in kept) == (max(scores) - min(scores) >= 0.05)
+    assert choice_rows(search, rows, TrainConfig(task="steer", framing="steer"), task) == rows  # None: every row
+    with pytest.raises(DataError, match="leaves no training query"):
+        choice_rows(search, rows, TrainConfig(task="steer", framing="steer", min_choice_spread=2.0), task)
+    with pytest.raises(ConfigError, match="applies to framing 'steer'"):
+        TrainConfig(min_choice_spread=0.1)

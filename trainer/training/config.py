@@ -133,6 +133,11 @@ class TrainConfig:
     # rewrite can only tie or lose, and most such groups score alike and teach nothing. None = every query. Retrieval
     # tasks only.
     max_raw_reward: float | None = None
+    # task steer only: train only on queries where choosing among the candidate terms changes the training reward by
+    # at least this much (the reward's spread over keeping every candidate, none, and 16 random halves, searched once
+    # before training through the same retriever). Where every choice scores alike, every group of samples does too,
+    # and teaches nothing. None = every query.
+    min_choice_spread: float | None = None
     # GRPO (TRL) - explicit, since TRL 1.16 changed its defaults. The defaults are the measured CPU recipe for the
     # embedded 135M model: the format-valid rate of sampled rewrites went from 0.69 (step 1) to 0.95 on average over
     # steps 6-40 with these values, while lr 1e-4 with 56 tokens averaged 0.39 over the last fifth of 37 steps
@@ -299,6 +304,11 @@ class TrainConfig:
         if self.torch_threads is not None and (not isinstance(self.torch_threads, int) or self.torch_threads < 1):
             raise ConfigError(f"torch_threads={bounded_repr(self.torch_threads)} must be a positive integer "
                               "(or null for torch's default)")
+        if self.min_choice_spread is not None:
+            _positive("min_choice_spread", self.min_choice_spread, allow_zero=True)
+            if self.framing != "steer":
+                raise ConfigError(f"min_choice_spread={self.min_choice_spread!r} measures choices among candidate "
+                                  f"terms: it applies to framing 'steer', not {self.framing!r}; remove it")
         if self.max_raw_reward is not None and self.task == "sql":
             raise ConfigError(f"max_raw_reward={self.max_raw_reward!r} filters retrieval queries by their raw query's "
                               "reward: it does not apply to task 'sql'; remove it (data.max_hardness picks easy SQL)")

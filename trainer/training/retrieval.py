@@ -144,6 +144,49 @@ def headroom_rows(search_backend: SearchBackend, rows: list[TrainingRow], config
     return kept
 
 
+CHOICE_PROBES = 16  # random halves of the candidates searched per query by choice_rows
+
+
+def choice_rows(search_backend: SearchBackend, rows: list[TrainingRow], config: TrainConfig,
+                task: Task) -> list[TrainingRow]:
+    """The rows where choosing among the candidate terms matters (all rows when ``config.min_choice_spread`` is None):
+    each query's first pass gives its candidates, and the training reward of keeping all of them, none, and
+    :data:`CHOICE_PROBES` random halves (seeded by ``config.seed``) must span at least ``min_choice_spread``."""
+    if config.min_choice_spread is None:
+        return rows
+    import random
+
+    from ..retrieval.prf import steered_query
+    from .rewards import RetrievalReward
+
+    start = time.perf_counter()
+    reward = RetrievalReward(search=search_backend, task=task, batch_size=config.search_batch_size,
+                             concurrency=config.search_concurrency, search_timeout=config.search_timeout)
+    queries = [r.query_text for r in rows]
+    offered = [task.feedback.candidates(hits) for hits in first_pass(search_backend, queries, task)]
+    rng = random.Random(config.seed)
+    choices = []
+    for query, candidates in zip(queries, offered, strict=True):
+        forms = list(candidates.forms.values())
+        keeps = [forms, []] + [rng.sample(forms, len(forms) // 2) for _ in range(CHOICE_PROBES)]
+        choices.append([steered_query(query, " ".join(keep), candidates, config.query_weight) for keep in keeps])
+    flat = [text for texts in choices for text in texts]
+    rankings = reward.cache.rankings(flat)
+    width = len(choices[0]) if choices else 0
+    spreads = []
+    for index, row in enumerate(rows):
+        scores = [reward.score(found, row.qrels) for found in rankings[index * width:(index + 1) * width]]
+        spreads.append(max(scores) - min(scores))
+    kept = [r for r, spread in zip(rows, spreads, strict=True) if spread >= config.min_choice_spread]
+    logger.info("min_choice_spread=%s: training on %d of %d queries (the others score within that whatever "
+                "candidates they keep; searched in %.1f s)", config.min_choice_spread, len(kept), len(rows),
+                time.perf_counter() - start)
+    if not kept:
+        raise DataError(f"min_choice_spread={config.min_choice_spread!r} leaves no training query (the largest spread "
+                        f"is {max(spreads, default=0):.3f}); lower it or set it to null")
+    return kept
+
+
 def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig | None = None) -> Path:
     """Train a LoRA rewriter with GRPO against ``search_backend``; return the adapter folder.
 
@@ -156,7 +199,8 @@ def train(search_backend: SearchBackend, dataset: Dataset, config: TrainConfig |
     rows = training_rows(dataset)
     check_batch(config)
     check_search(search_backend, rows, task.reward_k)
-    rows = select_rows(headroom_rows(search_backend, rows, config, task), config)
+    rows = select_rows(choice_rows(search_backend, headroom_rows(search_backend, rows, config, task), config, task),
+                       config)
     if task.feedback is not None:
         document_search(search_backend, purpose=f"feedback_docs={task.feedback.docs}")
     run = RunDir(config.run_dir)

@@ -17,9 +17,10 @@ def test_completions_end_at_eos_or_at_the_stop_string():
         [5, 6, 7, pad, pad],   # stopped at the stop string after 3 tokens: ends with EOS, the padding dropped
         [5, 6, 7, 8, 9],       # ran to the budget: no EOS, which TRL counts as clipped
         [5, 2, 7, 8, 9],       # EOS before the stop string ended: the EOS wins
+        [5, 6, 7, 8, 9],       # stopped at the stop string on the batch's last step: ends with EOS all the same
     ])
-    assert cut_completions(generated, [eos], [None, 3, None, 4]) == [[5, 6, 2], [5, 6, 7, eos], [5, 6, 7, 8, 9],
-                                                                      [5, 2]]
+    assert cut_completions(generated, [eos], [None, 3, None, 4, 5]) == [
+        [5, 6, 2], [5, 6, 7, eos], [5, 6, 7, 8, 9], [5, 2], [5, 6, 7, 8, 9, eos]]
 
 
 @pytest.mark.slow

@@ -126,7 +126,8 @@ def cut_completions(completion_ids: torch.Tensor, eos_ids: Sequence[int], stop_l
     for row, stop_length in zip(completion_ids.cpu(), stop_lengths, strict=True):
         hits = torch.nonzero(torch.isin(row, eos.cpu())).flatten()
         end = int(hits[0]) + 1 if len(hits) else row.numel()
-        stopped = stop_length is not None and stop_length < end
+        # a row stopped at the batch's last decoding step has no padding after it: its stop string ends the tensor
+        stopped = stop_length is not None and (stop_length < end or not len(hits))
         if stopped:
             end = stop_length
         rows.append(row[:end].tolist() + ([int(eos_ids[0])] if stopped and eos_ids else []))

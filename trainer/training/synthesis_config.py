@@ -28,8 +28,8 @@ class SynthesisConfig:
     # "" = beir:<data.path>
     documents: str = ""
     # how a pseudo-query is written: crop (a span of the document, rarest words removed; no model) or doc2query (the
-    # in-process model). crop until benchmarks/synthetic_labels.py measures which trains the better adapter: it
-    # costs no model time
+    # in-process model). crop: it costs no model time, and its labels trained the better adapter in
+    # benchmarks/synthetic_labels.py (doc2query questions repeat their document's words, so on them feedback hurts)
     method: str = "crop"
     sample: int = 1000  # documents sampled (uniformly, in one streaming pass)
     queries_per_document: int = 1

@@ -29,6 +29,7 @@ from typing import Any, Callable, Protocol, Union, runtime_checkable
 
 from ..common.errors import ConfigError, DataError
 from ..common.fields import bounded_repr
+from ..common.plugins import load_entry_point
 from .data import check_id, corpus_file, json_line
 
 logger = logging.getLogger(__name__)
@@ -189,17 +190,12 @@ def open_documents(spec: str | DocumentSource | Iterable[Any]) -> DocumentSource
 
 def document_source_builder(scheme: str) -> Callable[[str], DocumentSource]:
     """The ``(path) -> DocumentSource`` callable a plugin registers for ``scheme``, loaded."""
-    found = entry_points(group=ENTRY_POINTS, name=scheme)
-    if not found:
+    builder = load_entry_point(ENTRY_POINTS, scheme, f"documents {scheme}:PATH")
+    if builder is None:
         known = sorted({"beir", *(entry.name for entry in entry_points(group=ENTRY_POINTS))})
         raise ConfigError(f"documents scheme {scheme!r}: no package registers it (entry-point group {ENTRY_POINTS!r}; "
                           f"known: {known}); reinstall deepretrieval (pip install -e '.[{scheme}]')")
-    entry = next(iter(found))
-    try:
-        return entry.load()
-    except ImportError as exc:
-        raise ImportError(f"documents {scheme}:PATH needs {exc.name or 'a missing package'}: "
-                          f"pip install 'deepretrieval[{scheme}]'") from exc
+    return builder
 
 
 def screen(document: SourceDocument, *, min_words: int = MIN_WORDS, max_chars: int = MAX_CHARS

@@ -8,10 +8,10 @@ way Python finds plugins: through the entry points of the group :data:`ENTRY_POI
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from typing import Callable
 
 from ..common.errors import ConfigError
+from ..common.plugins import load_entry_point
 from ..retrieval.search import SearchBackend
 from .config import RetrieverConfig
 
@@ -33,16 +33,11 @@ def build_search(retriever: RetrieverConfig, data_path: str) -> SearchBackend:
 
 def plugin_builder(framework: str) -> Builder:
     """The builder the plugin package of ``framework`` registers, loaded (which imports the framework)."""
-    found = entry_points(group=ENTRY_POINTS, name=framework)
-    if not found:
+    builder = load_entry_point(ENTRY_POINTS, framework, f"retriever.framework={framework!r}")
+    if builder is None:
         raise ConfigError(f"retriever.framework={framework!r}: no package registers a search backend for it (entry "
                           f"point group {ENTRY_POINTS!r}); reinstall deepretrieval (pip install -e '.[{framework}]')")
-    entry = next(iter(found))
-    try:
-        return entry.load()
-    except ImportError as exc:
-        raise ImportError(f"retriever.framework={framework!r} needs {exc.name or 'a missing package'}: "
-                          f"pip install 'deepretrieval[{framework}]'") from exc
+    return builder
 
 
 def _bm25s(retriever: RetrieverConfig, path: str) -> SearchBackend:

@@ -3,7 +3,11 @@ BaseRewriter backends that exercise the real prompt/parse/fallback path with scr
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -81,3 +85,21 @@ def scripted_rewriter():
 @pytest.fixture
 def failing_rewriter():
     return FailingRewriter()
+
+
+_SAMPLE_IN_FRESH_PROCESS = textwrap.dedent("""
+    import json, resource, sys
+    from deepretrieval_trainer.retrieval.documents import sample_documents
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sample = sample_documents(sys.argv[1], 20)
+    print(json.dumps({"grown_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, **sample.report()}))
+""")
+
+
+def sample_twenty_in_a_fresh_process(documents: str) -> dict:
+    """``sample_documents(documents, 20)``'s report in a new interpreter, with how much its peak memory grew
+    (``grown_kb``): a process of its own, so nothing the test process holds counts."""
+    result = subprocess.run([sys.executable, "-c", _SAMPLE_IN_FRESH_PROCESS, documents], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -5,9 +5,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 from haystack import Document
@@ -20,7 +17,7 @@ from deepretrieval_trainer.retrieval.documents import open_documents, sample_doc
 from deepretrieval_trainer.training.config import RetrieverConfig
 from deepretrieval_trainer.training.retrievers import build_search
 from haystack_deepretrieval import HaystackSearch, SavedStoreDocuments, StoreDocuments, beir_documents, synthesize
-from tests.conftest import collection_path
+from tests.conftest import collection_path, sample_twenty_in_a_fresh_process
 
 ADI = collection_path("adi")
 
@@ -114,15 +111,6 @@ def test_a_file_that_is_no_saved_store_says_so(tmp_path, text, message):
         HaystackSearch.from_store(path)
 
 
-BOUNDED = textwrap.dedent("""
-    import json, resource, sys
-    from deepretrieval_trainer.retrieval.documents import sample_documents
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    sample = sample_documents(sys.argv[1], 20)
-    print(json.dumps({"grown_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, **sample.report()}))
-""")
-
-
 def test_a_large_saved_store_is_read_in_bounded_memory(tmp_path):
     row = ('{{"id": "d{i}", "content": "a document of the saved store with words enough to sample it {i}", '
            '"blob": null, "meta": {{"title": "t{i}"}}, "score": null, "embedding": [0.1, 0.2, 0.3, 0.4], '
@@ -132,9 +120,6 @@ def test_a_large_saved_store_is_read_in_bounded_memory(tmp_path):
                   '"init_parameters": {}, "documents": [')
         out.write(", ".join(row.format(i=i) for i in range(300_000)))
         out.write("]}")
-    result = subprocess.run([sys.executable, "-c", BOUNDED, f"haystack:{tmp_path / 'store.json'}"],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = sample_twenty_in_a_fresh_process(f"haystack:{tmp_path / 'store.json'}")
     assert report["read"] == 300_000 and report["sampled"] == 20
     assert report["grown_kb"] < 30 * 1024, report["grown_kb"]

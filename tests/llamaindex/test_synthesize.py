@@ -5,9 +5,6 @@ in bounded memory, the store without text and the empty one, and `synthesize` fi
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 from llama_index.core import Document, StorageContext, VectorStoreIndex
@@ -20,7 +17,7 @@ from deepretrieval_trainer.retrieval.data import load_corpus
 from deepretrieval_trainer.retrieval.documents import open_documents, sample_documents
 from llamaindex_deepretrieval import LlamaIndexSearch, index_documents, synthesize
 from llamaindex_deepretrieval.bm25 import beir_nodes, persist_bm25
-from tests.conftest import collection_path
+from tests.conftest import collection_path, sample_twenty_in_a_fresh_process
 
 ADI = collection_path("adi")
 
@@ -108,15 +105,6 @@ def test_an_empty_storage_is_an_error(tmp_path):
         index_documents(tmp_path)
 
 
-BOUNDED = textwrap.dedent("""
-    import json, resource, sys
-    from deepretrieval_trainer.retrieval.documents import sample_documents
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    sample = sample_documents(sys.argv[1], 20)
-    print(json.dumps({"grown_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, **sample.report()}))
-""")
-
-
 def test_a_large_docstore_is_read_in_bounded_memory(tmp_path):
     node = ('"n{i}": {{"__data__": {{"id_": "n{i}", "metadata": {{}}, "relationships": {{"1": {{"node_id": "d{i}"}}}}, '
             '"text": "a node of the docstore with words enough to sample it {i}", "class_name": "TextNode"}}, '
@@ -125,10 +113,7 @@ def test_a_large_docstore_is_read_in_bounded_memory(tmp_path):
         out.write('{"docstore/data": {')
         out.write(", ".join(node.format(i=i) for i in range(300_000)))
         out.write('}, "docstore/ref_doc_info": {}}')
-    result = subprocess.run([sys.executable, "-c", BOUNDED, f"llamaindex:{tmp_path}"], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = sample_twenty_in_a_fresh_process(f"llamaindex:{tmp_path}")
     assert report["read"] == 300_000 and report["sampled"] == 20
     assert report["grown_kb"] < 30 * 1024, report["grown_kb"]
 

@@ -46,7 +46,7 @@ def synthesize_one(method: str, search, args: argparse.Namespace) -> tuple[dict,
     config = SynthesisConfig(method=method, sample=args.sample, queries_per_document=args.queries_per_document,
                              min_rank=args.min_rank, max_rank=args.max_rank, seed=args.seed,
                              batch_size=args.batch_size, temperature=args.synthesis_temperature,
-                             max_new_tokens=args.synthesis_max_new_tokens)
+                             max_new_tokens=args.synthesis_max_new_tokens, headroom=args.headroom)
     start = time.perf_counter()
     try:
         labels = synthesize(search, f"beir:{DATA / args.collection}", config, out=out, dtype=args.dtype,
@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--queries-per-document", type=int, default=1)
     parser.add_argument("--min-rank", type=int, default=2)
     parser.add_argument("--max-rank", type=int, default=100)
+    parser.add_argument("--headroom", choices=("none", "prf"), default="none",
+                        help="prf: keep only pairs where RM3 ranks the source document higher than the raw query")
     parser.add_argument("--batch-size", type=int, default=16, help="doc2query: documents per generation batch")
     parser.add_argument("--synthesis-temperature", type=float, default=0.0, help="doc2query: 0 is greedy")
     parser.add_argument("--synthesis-max-new-tokens", type=int, default=40)

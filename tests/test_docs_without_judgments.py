@@ -35,4 +35,8 @@ def test_every_python_block_of_the_section_runs(monkeypatch, capsys, tmp_path):
     assert out.count("pseudo-queries kept (crop, 82 documents sampled of 82 usable)") == 3
     assert "[rank " in out
     assert namespace["labels"].rows and namespace["saved"].pairs
+    roomy = namespace["roomy"]  # the headroom check keeps fewer pairs, each one RM3 ranks higher
+    kept = re.search(r"(\d+) of (\d+) pairs kept where RM3 ranks the document higher", out)
+    assert kept and 0 < int(kept[1]) == len(roomy.pairs) < int(kept[2])
+    assert all(p.prf_rank < p.rank for p in roomy.pairs)
     assert (tmp_path / namespace["persist_dir"].split("/")[-1] / "store.json").is_file()

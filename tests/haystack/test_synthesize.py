@@ -16,6 +16,7 @@ from deepretrieval_trainer.retrieval.data import load_corpus
 from deepretrieval_trainer.retrieval.documents import open_documents, sample_documents
 from deepretrieval_trainer.training.config import RetrieverConfig
 from deepretrieval_trainer.training.retrievers import build_search
+from deepretrieval_trainer.training.synthetic import NO_HEADROOM
 from haystack_deepretrieval import HaystackSearch, SavedStoreDocuments, StoreDocuments, beir_documents, synthesize
 from tests.conftest import collection_path, sample_twenty_in_a_fresh_process
 
@@ -70,6 +71,14 @@ def test_synthesize_from_a_live_store_and_the_retriever_given(adi_store):
     given = synthesize(adi_store, retriever=InMemoryBM25Retriever(document_store=adi_store), sample=82,
                        queries_per_document=2, progress=False)
     assert own.pairs and [p.query for p in own.pairs] == [p.query for p in given.pairs]
+
+
+def test_the_headroom_check_runs_rm3_through_haystack_bm25(adi_store):
+    plain = synthesize(adi_store, sample=82, queries_per_document=3, max_rank=40, progress=False)
+    labels = synthesize(adi_store, sample=82, queries_per_document=3, max_rank=40, headroom="prf", progress=False)
+    assert 0 < len(labels.pairs) < len(plain.pairs)
+    assert all(p.prf_rank is not None and p.prf_rank < p.rank for p in labels.pairs)
+    assert labels.report["retriever"] == "HaystackSearch" and labels.report["dropped"][NO_HEADROOM] > 0
 
 
 def test_documents_without_text_are_counted_and_a_store_without_any_is_an_error(tmp_path):

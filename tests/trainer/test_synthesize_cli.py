@@ -34,12 +34,25 @@ def test_synthesize_writes_a_beir_layout_folder(tmp_path, capsys):
     assert report["kept"] == len(queries) and report["config"]["documents"] == f"beir:{ADI}"
 
 
+def test_synthesize_with_the_headroom_check_says_what_it_dropped(tmp_path, capsys):
+    out = tmp_path / "labels"
+    code = main(["synthesize", "--documents", f"beir:{ADI}", "--out", str(out), "--sample", "82",
+                 "--queries-per-document", "3", "--retriever-framework", "llamaindex", "--headroom", "prf"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "synthesis.json").read_text())
+    dropped = report["dropped"]["no headroom (RM3 does not rank the document higher)"]
+    assert f"headroom (prf): {dropped} of {report['headroom']['checked']} pairs in the window dropped" in printed
+    assert report["config"]["headroom"] == "prf" and len(load_queries(out)) == report["kept"] > 0
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--out", "{tmp}/x"], "--documents is required"),
     (["--documents", f"beir:{ADI}", "--out", str(ADI / "labels")], "inside the documents' folder"),
     (["--documents", "beir:{tmp}/empty", "--out", "{tmp}/x"], "holds no documents"),
     (["--documents", f"beir:{ADI}", "--out", "{tmp}/x", "--min-rank", "9", "--max-rank", "3"], "above max_rank"),
     (["--documents", f"llamaindex:{ADI}", "--out", "{tmp}/x"], "name it beir:PATH"),
+    (["--documents", f"beir:{ADI}", "--out", "{tmp}/x", "--headroom", "always"], "choose one of ['none', 'prf']"),
 ])
 def test_synthesize_errors_name_the_fix(tmp_path, capsys, args, message):
     (tmp_path / "empty").mkdir()

@@ -16,11 +16,12 @@ from deepretrieval_trainer.common.errors import ConfigError, DataError
 from deepretrieval_trainer.retrieval.bm25 import BM25Search
 from deepretrieval_trainer.retrieval.data import load_corpus, load_qrels, load_queries
 from deepretrieval_trainer.retrieval.documents import SourceDocument, sample_documents
+from deepretrieval_trainer.retrieval.prf import PseudoRelevanceFeedback
 from deepretrieval_trainer.rewriting.doc2query import STOPWORDS, CropWriter
 from deepretrieval_trainer.training.config import SynthesisConfig, TrainConfig
 from deepretrieval_trainer.training.label_folder import read_rows
 from deepretrieval_trainer.training.retrieval import training_rows
-from deepretrieval_trainer.training.synthetic import NearDuplicates, rank_distribution, synthesize
+from deepretrieval_trainer.training.synthetic import NO_HEADROOM, NearDuplicates, rank_distribution, synthesize
 from tests.conftest import collection_path
 
 ADI = collection_path("adi")
@@ -101,6 +102,50 @@ def test_kept_pairs_rank_their_document_inside_the_window_through_the_retriever(
     everything = synthesize(adi_search, f"beir:{ADI}", sample=82, queries_per_document=3, min_rank=1, max_rank=20,
                             dedup_jaccard=1.0, progress=False)
     assert everything.report["kept"] > report["kept"] and any(p.rank == 1 for p in everything.pairs)
+
+
+def test_headroom_keeps_the_pairs_where_rm3_ranks_the_document_higher(adi_search, tmp_path):
+    settings = dict(sample=82, queries_per_document=3, max_rank=40)
+    plain = synthesize(adi_search, f"beir:{ADI}", progress=False, **settings)
+    out = tmp_path / "labels"
+    labels = synthesize(adi_search, f"beir:{ADI}", headroom="prf", out=out, progress=False, **settings)
+    report = labels.report
+    assert 0 < report["kept"] < plain.report["kept"] and report["dropped"][NO_HEADROOM] > 0
+    assert report["written"] == report["kept"] + sum(report["dropped"].values())
+    raw = adi_search.search([p.query for p in labels.pairs], 40)
+    assert all(r.index(p.doc_id) + 1 == p.rank >= 2 for p, r in zip(labels.pairs, raw, strict=True))  # in the window
+    # checked again with a fresh RM3 over the same retriever: each kept document ranks higher under the expansion
+    feedback = PseudoRelevanceFeedback(adi_search)
+    queries = [p.query for p in labels.pairs]
+    expanded = [feedback.expand(q, hits) for q, hits in zip(queries, adi_search.search_documents(queries, 10))]
+    for pair, ranking in zip(labels.pairs, adi_search.search(expanded, 40), strict=True):
+        assert ranking.index(pair.doc_id) + 1 == pair.prf_rank < pair.rank
+    assert report["headroom"]["method"] == "prf" and report["headroom"]["rm3"]["docs"] == 10
+    assert sum(report["headroom"]["kept_rank_distribution"].values()) == report["kept"]
+    candidates = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    dropped = [c for c in candidates if c["verdict"] == NO_HEADROOM]
+    assert len(dropped) == report["dropped"][NO_HEADROOM]
+    assert all(c["prf_rank"] is None or c["prf_rank"] >= c["rank"] for c in dropped)
+    assert [q["metadata"]["prf_rank"] for q in map(json.loads, (out / "queries.jsonl").read_text().splitlines())] == [
+        p.prf_rank for p in labels.pairs]
+
+
+class SearchWithoutText:
+    """A real BM25 search over ADI that returns ids only (no search_documents), as a remote id-only service."""
+
+    def __init__(self, search):
+        self.inner = search
+
+    def search(self, queries, k):
+        return self.inner.search(queries, k)
+
+
+def test_headroom_needs_the_documents_text_and_says_so_before_writing(adi_search, tmp_path):
+    with pytest.raises(ConfigError, match=r"synthesis.headroom=prf: .*no search_documents.*or set headroom none"):
+        synthesize(SearchWithoutText(adi_search), f"beir:{ADI}", sample=10, headroom="prf", out=tmp_path / "l",
+                   progress=False)
+    assert not (tmp_path / "l" / "candidates.jsonl").exists()
+    assert synthesize(SearchWithoutText(adi_search), f"beir:{ADI}", sample=40, progress=False).pairs  # none: fine
 
 
 def test_the_folder_is_beir_layout_and_records_how_it_was_made(adi_search, tmp_path):
@@ -200,6 +245,7 @@ def test_the_rank_distribution_bins():
     ({"documents": "../shared/data/adi"}, "SCHEME:PATH"),
     ({"split": "../up"}, "plain name"),
     ({"sample": 0}, "positive integer"),
+    ({"headroom": "rm3"}, r"choose one of \['none', 'prf'\]"),
 ])
 def test_bad_synthesis_settings_name_the_fix(values, message):
     with pytest.raises(ConfigError, match=message):

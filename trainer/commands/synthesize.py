@@ -74,13 +74,21 @@ def run(args: argparse.Namespace) -> int:
     total = max(sum(report["rank_distribution"].values()), 1)
     for label, count in report["rank_distribution"].items():
         print(f"  {label:>16} {count:7d}  {'#' * round(40 * count / total)}")
+    if "headroom" in report:
+        from ..training.synthetic import NO_HEADROOM
+
+        print(f"headroom (prf): {report['dropped'].get(NO_HEADROOM, 0)} of {report['headroom']['checked']} pairs in "
+              f"the window dropped, RM3 ranking their document no higher; RM3 rank of the kept ones: "
+              + ", ".join(f"{label}: {count}" for label, count in report["headroom"]["kept_rank_distribution"].items()
+                          if count))
     if report["documents"]["skipped"]:
         print(f"documents left out: {report['documents']['skipped']}")
     if report["not_written"]:
         print(f"no query written: {report['not_written']}")
     timings = report["timings"]
     print(f"{report['written']} pseudo-queries written in {timings['write_s']:.1f} s "
-          f"({timings['queries_per_minute'] or 0:.0f}/min), searched in {timings['search_s']:.1f} s")
+          f"({timings['queries_per_minute'] or 0:.0f}/min), searched in {timings['search_s']:.1f} s"
+          + (f", RM3 in {timings['prf_s']:.1f} s" if "prf_s" in timings else ""))
     if args.show > 0:
         print("\nkept pairs:")
         for line in labels.examples(args.show):

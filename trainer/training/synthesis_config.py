@@ -13,6 +13,7 @@ from ..common.errors import ConfigError
 from ..common.fields import bounded_repr, check_fields
 
 SynthesisMethod = Literal["crop", "doc2query"]
+Headroom = Literal["none", "prf"]
 # tasks whose labels are relevant documents, which synthetic labels give (text-to-SQL and literature search need gold
 # SQL or a search engine's judged records)
 SYNTHETIC_TASKS = ("retrieval", "dense", "qa", "steer")
@@ -42,6 +43,12 @@ class SynthesisConfig:
     # a pseudo-query whose word set has a Jaccard similarity >= this with one kept before it is dropped (1.0: only
     # queries with the same words)
     dedup_jaccard: float = 0.8
+    # prf: also keep a pair only where RM3 feedback through the same retriever (Pyserini's settings: 10 documents,
+    # 10 terms, weight 0.5) ranks the source document strictly higher than the raw pseudo-query does. A pseudo-query
+    # written from its own document matches it word for word, so added words mostly let other documents catch up; on
+    # such labels GRPO learns to add nothing (docs/experiments/label-free.md). Keeping the pairs where expansion
+    # helps gives the policy queries on which adding words is rewarded, as it is on real questions. none: no check.
+    headroom: str = "none"
     split: str = "synthetic"  # the qrels file written: qrels/<split>.tsv
     seed: int = 0
     min_words: int = 8  # shorter documents are skipped (counted)
@@ -62,6 +69,10 @@ class SynthesisConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"synthesis.{name}={bounded_repr(value)} must be a positive integer")
+        if self.headroom not in get_args(Headroom):
+            raise ConfigError(f"synthesis.headroom={bounded_repr(self.headroom)} is not supported: choose one of "
+                              f"{list(get_args(Headroom))} (prf: keep pairs where RM3 feedback ranks the document "
+                              "higher than the raw pseudo-query)")
         if self.min_rank > self.max_rank:
             raise ConfigError(f"synthesis.min_rank={self.min_rank} is above max_rank={self.max_rank}: the rank window "
                               "is [min_rank, max_rank], e.g. 2 and 100")

@@ -4,7 +4,8 @@
 (:func:`~deepretrieval_trainer.retrieval.documents.sample_documents`), writes a pseudo-query from each
 (:mod:`deepretrieval_trainer.rewriting.doc2query`: ``crop`` or ``doc2query``), searches every raw pseudo-query
 through ``search`` (the SearchBackend the training reward searches), keeps the pairs whose source document ranks
-inside ``[min_rank, max_rank]`` (see :class:`~.config.SynthesisConfig` for why), drops near-duplicate queries
+inside ``[min_rank, max_rank]`` (see :class:`~.config.SynthesisConfig` for why), with ``headroom="prf"`` only
+those where RM3 feedback through ``search`` ranks the source document higher still, drops near-duplicate queries
 (Jaccard over word sets), and returns :class:`SyntheticLabels`: the rows ``train()`` takes, and a report of how they
 were made. With ``out`` it also writes them as a BEIR-layout folder (:mod:`.label_folder`).
 
@@ -40,13 +41,15 @@ _WORDS = re.compile(r"\w+")
 
 @dataclass(frozen=True)
 class Pair:
-    """A kept pseudo-query and its source document (``rank``: where the raw query ranked it)."""
+    """A kept pseudo-query and its source document (``rank``: where the raw query ranked it; ``prf_rank``: where
+    its RM3 expansion ranked it, when the headroom check ran)."""
 
     query_id: str
     query: str
     doc_id: str
     rank: int
     snippet: str = ""
+    prf_rank: int | None = None
 
 
 @dataclass
@@ -70,10 +73,12 @@ class SyntheticLabels:
         r = self.report
         window = r.get("rank_window", ["?", "?"])
         distribution = ", ".join(f"{label}: {count}" for label, count in r.get("rank_distribution", {}).items())
+        headroom = (f"; {r.get('dropped', {}).get(NO_HEADROOM, 0)} in the window dropped where RM3 ranks the document "
+                    "no higher" if "headroom" in r else "")
         return (f"{r.get('kept', len(self.pairs))} of {r.get('written', '?')} pseudo-queries kept "
                 f"({r.get('method', {}).get('method', '?')}, {r.get('documents', {}).get('sampled', '?')} documents "
                 f"sampled of {r.get('documents', {}).get('usable', '?')} usable); source document rank under the raw "
-                f"query (window {window[0]}..{window[1]}): {distribution}")
+                f"query (window {window[0]}..{window[1]}): {distribution}{headroom}")
 
 
 def synthesize(search: SearchBackend, documents: Documents | None = None, config: SynthesisConfig | None = None, *,
@@ -93,11 +98,13 @@ def synthesize(search: SearchBackend, documents: Documents | None = None, config
     sample = sample_documents(source, config.sample, seed=config.seed, min_words=config.min_words,
                               max_chars=config.max_chars, progress=progress)
     _probe(search, sample.documents[0], config.max_rank)
+    feedback = _feedback(search) if config.headroom == "prf" else None
     writer = writer or build_writer(config, dtype)
     written, not_written, interrupted, write_s = _write(writer, sample.documents, progress)
     report = _report(config, sample, writer, search, written, not_written, interrupted, write_s)
     try:
         ranks, search_s = _ranks(search, written, sample.documents, config, progress)
+        prf_ranks, prf_s = _prf_ranks(feedback, written, ranks, sample.documents, config, progress)
     except Exception as exc:
         if target is not None:
             report["status"] = f"stopped: the retriever failed ({type(exc).__name__}: {str(exc)[:300]})"
@@ -105,22 +112,35 @@ def synthesize(search: SearchBackend, documents: Documents | None = None, config
                          report=report, split=None)
             logger.error("the retriever failed after %d queries were written: they are in %s", len(written), target)
         raise
-    pairs, verdicts, dropped = _keep(written, ranks, sample.documents, config)
+    pairs, verdicts, dropped = _keep(written, ranks, sample.documents, config, prf_ranks)
     report.update(rank_distribution=rank_distribution(ranks, config.max_rank), kept=len(pairs),
                   kept_share=round(len(pairs) / len(written), 4) if written else 0.0, dropped=dict(dropped))
+    if feedback is not None:
+        report["headroom"] = {"method": "prf", "rm3": dataclasses.asdict(feedback.settings),
+                              "checked": sum(rank is not None for rank in prf_ranks),
+                              "kept_rank_distribution": rank_distribution([p.prf_rank for p in pairs],
+                                                                           config.max_rank)}
+        report["timings"]["prf_s"] = round(prf_s, 2)
     report["timings"].update(search_s=round(search_s, 2), total_s=round(time.perf_counter() - started, 2))
     if not pairs:
         report["status"] = "no pairs kept"
     labels = SyntheticLabels(pairs, config.split, report)
     if target is not None:
         write_folder(target, queries=[{"_id": p.query_id, "text": p.query,
-                                       "metadata": {"doc_id": p.doc_id, "rank": p.rank}} for p in pairs],
+                                       "metadata": {"doc_id": p.doc_id, "rank": p.rank,
+                                                    **({"prf_rank": p.prf_rank} if p.prf_rank else {})}}
+                                      for p in pairs],
                      qrels=[(p.query_id, p.doc_id) for p in pairs],
-                     candidates=_candidates(written, sample.documents, ranks, verdicts), report=report,
+                     candidates=_candidates(written, sample.documents, ranks, verdicts, prf_ranks), report=report,
                      split=config.split if pairs else None)
     if not written:
         raise DataError(f"{source.name}: no pseudo-query could be written from the {len(sample.documents)} documents "
                         f"sampled ({dict(not_written)}); see {target or 'the report'}, or try the other method")
+    if not pairs and dropped.get(NO_HEADROOM):
+        raise DataError(f"{source.name}: none of the {len(written)} pseudo-queries is kept: {dropped[NO_HEADROOM]} "
+                        f"rank their document within [{config.min_rank}, {config.max_rank}] through "
+                        f"{type(search).__name__}, but on none of them does RM3 feedback rank it higher (ranks: "
+                        f"{report['rank_distribution']}); sample more documents, or set headroom none")
     if not pairs:
         raise DataError(f"{source.name}: none of the {len(written)} pseudo-queries ranks its document within "
                         f"[{config.min_rank}, {config.max_rank}] through {type(search).__name__} (ranks: "
@@ -206,23 +226,63 @@ def _ranks(search: SearchBackend, written: list[tuple[int, str]], documents: Seq
     return ranks, time.perf_counter() - start
 
 
+def _feedback(search: SearchBackend):
+    """RM3 through ``search`` for the headroom check; a retriever that cannot return document text fails now."""
+    from ..retrieval.prf import PseudoRelevanceFeedback
+
+    try:
+        return PseudoRelevanceFeedback(search)
+    except TypeError as exc:
+        raise ConfigError(f"synthesis.headroom=prf: {exc}; or set headroom none") from None
+
+
+def _prf_ranks(feedback, written: list[tuple[int, str]], ranks: list[int | None],
+               documents: Sequence[SourceDocument], config: SynthesisConfig, progress: bool):
+    """For each pseudo-query inside the rank window, the rank of its source document under the RM3-expanded query
+    (0 beyond ``max_rank``; None: not checked). Without ``feedback``, all None."""
+    from tqdm.auto import tqdm
+
+    checked: list[int | None] = [None] * len(written)
+    if feedback is None:
+        return checked, 0.0
+    start = time.perf_counter()
+    inside = [i for i, rank in enumerate(ranks) if rank is not None and config.min_rank <= rank <= config.max_rank]
+    for begin in tqdm(range(0, len(inside), SEARCH_BATCH), desc="RM3 on the kept pseudo-queries", unit=" batches",
+                      disable=not progress or not inside):
+        batch = inside[begin:begin + SEARCH_BATCH]
+        queries = [written[i][1] for i in batch]
+        hits = feedback.search.search_documents(queries, feedback.settings.docs)
+        expanded = [feedback.expand(query, found) for query, found in zip(queries, hits, strict=True)]
+        for i, ranking in zip(batch, feedback.search.search(expanded, config.max_rank), strict=True):
+            doc_id = documents[written[i][0]].doc_id
+            checked[i] = next((r for r, d in enumerate(ranking[:config.max_rank], start=1) if d == doc_id), 0)
+    return checked, time.perf_counter() - start
+
+
+NO_HEADROOM = "no headroom (RM3 does not rank the document higher)"
+
+
 def _keep(written: list[tuple[int, str]], ranks: list[int | None], documents: Sequence[SourceDocument],
-          config: SynthesisConfig):
-    """The pairs inside the rank window, near-duplicates dropped (the first kept), and each candidate's verdict."""
+          config: SynthesisConfig, prf_ranks: Sequence[int | None] | None = None):
+    """The pairs inside the rank window (and, with ``prf_ranks``, where RM3 ranks the document higher),
+    near-duplicates dropped (the first kept), and each candidate's verdict."""
     seen = NearDuplicates(config.dedup_jaccard)
     pairs: list[Pair] = []
     verdicts: dict[int, str] = {}
     dropped: Counter = Counter()
     for position, ((index, query), rank) in enumerate(zip(written, ranks, strict=True)):
+        prf_rank = prf_ranks[position] if prf_ranks is not None else None
         if rank is None or rank > config.max_rank:
             verdict = f"rank > {config.max_rank} (or not found)"
         elif rank < config.min_rank:
             verdict = f"rank < {config.min_rank}"
+        elif prf_rank is not None and not 0 < prf_rank < rank:
+            verdict = NO_HEADROOM
         elif not seen.add(query):
             verdict = "near-duplicate of a kept query"
         else:
             document = documents[index]
-            pairs.append(Pair(f"q{position}", query, document.doc_id, rank, _snippet(document)))
+            pairs.append(Pair(f"q{position}", query, document.doc_id, rank, _snippet(document), prf_rank or None))
             verdict = "kept"
         verdicts[position] = verdict
         if verdict != "kept":
@@ -283,11 +343,13 @@ def rank_distribution(ranks: Sequence[int | None], max_rank: int) -> dict[str, i
     return counts
 
 
-def _candidates(written, documents, ranks, verdicts):
+def _candidates(written, documents, ranks, verdicts, prf_ranks=None):
     for position, (index, query) in enumerate(written):
         row = {"query_id": f"q{position}", "query": query, "doc_id": documents[index].doc_id}
         if ranks is not None:
             row.update(rank=ranks[position], verdict=verdicts.get(position))
+        if prf_ranks is not None and prf_ranks[position] is not None:
+            row["prf_rank"] = prf_ranks[position] or None
         yield row
 
 

@@ -46,8 +46,9 @@ class SynthesisConfig:
     # prf: also keep a pair only where RM3 feedback through the same retriever (Pyserini's settings: 10 documents,
     # 10 terms, weight 0.5) ranks the source document strictly higher than the raw pseudo-query does. A pseudo-query
     # written from its own document matches it word for word, so added words mostly let other documents catch up; on
-    # such labels GRPO learns to add nothing (docs/experiments/label-free.md). Keeping the pairs where expansion
-    # helps gives the policy queries on which adding words is rewarded, as it is on real questions. none: no check.
+    # such labels GRPO learns to add nothing (docs/experiments/label-free.md). On the pairs kept, RM3's terms are
+    # rewarded, as on real questions: with the steer task (the policy picks RM3's terms) the adapter then keeps them;
+    # under fuse/expand, where it writes its own words, it measured no different. none: no check.
     headroom: str = "none"
     split: str = "synthetic"  # the qrels file written: qrels/<split>.tsv
     seed: int = 0

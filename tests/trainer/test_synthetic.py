@@ -105,7 +105,7 @@ def test_kept_pairs_rank_their_document_inside_the_window_through_the_retriever(
 
 
 def test_headroom_keeps_the_pairs_where_rm3_ranks_the_document_higher(adi_search, tmp_path):
-    settings = dict(sample=82, queries_per_document=3, max_rank=40)
+    settings = {"sample": 82, "queries_per_document": 3, "max_rank": 40}
     plain = synthesize(adi_search, f"beir:{ADI}", progress=False, **settings)
     out = tmp_path / "labels"
     labels = synthesize(adi_search, f"beir:{ADI}", headroom="prf", out=out, progress=False, **settings)
@@ -212,6 +212,37 @@ def test_a_retriever_failing_after_the_queries_are_written_leaves_them_on_disk(a
     assert len((out / "candidates.jsonl").read_text().splitlines()) == report["written"] > 0
     with pytest.raises(DataError, match="holds no labels"):
         read_rows(out)
+
+
+class InterruptedSearch(FailsAfterProbe):
+    """A real BM25 search over ADI with Ctrl-C pressed during its third search (the headroom check's RM3)."""
+
+    def search_documents(self, queries, k):
+        return self.inner.search_documents(queries, k)
+
+    def search(self, queries, k):
+        self.calls += 1
+        if self.calls > 2:
+            raise KeyboardInterrupt
+        return self.inner.search(queries, k)
+
+
+def test_ctrl_c_while_searching_keeps_the_queries_written(adi_search, tmp_path):
+    out = tmp_path / "labels"
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(InterruptedSearch(adi_search), f"beir:{ADI}", sample=20, headroom="prf", out=out, progress=False)
+    report = json.loads((out / "synthesis.json").read_text())
+    assert report["status"] == "interrupted while searching"
+    assert len((out / "candidates.jsonl").read_text().splitlines()) == report["written"] > 0
+
+
+def test_a_window_where_rm3_never_ranks_higher_is_an_error_that_says_so(adi_search, tmp_path):
+    # in the window [1, 1] the document is already first, so no expansion can rank it higher
+    with pytest.raises(DataError, match=r"on none of them does RM3 feedback rank it higher.*set headroom none"):
+        synthesize(adi_search, f"beir:{ADI}", sample=40, min_rank=1, max_rank=1, headroom="prf",
+                   out=tmp_path / "l", progress=False)
+    report = json.loads((tmp_path / "l" / "synthesis.json").read_text())
+    assert report["status"] == "no pairs kept" and report["dropped"][NO_HEADROOM] == report["headroom"]["checked"] > 0
 
 
 class InterruptedWriter(CropWriter):

@@ -11,8 +11,8 @@ were made. With ``out`` it also writes them as a BEIR-layout folder (:mod:`.labe
 
 Failures come early: the store, the output folder and one probe search are checked before a query is written. An
 unusable document is skipped and counted, an unusable model answer too; Ctrl-C while queries are being written keeps
-the ones written so far (status ``interrupted``); a retriever failing after that leaves the written queries in
-``out``.
+the ones written so far (status ``interrupted``); a retriever failing, or Ctrl-C, after that leaves the written
+queries in ``out``.
 """
 
 from __future__ import annotations
@@ -105,12 +105,14 @@ def synthesize(search: SearchBackend, documents: Documents | None = None, config
     try:
         ranks, search_s = _ranks(search, written, sample.documents, config, progress)
         prf_ranks, prf_s = _prf_ranks(feedback, written, ranks, sample.documents, config, progress)
-    except Exception as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # the written queries are kept either way
         if target is not None:
-            report["status"] = f"stopped: the retriever failed ({type(exc).__name__}: {str(exc)[:300]})"
+            report["status"] = ("interrupted while searching" if isinstance(exc, KeyboardInterrupt) else
+                                f"stopped: the retriever failed ({type(exc).__name__}: {str(exc)[:300]})")
             write_folder(target, queries=[], qrels=[], candidates=_candidates(written, sample.documents, None, {}),
                          report=report, split=None)
-            logger.error("the retriever failed after %d queries were written: they are in %s", len(written), target)
+            logger.error("stopped while searching after %d queries were written: they are in %s", len(written),
+                         target)
         raise
     pairs, verdicts, dropped = _keep(written, ranks, sample.documents, config, prf_ranks)
     report.update(rank_distribution=rank_distribution(ranks, config.max_rank), kept=len(pairs),

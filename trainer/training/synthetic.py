@@ -223,9 +223,13 @@ def _ranks(search: SearchBackend, written: list[tuple[int, str]], documents: Seq
                       disable=not progress or not queries):
         found = search.search(queries[begin:begin + SEARCH_BATCH], config.max_rank)
         for (index, _), ranking in zip(written[begin:begin + SEARCH_BATCH], found, strict=True):
-            doc_id = documents[index].doc_id
-            ranks.append(next((r for r, d in enumerate(ranking[:config.max_rank], start=1) if d == doc_id), None))
+            ranks.append(_rank_of(documents[index].doc_id, ranking, config.max_rank))
     return ranks, time.perf_counter() - start
+
+
+def _rank_of(doc_id: str, ranking: Sequence[str], max_rank: int) -> int | None:
+    """The 1-based rank of ``doc_id`` in ``ranking``, None beyond ``max_rank``."""
+    return next((r for r, d in enumerate(ranking[:max_rank], start=1) if d == doc_id), None)
 
 
 def _feedback(search: SearchBackend):
@@ -256,8 +260,7 @@ def _prf_ranks(feedback, written: list[tuple[int, str]], ranks: list[int | None]
         hits = feedback.search.search_documents(queries, feedback.settings.docs)
         expanded = [feedback.expand(query, found) for query, found in zip(queries, hits, strict=True)]
         for i, ranking in zip(batch, feedback.search.search(expanded, config.max_rank), strict=True):
-            doc_id = documents[written[i][0]].doc_id
-            checked[i] = next((r for r, d in enumerate(ranking[:config.max_rank], start=1) if d == doc_id), 0)
+            checked[i] = _rank_of(documents[written[i][0]].doc_id, ranking, config.max_rank) or 0
     return checked, time.perf_counter() - start
 
 

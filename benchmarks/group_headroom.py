@@ -10,9 +10,12 @@ answer that echoes the query (which scores as raw does) beats the average expans
 
 The first group is a filter's draw: keep a query where its best answer (or at least two answers) beats raw. The
 second, drawn apart, says what the kept queries would teach; on the same draw the filter would only select noise.
+With --labels and --keep-to FOLDER it writes the pairs the first group's best answer keeps as a new label folder
+(train on it with `deepretrieval train --labels FOLDER`; its synthesis.json says how they were filtered).
 
     python benchmarks/group_headroom.py --collection nfcorpus --split train --limit 200
     python benchmarks/group_headroom.py --collection nfcorpus --labels labels/nfcorpus --limit 200
+    python benchmarks/group_headroom.py --collection nfcorpus --labels labels/nfcorpus --limit 0 --keep-to labels/kept
 """
 
 from __future__ import annotations
@@ -53,6 +56,28 @@ def label_set(folder: Path) -> tuple[dict[str, str], dict[str, dict[str, float]]
     return {q: t for q, t in texts.items() if q in qrels}, qrels
 
 
+def write_kept(source: Path, out: Path, kept: list[str], qrels: dict[str, dict[str, float]], rule: dict) -> None:
+    """``source``'s label folder reduced to the ``kept`` query ids, with the filter recorded in its synthesis.json."""
+    if out.exists():
+        raise SystemExit(f"{out}: exists; name a new folder for the kept labels")
+    report = json.loads((source / "synthesis.json").read_text(encoding="utf-8"))
+    split = str(report.get("split") or "synthetic")
+    wanted = set(kept)
+    (out / "qrels").mkdir(parents=True)
+    with open(source / "queries.jsonl", encoding="utf-8") as lines, open(out / "queries.jsonl", "w") as queries:
+        for line in lines:
+            if json.loads(line)["_id"] in wanted:
+                queries.write(line)
+    with open(out / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as table:
+        table.write("query-id\tcorpus-id\tscore\n")
+        for query in kept:
+            for doc, score in qrels[query].items():
+                table.write(f"{query}\t{doc}\t{score:g}\n")
+    report["model_filter"] = {**rule, "checked": len(qrels), "kept": len(kept), "from": str(source)}
+    report["kept"] = len(kept)
+    (out / "synthesis.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def row(name: str, rewards: np.ndarray, raw: np.ndarray, ok: np.ndarray, adds: np.ndarray) -> str:
     gain = rewards - raw[:, None]
     uniform = (rewards.max(1) - rewards.min(1) < 1e-9).mean()
@@ -76,7 +101,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="the training max_completion_length")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep-to", type=Path, help="with --labels: write the pairs the filter keeps to this folder")
     args = parser.parse_args()
+    if args.keep_to is not None and args.labels is None:
+        parser.error("--keep-to filters a label folder: pass --labels too")
 
     path = DATA / args.collection
     if args.labels is not None:
@@ -128,6 +156,13 @@ def main() -> None:
             print(row(f"kept where {name}: second group", second[keep], raw[keep], ok[keep, 1], adds[keep, 1]))
         if (~keep).any():
             print(row("dropped there: second group", second[~keep], raw[~keep], ok[~keep, 1], adds[~keep, 1]))
+    if args.keep_to is not None:
+        kept = [q for q, keep in zip(qids, beats.any(1)) if keep]
+        rule = {"rule": f"the best of {size} untrained answers beats the raw pseudo-query", "framework": args.framework,
+                "framing": args.framing, "query_weight": args.query_weight, "temperature": args.temperature,
+                "seed": args.seed}
+        write_kept(args.labels, args.keep_to, kept, {q: qrels[q] for q in qids}, rule)
+        print(f"kept {len(kept)} of {n} pairs: {args.keep_to}")
 
 
 if __name__ == "__main__":

@@ -33,49 +33,27 @@ from deepretrieval_trainer.retrieval.data import load_beir
 from deepretrieval_trainer.retrieval.framing import new_words
 from deepretrieval_trainer.rewriting.rewriters import LocalRewriter
 from deepretrieval_trainer.training.config import RetrieverConfig
+from deepretrieval_trainer.training.label_folder import CANDIDATES, read_rows, write_folder
 from deepretrieval_trainer.training.retrievers import build_search
 from deepretrieval_trainer.training.rewards import RetrievalReward
 
 
-def label_set(folder: Path) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
-    """The queries and qrels of a BEIR-layout label folder (one qrels file)."""
-    texts = {}
-    with open(folder / "queries.jsonl", encoding="utf-8") as lines:
-        for line in lines:
-            record = json.loads(line)
-            texts[record["_id"]] = record["text"]
-    files = sorted((folder / "qrels").glob("*.tsv"))
-    if len(files) != 1:
-        raise SystemExit(f"{folder}/qrels: expected one .tsv file, found {len(files)}")
-    qrels: dict[str, dict[str, float]] = {}
-    with open(files[0], encoding="utf-8") as lines:
-        next(lines)
-        for line in lines:
-            query, doc, score = line.rstrip("\n").split("\t")
-            qrels.setdefault(query, {})[doc] = float(score)
-    return {q: t for q, t in texts.items() if q in qrels}, qrels
-
-
-def write_kept(source: Path, out: Path, kept: list[str], qrels: dict[str, dict[str, float]], rule: dict) -> None:
-    """``source``'s label folder reduced to the ``kept`` query ids, with the filter recorded in its synthesis.json."""
+def write_kept(source: Path, report: dict, out: Path, qrels: dict[str, dict[str, float]], kept: list[str],
+               rule: dict) -> None:
+    """``source``'s label folder reduced to the ``kept`` query ids, written by the trainer's own label-folder writer;
+    the filter is recorded in synthesis.json, and candidates.jsonl gives the checked pairs it dropped their verdict."""
     if out.exists():
         raise SystemExit(f"{out}: exists; name a new folder for the kept labels")
-    report = json.loads((source / "synthesis.json").read_text(encoding="utf-8"))
-    split = str(report.get("split") or "synthetic")
-    wanted = set(kept)
-    (out / "qrels").mkdir(parents=True)
-    with open(source / "queries.jsonl", encoding="utf-8") as lines, open(out / "queries.jsonl", "w") as queries:
-        for line in lines:
-            if json.loads(line)["_id"] in wanted:
-                queries.write(line)
-    with open(out / "qrels" / f"{split}.tsv", "w", encoding="utf-8") as table:
-        table.write("query-id\tcorpus-id\tscore\n")
-        for query in kept:
-            for doc, score in qrels[query].items():
-                table.write(f"{query}\t{doc}\t{score:g}\n")
-    report["model_filter"] = {**rule, "checked": len(qrels), "kept": len(kept), "from": str(source)}
-    report["kept"] = len(kept)
-    (out / "synthesis.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    wanted, dropped = set(kept), set(qrels) - set(kept)
+    verdict = "model filter: no untrained answer of the first group beats the raw pseudo-query"
+    with open(source / "queries.jsonl", encoding="utf-8") as lines:
+        records = [record for record in map(json.loads, lines) if record["_id"] in wanted]
+    with open(source / CANDIDATES, encoding="utf-8") as lines:
+        candidates = [{**c, "verdict": verdict} if c.get("query_id") in dropped else c for c in map(json.loads, lines)]
+    report = {**report, "kept": len(kept),
+              "model_filter": {**rule, "checked": len(qrels), "kept": len(kept), "from": str(source)}}
+    write_folder(out, queries=records, qrels=[(q, doc) for q in kept for doc in qrels[q]],
+                 candidates=candidates, report=report, split=str(report.get("split") or "synthetic"))
 
 
 def row(name: str, rewards: np.ndarray, raw: np.ndarray, ok: np.ndarray, adds: np.ndarray) -> str:
@@ -108,7 +86,9 @@ def main() -> None:
 
     path = DATA / args.collection
     if args.labels is not None:
-        texts, qrels = label_set(args.labels)
+        rows, report = read_rows(args.labels)
+        texts = {row["query_id"]: row["query"] for row in rows}
+        qrels = {row["query_id"]: row["qrels"] for row in rows}
     else:
         collection = load_beir(path, args.split, drop_unknown_docs=True)
         texts, qrels = collection.judged_queries, collection.qrels
@@ -161,7 +141,7 @@ def main() -> None:
         rule = {"rule": f"the best of {size} untrained answers beats the raw pseudo-query", "framework": args.framework,
                 "framing": args.framing, "query_weight": args.query_weight, "temperature": args.temperature,
                 "seed": args.seed}
-        write_kept(args.labels, args.keep_to, kept, {q: qrels[q] for q in qids}, rule)
+        write_kept(args.labels, report, args.keep_to, {q: qrels[q] for q in qids}, kept, rule)
         print(f"kept {len(kept)} of {n} pairs: {args.keep_to}")
 
 
